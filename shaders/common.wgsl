@@ -1,0 +1,103 @@
+// common.wgsl: the prelude shared by every wgpu-optim elementwise kernel. src/shaders.rs puts it
+// in front of each kernel file with concat!(include_str!(..)); WGSL has no #include.
+//
+// The arena is processed in chunks of CHUNK elements. A chunk never straddles two tensors, so a
+// workgroup reads its tensor's per-step scalars once (apex multi_tensor_apply, without launch
+// splitting). Tensors start on a 4-element boundary, so every chunk is a run of vec4s; the last
+// vec4 of a tensor may hold padding lanes, which are masked on store and therefore stay zero.
+//
+// Binding convention (group 0), mirrored by src/pipeline.rs:
+//   0  uniform             <Kernel>Hyper  optimizer-wide scalars and mode flags
+//   1  uniform             Window         chunks covered by this dispatch, start of the window
+//   2  storage, read       chunks         static chunk table
+//   3  storage, read       tensors        per-tensor scalars for this step (type set by the kernel)
+//   4  storage, read       aux            GPU-computed scalars; aux[0] is the gradient scale
+//   5  storage, read_write params         this window of the arena, as vec4
+//   6  storage, read       grads          same window of the gradient arena
+//   7+ storage, read_write state buffers  same layout as params
+//
+// WG_SIZE, VEC_PER_LANE and CHUNK have Rust twins in src/shaders.rs; tests/shaders.rs checks
+// that the two agree.
+
+const WG_SIZE: u32 = 64u;
+const VEC_PER_LANE: u32 = 1u;
+const CHUNK: u32 = 256u;
+
+// Flags shared by all kernels (bits 0..7). Kernel-specific flags start at bit 8.
+const FLAG_MAXIMIZE: u32 = 1u;
+const FLAG_GRAD_SCALE: u32 = 2u;
+
+struct Chunk {
+    tensor: u32,
+    // first vec4 of the chunk, counted from the start of the arena
+    start: u32,
+    // elements in this chunk (1..=CHUNK)
+    len: u32,
+    pad: u32,
+}
+
+struct Window {
+    chunk_base: u32,
+    chunk_count: u32,
+    // first vec4 of this binding window, counted from the start of the arena
+    vec_base: u32,
+    pad: u32,
+}
+
+@group(0) @binding(1) var<uniform> win: Window;
+@group(0) @binding(2) var<storage, read> chunks: array<Chunk>;
+@group(0) @binding(4) var<storage, read> aux: array<f32>;
+@group(0) @binding(5) var<storage, read_write> params: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> grads: array<vec4<f32>>;
+
+struct ChunkRef {
+    ok: bool,
+    tensor: u32,
+    // first vec4 of the chunk inside the bound window
+    base: u32,
+    len: u32,
+}
+
+// The chunk this workgroup updates. Grids wider than 65535 workgroups spill into y, so the
+// workgroup's linear id is x + y * width.
+fn chunk_for(wid: vec3<u32>, nwg: vec3<u32>) -> ChunkRef {
+    var r: ChunkRef;
+    let local = wid.x + wid.y * nwg.x;
+    if (local >= win.chunk_count) {
+        r.ok = false;
+        return r;
+    }
+    let c = chunks[win.chunk_base + local];
+    r.ok = true;
+    r.tensor = c.tensor;
+    r.base = c.start - win.vec_base;
+    r.len = c.len;
+    return r;
+}
+
+// Which lanes of the chunk's v-th vec4 belong to the tensor (the rest is padding).
+fn lane_mask(len: u32, v: u32) -> vec4<bool> {
+    let first = v * 4u;
+    return vec4<bool>(first < len, first + 1u < len, first + 2u < len, first + 3u < len);
+}
+
+// The gradient as every torch.optim rule first sees it: scaled by a global-norm clip
+// coefficient when one is armed, then negated for maximize.
+fn load_grad(i: u32, flags: u32) -> vec4<f32> {
+    var g = grads[i];
+    if ((flags & FLAG_GRAD_SCALE) != 0u) {
+        g = g * aux[0];
+    }
+    if ((flags & FLAG_MAXIMIZE) != 0u) {
+        g = -g;
+    }
+    return g;
+}
+
+// torch.lerp's CPU formula: the form used depends on |w| < 0.5, for accuracy near both ends.
+fn lerp_torch(start: vec4<f32>, end: vec4<f32>, w: f32) -> vec4<f32> {
+    if (abs(w) < 0.5) {
+        return start + w * (end - start);
+    }
+    return end - (end - start) * (1.0 - w);
+}

@@ -1,0 +1,73 @@
+// sgd.wgsl: fused SGD step (momentum, dampening, Nesterov, weight decay, maximize).
+// Requires common.wgsl. Bindings: 0 SgdHyper, 3 SgdTensor table, 7 momentum_buffer (rw; a dummy
+// when momentum == 0). Mirrors src/optim/sgd.rs::sgd_update, in torch.optim.SGD's order:
+//   g = maximize ? -grad : grad;  g += wd * p
+//   buf = first ? g : momentum * buf + (1 - dampening) * g;  g = nesterov ? g + momentum * buf : buf
+//   p += -lr * g
+
+const SGD_MOMENTUM: u32 = 256u;
+const SGD_NESTEROV: u32 = 512u;
+
+struct SgdHyper {
+    flags: u32,
+    momentum: f32,
+    one_minus_dampening: f32,
+    pad: u32,
+}
+
+struct SgdTensor {
+    live: u32,
+    // 1 on the tensor's first step: PyTorch initialises the buffer to the gradient itself
+    first: u32,
+    neg_lr: f32,
+    weight_decay: f32,
+}
+
+@group(0) @binding(0) var<uniform> hp: SgdHyper;
+@group(0) @binding(3) var<storage, read> tensors: array<SgdTensor>;
+@group(0) @binding(7) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
+
+fn sgd_vec(i: u32, mask: vec4<bool>, t: SgdTensor) {
+    let p0 = params[i];
+    var g = load_grad(i, hp.flags);
+    if (t.weight_decay != 0.0) {
+        g = g + t.weight_decay * p0;
+    }
+    if ((hp.flags & SGD_MOMENTUM) != 0u) {
+        let b0 = momentum_buffer[i];
+        var b = g;
+        if (t.first == 0u) {
+            b = b0 * hp.momentum + hp.one_minus_dampening * g;
+        }
+        momentum_buffer[i] = select(b0, b, mask);
+        if ((hp.flags & SGD_NESTEROV) != 0u) {
+            g = g + hp.momentum * b;
+        } else {
+            g = b;
+        }
+    }
+    params[i] = select(p0, p0 + t.neg_lr * g, mask);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn sgd_step(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let c = chunk_for(wid, nwg);
+    if (!c.ok) {
+        return;
+    }
+    let t = tensors[c.tensor];
+    if (t.live == 0u) {
+        return;
+    }
+    for (var k = 0u; k < VEC_PER_LANE; k++) {
+        let v = k * WG_SIZE + lid;
+        if (v * 4u >= c.len) {
+            break;
+        }
+        sgd_vec(c.base + v, lane_mask(c.len, v), t);
+    }
+}

@@ -1,0 +1,557 @@
+//! The multi-tensor arena. [`ParamLayout`] is pure data: where each tensor lives in one flat
+//! f32 buffer, the chunk table that lets one dispatch cover every tensor, and the binding
+//! windows for arenas larger than one storage binding. [`ParamArena`] owns the params and grads
+//! buffers for a layout.
+//!
+//! Invariants: tensors are stored in the order given, each starting on a 4-element (vec4)
+//! boundary; the gap between a tensor's end and the next start is padding, zero at creation and
+//! never written by a kernel (stores are lane-masked). A chunk covers at most `CHUNK` elements
+//! of exactly one tensor. Windows cover whole chunks, start on the device's storage offset
+//! alignment and span at most `max_binding_bytes`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::readback;
+use crate::shaders::CHUNK;
+
+/// One tensor of a model: a name, its element count and its parameter group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Unique name (for example `"layer1.weight"`).
+    pub name: String,
+    /// Number of f32 elements (0 is allowed, as in PyTorch).
+    pub len: usize,
+    /// Parameter group; groups carry their own lr and weight decay.
+    pub group: usize,
+}
+
+impl TensorSpec {
+    /// A tensor in group 0.
+    pub fn new(name: impl Into<String>, len: usize) -> Self {
+        Self {
+            name: name.into(),
+            len,
+            group: 0,
+        }
+    }
+
+    /// The same tensor in parameter group `group`.
+    pub fn in_group(mut self, group: usize) -> Self {
+        self.group = group;
+        self
+    }
+}
+
+/// Where a tensor lives in the arena.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Name.
+    pub name: String,
+    /// First element, counted from the start of the arena buffers.
+    pub offset: usize,
+    /// Element count.
+    pub len: usize,
+    /// Parameter group.
+    pub group: usize,
+}
+
+impl TensorInfo {
+    /// Byte offset of the tensor in the params, grads and state buffers (for a caller's own
+    /// kernels that write gradients in place).
+    pub fn byte_offset(&self) -> u64 {
+        self.offset as u64 * 4
+    }
+}
+
+/// One row of the chunk table (mirrors `Chunk` in common.wgsl).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct ChunkEntry {
+    /// Tensor index.
+    pub tensor: u32,
+    /// First vec4 of the chunk, from the start of the arena.
+    pub start: u32,
+    /// Elements in the chunk (1..=CHUNK).
+    pub len: u32,
+    /// Padding to 16 bytes.
+    pub pad: u32,
+}
+
+/// Per-window uniform (mirrors `Window` in common.wgsl).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct WindowUniform {
+    /// First chunk of the window.
+    pub chunk_base: u32,
+    /// Chunks in the window.
+    pub chunk_count: u32,
+    /// First vec4 of the binding window.
+    pub vec_base: u32,
+    /// Padding to 16 bytes.
+    pub pad: u32,
+}
+
+/// A range of the arena that fits one storage binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// First chunk.
+    pub chunk_base: u32,
+    /// Number of chunks.
+    pub chunk_count: u32,
+    /// First vec4 bound.
+    pub vec_start: u64,
+    /// One past the last vec4 bound.
+    pub vec_end: u64,
+}
+
+impl Window {
+    /// Byte offset of the binding.
+    pub fn byte_offset(&self) -> u64 {
+        self.vec_start * 16
+    }
+    /// Byte size of the binding.
+    pub fn byte_size(&self) -> u64 {
+        (self.vec_end - self.vec_start) * 16
+    }
+    pub(crate) fn uniform(&self) -> WindowUniform {
+        WindowUniform {
+            chunk_base: self.chunk_base,
+            chunk_count: self.chunk_count,
+            vec_base: self.vec_start as u32,
+            pad: 0,
+        }
+    }
+}
+
+/// Tensor table, chunk table and binding windows of an arena. Pure data, testable on the CPU.
+#[derive(Debug, Clone)]
+pub struct ParamLayout {
+    tensors: Vec<TensorInfo>,
+    index: HashMap<String, usize>,
+    groups: usize,
+    total_vecs: u64,
+    chunks: Vec<ChunkEntry>,
+    windows: Vec<Window>,
+}
+
+impl ParamLayout {
+    /// Lays out `specs` for bindings of at most `max_binding_bytes`, with window offsets on
+    /// multiples of `offset_alignment` bytes.
+    pub fn new(
+        specs: &[TensorSpec],
+        max_binding_bytes: u64,
+        offset_alignment: u64,
+    ) -> Result<Self> {
+        if specs.is_empty() {
+            return Err(Error::EmptyArena);
+        }
+        let mut tensors = Vec::with_capacity(specs.len());
+        let mut index = HashMap::with_capacity(specs.len());
+        let mut chunks = Vec::new();
+        let mut next = 0usize;
+        for (i, s) in specs.iter().enumerate() {
+            if index.insert(s.name.clone(), i).is_some() {
+                return Err(Error::DuplicateTensor(s.name.clone()));
+            }
+            let offset = next;
+            let mut done = 0usize;
+            while done < s.len {
+                let len = (s.len - done).min(CHUNK as usize);
+                chunks.push(ChunkEntry {
+                    tensor: i as u32,
+                    start: ((offset + done) / 4) as u32,
+                    len: len as u32,
+                    pad: 0,
+                });
+                done += len;
+            }
+            next = (offset + s.len).next_multiple_of(4);
+            if next / 4 >= u32::MAX as usize {
+                return Err(Error::BufferTooLarge {
+                    what: "arena".into(),
+                    bytes: next as u64 * 4,
+                    limit: u32::MAX as u64 * 16,
+                });
+            }
+            tensors.push(TensorInfo {
+                name: s.name.clone(),
+                offset,
+                len: s.len,
+                group: s.group,
+            });
+        }
+        let groups = specs.iter().map(|s| s.group).max().unwrap_or(0) + 1;
+        // Buffers must not be empty, even for an arena of 0-length tensors.
+        let total_vecs = (next as u64 / 4).max(1);
+        let windows = Self::split_windows(&chunks, max_binding_bytes, offset_alignment)?;
+        Ok(Self {
+            tensors,
+            index,
+            groups,
+            total_vecs,
+            chunks,
+            windows,
+        })
+    }
+
+    fn split_windows(
+        chunks: &[ChunkEntry],
+        max_binding_bytes: u64,
+        align: u64,
+    ) -> Result<Vec<Window>> {
+        let max_vecs = max_binding_bytes / 16;
+        let align_vecs = (align / 16).max(1);
+        // A window must hold at least one whole chunk after aligning its start down.
+        let needed = (CHUNK as u64 / 4 + align_vecs) * 16;
+        if max_binding_bytes < needed {
+            return Err(Error::BufferTooLarge {
+                what: "one chunk plus offset alignment".into(),
+                bytes: needed,
+                limit: max_binding_bytes,
+            });
+        }
+        let end = |c: &ChunkEntry| c.start as u64 + (c.len as u64).div_ceil(4);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < chunks.len() {
+            let vec_start = chunks[i].start as u64 / align_vecs * align_vecs;
+            let mut j = i + 1;
+            while j < chunks.len() && end(&chunks[j]) - vec_start <= max_vecs {
+                j += 1;
+            }
+            out.push(Window {
+                chunk_base: i as u32,
+                chunk_count: (j - i) as u32,
+                vec_start,
+                vec_end: end(&chunks[j - 1]),
+            });
+            i = j;
+        }
+        Ok(out)
+    }
+
+    /// Tensors in arena order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// Index of a tensor by name.
+    pub fn index_of(&self, name: &str) -> Result<usize> {
+        self.index
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::UnknownTensor(name.to_string()))
+    }
+
+    /// A tensor by name.
+    pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+        Ok(&self.tensors[self.index_of(name)?])
+    }
+
+    /// Number of parameter groups (highest group index + 1).
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// Elements in each arena buffer, padding included.
+    pub fn total_elements(&self) -> u64 {
+        self.total_vecs * 4
+    }
+
+    /// Elements that belong to tensors (padding excluded).
+    pub fn used_elements(&self) -> u64 {
+        self.tensors.iter().map(|t| t.len as u64).sum()
+    }
+
+    /// Bytes of each arena buffer.
+    pub fn buffer_bytes(&self) -> u64 {
+        self.total_vecs * 16
+    }
+
+    /// The chunk table.
+    pub fn chunks(&self) -> &[ChunkEntry] {
+        &self.chunks
+    }
+
+    /// The binding windows (one for arenas that fit in one binding).
+    pub fn windows(&self) -> &[Window] {
+        &self.windows
+    }
+
+    /// Packs per-tensor host data into one padded arena image (padding zero).
+    pub fn pack<T: AsRef<[f32]>>(&self, data: &[T]) -> Result<Vec<f32>> {
+        if data.len() != self.tensors.len() {
+            return Err(Error::LengthMismatch {
+                what: "arena (number of tensors)".into(),
+                expected: self.tensors.len(),
+                got: data.len(),
+            });
+        }
+        for (t, d) in self.tensors.iter().zip(data) {
+            check_len(t, d.as_ref())?;
+        }
+        let mut out = vec![0f32; self.total_elements() as usize];
+        for (t, d) in self.tensors.iter().zip(data) {
+            out[t.offset..t.offset + t.len].copy_from_slice(d.as_ref());
+        }
+        Ok(out)
+    }
+
+    /// Splits an arena image into per-tensor vectors.
+    pub fn unpack(&self, image: &[f32]) -> Vec<Vec<f32>> {
+        self.tensors
+            .iter()
+            .map(|t| image[t.offset..t.offset + t.len].to_vec())
+            .collect()
+    }
+}
+
+fn check_len(t: &TensorInfo, data: &[f32]) -> Result<()> {
+    if data.len() != t.len {
+        return Err(Error::LengthMismatch {
+            what: t.name.clone(),
+            expected: t.len,
+            got: data.len(),
+        });
+    }
+    Ok(())
+}
+
+static NEXT_ARENA_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The params and grads buffers of one layout, on the GPU.
+///
+/// Callers may write gradients straight into [`ParamArena::grads_buffer`] with their own
+/// kernels, at each tensor's [`TensorInfo::byte_offset`]; padding must be left alone (it is
+/// never read into a tensor's update, but the layout promises it stays zero).
+#[derive(Debug)]
+pub struct ParamArena {
+    id: u64,
+    layout: Arc<ParamLayout>,
+    params: wgpu::Buffer,
+    grads: wgpu::Buffer,
+}
+
+impl ParamArena {
+    /// Lays out `specs` and creates zeroed params and grads buffers.
+    pub fn new(ctx: &GpuContext, specs: &[TensorSpec]) -> Result<Self> {
+        let layout = ParamLayout::new(
+            specs,
+            ctx.max_binding_bytes(),
+            ctx.limits().min_storage_buffer_offset_alignment as u64,
+        )?;
+        let bytes = layout.buffer_bytes();
+        let limit = ctx.limits().max_buffer_size;
+        if bytes > limit {
+            return Err(Error::BufferTooLarge {
+                what: "arena buffer".into(),
+                bytes,
+                limit,
+            });
+        }
+        let make = |label: &str| {
+            ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        };
+        let (params, grads) = ctx.scoped(|| (make("arena params"), make("arena grads")))?;
+        Ok(Self {
+            id: NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed),
+            layout: Arc::new(layout),
+            params,
+            grads,
+        })
+    }
+
+    /// Unique id (optimizers check they are stepped with the arena they were built for).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    pub(crate) fn layout_arc(&self) -> Arc<ParamLayout> {
+        self.layout.clone()
+    }
+
+    /// A tensor by name.
+    pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+        self.layout.tensor(name)
+    }
+
+    /// The params buffer (STORAGE | COPY_SRC | COPY_DST).
+    pub fn params_buffer(&self) -> &wgpu::Buffer {
+        &self.params
+    }
+
+    /// The grads buffer (STORAGE | COPY_SRC | COPY_DST).
+    pub fn grads_buffer(&self) -> &wgpu::Buffer {
+        &self.grads
+    }
+
+    fn write_one(
+        &self,
+        ctx: &GpuContext,
+        buf: &wgpu::Buffer,
+        name: &str,
+        data: &[f32],
+    ) -> Result<()> {
+        let t = self.layout.tensor(name)?;
+        check_len(t, data)?;
+        if !data.is_empty() {
+            ctx.queue()
+                .write_buffer(buf, t.byte_offset(), bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
+    /// Uploads one tensor's parameters.
+    pub fn write_params(&self, ctx: &GpuContext, name: &str, data: &[f32]) -> Result<()> {
+        self.write_one(ctx, &self.params, name, data)
+    }
+
+    /// Uploads one tensor's gradient.
+    pub fn write_grads(&self, ctx: &GpuContext, name: &str, data: &[f32]) -> Result<()> {
+        self.write_one(ctx, &self.grads, name, data)
+    }
+
+    /// Uploads every tensor's parameters (one slice per tensor, in arena order) in one write.
+    pub fn write_all_params<T: AsRef<[f32]>>(&self, ctx: &GpuContext, data: &[T]) -> Result<()> {
+        let image = self.layout.pack(data)?;
+        ctx.queue()
+            .write_buffer(&self.params, 0, bytemuck::cast_slice(&image));
+        Ok(())
+    }
+
+    /// Uploads every tensor's gradient (one slice per tensor, in arena order) in one write.
+    pub fn write_all_grads<T: AsRef<[f32]>>(&self, ctx: &GpuContext, data: &[T]) -> Result<()> {
+        let image = self.layout.pack(data)?;
+        ctx.queue()
+            .write_buffer(&self.grads, 0, bytemuck::cast_slice(&image));
+        Ok(())
+    }
+
+    /// Reads one tensor's parameters back.
+    pub fn read_params(&self, ctx: &GpuContext, name: &str) -> Result<Vec<f32>> {
+        let t = self.layout.tensor(name)?;
+        readback::read_f32(ctx, &self.params, t.offset as u64, t.len)
+    }
+
+    /// Reads one tensor's gradient back.
+    pub fn read_grads(&self, ctx: &GpuContext, name: &str) -> Result<Vec<f32>> {
+        let t = self.layout.tensor(name)?;
+        readback::read_f32(ctx, &self.grads, t.offset as u64, t.len)
+    }
+
+    /// Reads every tensor's parameters back, in arena order.
+    pub fn read_all_params(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
+        Ok(self.layout.unpack(&self.read_params_image(ctx)?))
+    }
+
+    /// Reads the whole params buffer, padding included.
+    pub fn read_params_image(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        readback::read_f32(ctx, &self.params, 0, self.layout.total_elements() as usize)
+    }
+
+    /// Records a clear of the whole grads buffer (padding included) into `encoder`.
+    pub fn zero_grads(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.clear_buffer(&self.grads, 0, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs(lens: &[usize]) -> Vec<TensorSpec> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &l)| TensorSpec::new(format!("t{i}"), l))
+            .collect()
+    }
+
+    #[test]
+    fn offsets_are_vec4_aligned_and_chunks_cover_each_tensor_once() {
+        let lens = [1, 0, 255, 257, 3, 1024, 5];
+        let l = ParamLayout::new(&specs(&lens), 1 << 30, 256).unwrap();
+        for (i, t) in l.tensors().iter().enumerate() {
+            assert_eq!(t.offset % 4, 0);
+            assert_eq!(t.len, lens[i]);
+            let covered: usize = l
+                .chunks()
+                .iter()
+                .filter(|c| c.tensor == i as u32)
+                .map(|c| c.len as usize)
+                .sum();
+            assert_eq!(covered, t.len, "tensor {i}");
+        }
+        for w in l.tensors().windows(2) {
+            assert!(w[1].offset >= w[0].offset + w[0].len);
+        }
+        assert!(l.chunks().iter().all(|c| c.len >= 1 && c.len <= CHUNK));
+        assert_eq!(l.windows().len(), 1);
+    }
+
+    #[test]
+    fn windows_respect_binding_size_and_alignment() {
+        let lens: Vec<usize> = (0..200).map(|i| (i * 37) % 900).collect();
+        let max = 16 * 1024;
+        let l = ParamLayout::new(&specs(&lens), max, 256).unwrap();
+        assert!(l.windows().len() > 1);
+        let mut next_chunk = 0;
+        for w in l.windows() {
+            assert_eq!(w.chunk_base, next_chunk);
+            assert!(w.byte_size() <= max);
+            assert_eq!(w.byte_offset() % 256, 0);
+            for c in &l.chunks()[w.chunk_base as usize..(w.chunk_base + w.chunk_count) as usize] {
+                assert!(c.start as u64 >= w.vec_start);
+                assert!(c.start as u64 + (c.len as u64).div_ceil(4) <= w.vec_end);
+            }
+            next_chunk += w.chunk_count;
+        }
+        assert_eq!(next_chunk as usize, l.chunks().len());
+    }
+
+    #[test]
+    fn bad_layouts_are_rejected() {
+        assert_eq!(
+            ParamLayout::new(&[], 1 << 20, 256).unwrap_err(),
+            Error::EmptyArena
+        );
+        let dup = [TensorSpec::new("a", 1), TensorSpec::new("a", 2)];
+        assert_eq!(
+            ParamLayout::new(&dup, 1 << 20, 256).unwrap_err(),
+            Error::DuplicateTensor("a".into())
+        );
+        assert!(matches!(
+            ParamLayout::new(&specs(&[10]), 512, 256),
+            Err(Error::BufferTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn pack_and_unpack_round_trip_with_zero_padding() {
+        let l = ParamLayout::new(&specs(&[3, 0, 5]), 1 << 20, 256).unwrap();
+        let data = vec![vec![1.0, 2.0, 3.0], vec![], vec![4.0; 5]];
+        let img = l.pack(&data).unwrap();
+        assert_eq!(img.len() as u64, l.total_elements());
+        assert_eq!(img[3], 0.0);
+        assert_eq!(l.unpack(&img), data);
+        let bad = vec![vec![1.0], vec![], vec![4.0; 5]];
+        assert!(matches!(l.pack(&bad), Err(Error::LengthMismatch { .. })));
+    }
+}

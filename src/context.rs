@@ -1,0 +1,224 @@
+//! [`GpuContext`]: the device, queue, granted limits and pipeline cache that every arena and
+//! optimizer shares. Build it headless with [`GpuContext::new`], or wrap an application's own
+//! device with [`GpuContext::from_device`] so the optimizer lives in the caller's training loop.
+
+use crate::error::{Error, Result};
+use crate::pipeline::PipelineCache;
+
+/// Environment variable that picks an adapter: a case-insensitive substring of the adapter name
+/// (`llvmpipe`, `nvidia`), or a backend name (`vulkan`, `metal`, `dx12`, `gl`).
+pub const ADAPTER_ENV: &str = "WGPU_OPTIM_ADAPTER";
+
+/// Options for [`GpuContext::with_options`].
+#[derive(Debug, Clone, Default)]
+pub struct ContextOptions {
+    /// Adapter filter, as [`ADAPTER_ENV`]. `None` reads the environment variable.
+    pub adapter: Option<String>,
+    /// Cap on the bytes bound per storage binding, below the device's own limit. Arenas larger
+    /// than this are processed in windows; tests set it low so the windowing path always runs.
+    pub max_binding_bytes: Option<u64>,
+    /// Cap on workgroups in a dispatch's x dimension, below the device's own limit (tests set it
+    /// low so the 2-D spill path runs on small arenas; y keeps the device limit).
+    pub max_workgroups_per_dim: Option<u32>,
+}
+
+/// Device, queue and everything derived from them. Share it as `Arc<GpuContext>`.
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    max_binding_bytes: u64,
+    max_workgroups_per_dim: u32,
+    pipelines: PipelineCache,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .field("max_binding_bytes", &self.max_binding_bytes)
+            .finish()
+    }
+}
+
+/// Preference order when no filter is given: real GPUs first, software adapters last.
+fn type_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn matches_filter(info: &wgpu::AdapterInfo, filter: &str) -> bool {
+    let f = filter.to_ascii_lowercase();
+    info.name.to_ascii_lowercase().contains(&f)
+        || format!("{:?}", info.backend).to_ascii_lowercase() == f
+        || info.backend.to_str() == f
+}
+
+impl GpuContext {
+    /// Picks an adapter headlessly (honouring [`ADAPTER_ENV`]) and opens a device on it.
+    pub fn new() -> Result<Self> {
+        Self::with_options(ContextOptions::default())
+    }
+
+    /// As [`GpuContext::new`], with explicit options.
+    pub fn with_options(opts: ContextOptions) -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let filter = opts
+            .adapter
+            .clone()
+            .or_else(|| std::env::var(ADAPTER_ENV).ok())
+            .filter(|s| !s.trim().is_empty());
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect();
+        let mut candidates: Vec<wgpu::Adapter> = adapters
+            .into_iter()
+            .filter(|a| {
+                filter
+                    .as_deref()
+                    .is_none_or(|f| matches_filter(&a.get_info(), f))
+            })
+            .collect();
+        candidates.sort_by_key(|a| type_rank(a.get_info().device_type));
+        let adapter = candidates
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NoAdapter {
+                detail: match &filter {
+                    Some(f) => format!("none of {seen:?} matches {ADAPTER_ENV}={f:?}"),
+                    None if seen.is_empty() => "no Vulkan, Metal or DX12 adapter".to_string(),
+                    None => format!("saw {seen:?}"),
+                },
+            })?;
+
+        // Ask for everything the adapter offers: the default limits cap a storage binding at
+        // 128 MiB and a buffer at 256 MiB, far below what a real GPU (or lavapipe) allows.
+        let limits = adapter.limits();
+        let wanted = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let features = adapter.features() & wanted;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgpu-optim"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        let mut ctx = Self::from_device(device, queue, adapter.get_info());
+        if let Some(cap) = opts.max_binding_bytes {
+            ctx.max_binding_bytes = ctx.max_binding_bytes.min(cap);
+        }
+        if let Some(cap) = opts.max_workgroups_per_dim {
+            ctx.max_workgroups_per_dim = ctx.max_workgroups_per_dim.min(cap.max(1));
+        }
+        Ok(ctx)
+    }
+
+    /// Wraps a device the caller already owns (its limits are read back from the device, so
+    /// request generous storage-binding limits when creating it).
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        let limits = device.limits();
+        let features = device.features();
+        // Bindings are whole vec4s; keep the cap a multiple of 16 bytes.
+        let max_binding_bytes = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            & !15;
+        Self {
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            max_binding_bytes,
+            pipelines: PipelineCache::default(),
+            device,
+            queue,
+            info,
+            limits,
+            features,
+        }
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Adapter name, backend, device type and driver.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// The limits the device was granted.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The features the device was granted.
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    /// Bytes one storage binding may cover (the device limit, or the smaller cap in the options).
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.max_binding_bytes
+    }
+
+    /// Workgroups one dispatch dimension may hold.
+    pub fn max_workgroups_per_dim(&self) -> u32 {
+        self.max_workgroups_per_dim
+    }
+
+    /// Whether GPU timestamp queries can be written between passes.
+    pub fn supports_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Blocks until all submitted work has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Map(e.to_string()))
+    }
+
+    pub(crate) fn pipelines(&self) -> &PipelineCache {
+        &self.pipelines
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes, turning a wgpu error into
+    /// [`Error`] instead of wgpu's default panic. Used around object creation, never per step.
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let val_err = pollster::block_on(val.pop());
+        let oom_err = pollster::block_on(oom.pop());
+        if let Some(e) = val_err {
+            return Err(Error::Validation(e.to_string()));
+        }
+        if let Some(e) = oom_err {
+            return Err(Error::OutOfMemory(e.to_string()));
+        }
+        Ok(out)
+    }
+}

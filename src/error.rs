@@ -1,0 +1,141 @@
+//! The crate's error type. Every public entry point checks its inputs before it encodes or writes
+//! anything, so an `Err` always means params and optimizer state are exactly as they were.
+
+use thiserror::Error;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in wgpu-optim.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// No adapter matched. `detail` lists what was found; the message says how to get a driver.
+    #[error(
+        "no GPU adapter found ({detail}). On Linux without a GPU install a software Vulkan driver \
+         (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`, or run \
+         scripts/setup-vulkan.sh); check WGPU_OPTIM_ADAPTER if it is set"
+    )]
+    NoAdapter {
+        /// What was tried and what was seen.
+        detail: String,
+    },
+    /// The adapter refused to create a device.
+    #[error("request_device failed: {0}")]
+    RequestDevice(String),
+    /// A hyperparameter is NaN, infinite or outside the range PyTorch accepts.
+    #[error("invalid hyperparameter {name} = {value}: {reason}")]
+    InvalidHyperparameter {
+        /// Field name, as in the config struct (and PyTorch).
+        name: &'static str,
+        /// The rejected value.
+        value: f64,
+        /// The accepted range.
+        reason: &'static str,
+    },
+    /// A combination of options PyTorch rejects (e.g. Nesterov without momentum).
+    #[error("invalid optimizer configuration: {0}")]
+    InvalidConfig(&'static str),
+    /// No tensor with this name in the arena.
+    #[error("unknown tensor {0:?}")]
+    UnknownTensor(String),
+    /// Two tensors with the same name.
+    #[error("duplicate tensor name {0:?}")]
+    DuplicateTensor(String),
+    /// This optimizer keeps no state buffer with this name.
+    #[error("unknown state buffer {name:?}; this optimizer keeps {available:?}")]
+    UnknownState {
+        /// The requested name.
+        name: String,
+        /// The state names this optimizer keeps (PyTorch's names).
+        available: Vec<&'static str>,
+    },
+    /// A parameter group index out of range.
+    #[error("unknown parameter group {group}; the arena has {groups} group(s)")]
+    UnknownGroup {
+        /// Requested group.
+        group: usize,
+        /// Number of groups in the arena.
+        groups: usize,
+    },
+    /// Host data does not match the tensor (or arena) length.
+    #[error("length mismatch for {what}: expected {expected} elements, got {got}")]
+    LengthMismatch {
+        /// Tensor name or "arena".
+        what: String,
+        /// Elements the tensor holds.
+        expected: usize,
+        /// Elements supplied.
+        got: usize,
+    },
+    /// An arena needs at least one tensor.
+    #[error("an arena needs at least one tensor")]
+    EmptyArena,
+    /// A buffer would exceed a device limit.
+    #[error("{what} needs {bytes} bytes, over the device limit of {limit} bytes")]
+    BufferTooLarge {
+        /// Which buffer.
+        what: String,
+        /// Bytes required.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The optimizer was built for a different arena.
+    #[error("this optimizer was built for another arena (id {expected}), got arena id {got}")]
+    ArenaMismatch {
+        /// Arena id the optimizer was built for.
+        expected: u64,
+        /// Arena id passed.
+        got: u64,
+    },
+    /// The arena's tensors are not in the same form as the host-side data (CPU reference).
+    #[error("layout mismatch: {0}")]
+    LayoutMismatch(String),
+    /// Mapping a buffer for readback failed.
+    #[error("buffer map failed: {0}")]
+    Map(String),
+    /// wgpu reported a validation error (names the kernel through the object labels).
+    #[error("wgpu validation error: {0}")]
+    Validation(String),
+    /// wgpu ran out of memory.
+    #[error("out of GPU memory: {0}")]
+    OutOfMemory(String),
+}
+
+impl Error {
+    pub(crate) fn hyper(name: &'static str, value: f64, reason: &'static str) -> Self {
+        Error::InvalidHyperparameter {
+            name,
+            value,
+            reason,
+        }
+    }
+}
+
+/// `value` must be finite and `>= 0` (PyTorch's `not 0.0 <= x` check, which also rejects NaN).
+pub(crate) fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::hyper(name, value, "must be finite and >= 0"))
+    }
+}
+
+/// `value` must be finite and in `[0, 1)` (PyTorch's beta check).
+pub(crate) fn check_unit_interval(name: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() && (0.0..1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::hyper(name, value, "must be in [0, 1)"))
+    }
+}
+
+/// `value` must be finite (any sign).
+pub(crate) fn check_finite(name: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::hyper(name, value, "must be finite"))
+    }
+}

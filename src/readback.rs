@@ -1,0 +1,48 @@
+//! The only place that maps buffers and waits on the device: copy a range into a staging
+//! buffer, map it, and hand back the bytes. Readback is for tests, checkpoints and the host
+//! side of a training loop, never the optimizer step.
+
+use crate::context::GpuContext;
+use crate::error::{Error, Result};
+
+/// Reads `len` f32s starting at element `offset` of `buffer`.
+pub fn read_f32(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<f32>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let bytes = len as u64 * 4;
+    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback staging"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("readback"),
+        });
+    enc.copy_buffer_to_buffer(buffer, offset * 4, &staging, 0, bytes);
+    ctx.queue().submit([enc.finish()]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        let _ = tx.send(r);
+    });
+    ctx.wait()?;
+    rx.recv()
+        .map_err(|e| Error::Map(e.to_string()))?
+        .map_err(|e| Error::Map(e.to_string()))?;
+    let out = {
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Map(e.to_string()))?;
+        bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+    };
+    staging.unmap();
+    Ok(out)
+}

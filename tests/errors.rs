@@ -1,0 +1,401 @@
+//! Every bad input returns a typed error that names the problem, and leaves params and state
+//! exactly as they were.
+
+mod common;
+
+use common::{gpu, randn};
+use wgpu_optim::{
+    AdagradConfig, AdamConfig, ContextOptions, CpuOptimizer, Error, GpuContext, GroupHyper,
+    OptimizerConfig, ParamArena, RmspropConfig, SgdConfig, TensorSpec,
+};
+
+fn hyper_name(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidHyperparameter { name, .. } => name,
+        other => panic!("expected InvalidHyperparameter, got {other:?}"),
+    }
+}
+
+/// (config, the field that must be named in the error).
+fn bad_configs() -> Vec<(OptimizerConfig, &'static str)> {
+    let sgd = SgdConfig::default();
+    let adam = AdamConfig::default();
+    let rms = RmspropConfig::default();
+    let ada = AdagradConfig::default();
+    use OptimizerConfig as C;
+    vec![
+        (
+            C::Sgd(SgdConfig {
+                lr: f64::NAN,
+                ..sgd.clone()
+            }),
+            "lr",
+        ),
+        (
+            C::Sgd(SgdConfig {
+                lr: -0.1,
+                ..sgd.clone()
+            }),
+            "lr",
+        ),
+        (
+            C::Sgd(SgdConfig {
+                momentum: -0.5,
+                ..sgd.clone()
+            }),
+            "momentum",
+        ),
+        (
+            C::Sgd(SgdConfig {
+                weight_decay: -1.0,
+                ..sgd.clone()
+            }),
+            "weight_decay",
+        ),
+        (
+            C::Sgd(SgdConfig {
+                dampening: f64::INFINITY,
+                ..sgd.clone()
+            }),
+            "dampening",
+        ),
+        (
+            C::Adam(AdamConfig {
+                lr: f64::NAN,
+                ..adam.clone()
+            }),
+            "lr",
+        ),
+        (
+            C::Adam(AdamConfig {
+                beta1: 1.0,
+                ..adam.clone()
+            }),
+            "beta1",
+        ),
+        (
+            C::Adam(AdamConfig {
+                beta1: -0.1,
+                ..adam.clone()
+            }),
+            "beta1",
+        ),
+        (
+            C::Adam(AdamConfig {
+                beta2: 1.5,
+                ..adam.clone()
+            }),
+            "beta2",
+        ),
+        (
+            C::Adam(AdamConfig {
+                beta2: f64::NAN,
+                ..adam.clone()
+            }),
+            "beta2",
+        ),
+        (
+            C::Adam(AdamConfig {
+                eps: -1e-8,
+                ..adam.clone()
+            }),
+            "eps",
+        ),
+        (
+            C::Adam(AdamConfig {
+                weight_decay: -0.01,
+                ..adam.clone()
+            }),
+            "weight_decay",
+        ),
+        (
+            C::Rmsprop(RmspropConfig {
+                lr: -1.0,
+                ..rms.clone()
+            }),
+            "lr",
+        ),
+        (
+            C::Rmsprop(RmspropConfig {
+                alpha: -0.5,
+                ..rms.clone()
+            }),
+            "alpha",
+        ),
+        (
+            C::Rmsprop(RmspropConfig {
+                eps: f64::NAN,
+                ..rms.clone()
+            }),
+            "eps",
+        ),
+        (
+            C::Rmsprop(RmspropConfig {
+                momentum: -0.9,
+                ..rms.clone()
+            }),
+            "momentum",
+        ),
+        (
+            C::Rmsprop(RmspropConfig {
+                weight_decay: -1.0,
+                ..rms.clone()
+            }),
+            "weight_decay",
+        ),
+        (
+            C::Adagrad(AdagradConfig {
+                lr: f64::INFINITY,
+                ..ada.clone()
+            }),
+            "lr",
+        ),
+        (
+            C::Adagrad(AdagradConfig {
+                lr_decay: -0.1,
+                ..ada.clone()
+            }),
+            "lr_decay",
+        ),
+        (
+            C::Adagrad(AdagradConfig {
+                eps: -1.0,
+                ..ada.clone()
+            }),
+            "eps",
+        ),
+        (
+            C::Adagrad(AdagradConfig {
+                initial_accumulator_value: -1.0,
+                ..ada.clone()
+            }),
+            "initial_accumulator_value",
+        ),
+        (
+            C::Adagrad(AdagradConfig {
+                weight_decay: f64::NAN,
+                ..ada
+            }),
+            "weight_decay",
+        ),
+    ]
+}
+
+#[test]
+fn invalid_hyperparameters_are_rejected_by_name_on_cpu() {
+    let specs = [TensorSpec::new("w", 4)];
+    for (cfg, field) in bad_configs() {
+        let e = cfg
+            .build_cpu(&specs)
+            .err()
+            .unwrap_or_else(|| panic!("{cfg:?} accepted"));
+        assert_eq!(hyper_name(&e), field, "{cfg:?}");
+        assert!(
+            e.to_string().contains(field),
+            "message names the field: {e}"
+        );
+    }
+}
+
+#[test]
+fn nesterov_needs_momentum_and_no_dampening() {
+    let specs = [TensorSpec::new("w", 4)];
+    for cfg in [
+        SgdConfig {
+            nesterov: true,
+            ..SgdConfig::default()
+        },
+        SgdConfig {
+            nesterov: true,
+            momentum: 0.9,
+            dampening: 0.1,
+            ..SgdConfig::default()
+        },
+    ] {
+        let e = CpuOptimizer::new(cfg, &specs).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidConfig(m) if m.contains("Nesterov")),
+            "{e:?}"
+        );
+    }
+    // The valid combination is accepted.
+    let ok = SgdConfig {
+        nesterov: true,
+        momentum: 0.9,
+        ..SgdConfig::default()
+    };
+    CpuOptimizer::new(ok, &specs).unwrap();
+}
+
+#[test]
+fn invalid_hyperparameters_are_rejected_on_gpu() {
+    let Some(ctx) = gpu() else { return };
+    let arena = ParamArena::new(&ctx, &[TensorSpec::new("w", 4)]).unwrap();
+    for (cfg, field) in bad_configs() {
+        let e = cfg
+            .build(&ctx, &arena)
+            .err()
+            .unwrap_or_else(|| panic!("{cfg:?} accepted"));
+        assert_eq!(hyper_name(&e), field);
+    }
+}
+
+/// Bad calls in the middle of training change nothing: the run ends exactly where a run
+/// without the bad calls ends, bit for bit.
+#[test]
+fn bad_calls_mid_training_leave_params_and_state_untouched() {
+    let Some(ctx) = gpu() else { return };
+    let specs = [
+        TensorSpec::new("w", 300),
+        TensorSpec::new("b", 3).in_group(1),
+    ];
+    let mut rng = fastrand::Rng::with_seed(3);
+    let init = vec![randn(&mut rng, 300, 1.0), randn(&mut rng, 3, 1.0)];
+    let grads = vec![randn(&mut rng, 300, 1.0), randn(&mut rng, 3, 1.0)];
+    let run = |bad: bool| {
+        let arena = ParamArena::new(&ctx, &specs).unwrap();
+        let other = ParamArena::new(&ctx, &specs).unwrap();
+        arena.write_all_params(&ctx, &init).unwrap();
+        arena.write_all_grads(&ctx, &grads).unwrap();
+        let mut opt = wgpu_optim::Adam::new(&ctx, &arena, AdamConfig::default()).unwrap();
+        opt.step(&ctx, &arena).unwrap();
+        if bad {
+            let e = opt.set_lr(f64::NAN).unwrap_err();
+            assert_eq!(hyper_name(&e), "lr");
+            let e = opt.set_lr(-1.0).unwrap_err();
+            assert_eq!(hyper_name(&e), "lr");
+            let e = opt
+                .set_group(
+                    1,
+                    GroupHyper {
+                        lr: 0.1,
+                        weight_decay: -1.0,
+                    },
+                )
+                .unwrap_err();
+            assert_eq!(hyper_name(&e), "weight_decay");
+            let e = opt
+                .set_group(
+                    5,
+                    GroupHyper {
+                        lr: 0.1,
+                        weight_decay: 0.0,
+                    },
+                )
+                .unwrap_err();
+            assert_eq!(
+                e,
+                Error::UnknownGroup {
+                    group: 5,
+                    groups: 2
+                }
+            );
+            let e = opt.set_frozen("nope", true).unwrap_err();
+            assert_eq!(e, Error::UnknownTensor("nope".into()));
+            let e = opt.step(&ctx, &other).unwrap_err();
+            assert!(matches!(e, Error::ArenaMismatch { .. }), "{e:?}");
+            let e = arena.write_params(&ctx, "w", &[1.0; 299]).unwrap_err();
+            assert_eq!(
+                e,
+                Error::LengthMismatch {
+                    what: "w".into(),
+                    expected: 300,
+                    got: 299
+                }
+            );
+            let e = arena.write_grads(&ctx, "missing", &[1.0]).unwrap_err();
+            assert_eq!(e, Error::UnknownTensor("missing".into()));
+            let e = arena.write_all_grads(&ctx, &[vec![0.0; 300]]).unwrap_err();
+            assert!(matches!(e, Error::LengthMismatch { .. }), "{e:?}");
+            let e = opt.read_state(&ctx, "momentum_buffer", "w").unwrap_err();
+            assert!(matches!(e, Error::UnknownState { .. }), "{e:?}");
+            assert!(e.to_string().contains("exp_avg"), "lists what exists: {e}");
+            assert_eq!(
+                opt.step_count("w").unwrap(),
+                1,
+                "a refused step must not count"
+            );
+        }
+        opt.step(&ctx, &arena).unwrap();
+        let p = arena.read_params_image(&ctx).unwrap();
+        let m = opt.read_state_image(&ctx, "exp_avg").unwrap();
+        let v = opt.read_state_image(&ctx, "exp_avg_sq").unwrap();
+        (p, m, v, opt.lr())
+    };
+    let clean = run(false);
+    let with_bad = run(true);
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&clean.0), bits(&with_bad.0), "params");
+    assert_eq!(bits(&clean.1), bits(&with_bad.1), "exp_avg");
+    assert_eq!(bits(&clean.2), bits(&with_bad.2), "exp_avg_sq");
+    assert_eq!(clean.3, with_bad.3, "lr");
+}
+
+#[test]
+fn cpu_step_with_wrong_shapes_changes_nothing() {
+    let specs = [TensorSpec::new("a", 3), TensorSpec::new("b", 2)];
+    let cfg = SgdConfig {
+        momentum: 0.9,
+        ..SgdConfig::default()
+    };
+    let mut opt = CpuOptimizer::new(cfg, &specs).unwrap();
+    let mut params = vec![vec![1.0f32; 3], vec![2.0; 2]];
+    let before = params.clone();
+    let e = opt
+        .step(&mut params, &[vec![0.1f32; 3], vec![0.1; 3]])
+        .unwrap_err();
+    assert_eq!(
+        e,
+        Error::LengthMismatch {
+            what: "grads[1]".into(),
+            expected: 2,
+            got: 3
+        }
+    );
+    let e = opt.step(&mut params, &[vec![0.1f32; 3]]).unwrap_err();
+    assert!(matches!(e, Error::LengthMismatch { .. }));
+    assert_eq!(params, before);
+    assert_eq!(opt.step_count(0), Some(0));
+    assert!(opt
+        .state("momentum_buffer", 0)
+        .unwrap()
+        .iter()
+        .all(|&x| x == 0.0));
+}
+
+#[test]
+fn bad_arenas_are_rejected() {
+    let Some(ctx) = gpu() else { return };
+    assert_eq!(ParamArena::new(&ctx, &[]).unwrap_err(), Error::EmptyArena);
+    let dup = [TensorSpec::new("a", 1), TensorSpec::new("a", 1)];
+    assert_eq!(
+        ParamArena::new(&ctx, &dup).unwrap_err(),
+        Error::DuplicateTensor("a".into())
+    );
+    // Over the device's buffer limit: refused before anything is allocated.
+    let too_big = (ctx.limits().max_buffer_size / 4 + 1024) as usize;
+    let e = ParamArena::new(&ctx, &[TensorSpec::new("huge", too_big)]).unwrap_err();
+    match e {
+        Error::BufferTooLarge { bytes, limit, .. } => {
+            assert!(bytes > limit);
+            assert_eq!(limit, ctx.limits().max_buffer_size);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unknown_adapter_is_a_clear_error() {
+    let e = GpuContext::with_options(ContextOptions {
+        adapter: Some("no-such-adapter-xyz".into()),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(matches!(e, Error::NoAdapter { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("no-such-adapter-xyz"), "{msg}");
+    assert!(
+        msg.contains("mesa-vulkan-drivers"),
+        "says how to get a driver: {msg}"
+    );
+}

@@ -1,0 +1,125 @@
+//! Every composed shader parses and validates with naga, and the WGSL constants agree with
+//! their Rust twins. Needs no GPU.
+
+use wgpu_optim::shaders::{self, KernelId};
+
+fn validate(src: &str) -> Result<naga::valid::ModuleInfo, String> {
+    let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .map_err(|e| e.emit_to_string(src))
+}
+
+#[test]
+fn every_kernel_validates_and_has_its_entry_point() {
+    for k in KernelId::ALL {
+        let src = k.source();
+        validate(src).unwrap_or_else(|e| panic!("{k:?}: {e}"));
+        let module = naga::front::wgsl::parse_str(src).unwrap();
+        assert!(
+            module
+                .entry_points
+                .iter()
+                .any(|e| e.name == k.entry_point()),
+            "{k:?} has no entry point {}",
+            k.entry_point()
+        );
+    }
+}
+
+#[test]
+fn invalid_wgsl_is_caught_by_the_validator() {
+    // Guards against a validator that accepts anything: a type error must be reported.
+    let bad = format!(
+        "{}\nfn broken() -> f32 {{ return vec4<f32>(1.0); }}",
+        shaders::COMMON
+    );
+    assert!(validate(&bad).is_err());
+}
+
+/// Reads `const NAME: u32 = <n>u;` from WGSL.
+fn wgsl_const(src: &str, name: &str) -> u32 {
+    let line = src
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("const {name}:")))
+        .unwrap_or_else(|| panic!("const {name} not found"));
+    let value = line.split('=').nth(1).unwrap().trim().trim_end_matches(';');
+    value.trim_end_matches('u').parse().unwrap()
+}
+
+#[test]
+fn wgsl_constants_match_rust_twins() {
+    let c = shaders::COMMON;
+    assert_eq!(wgsl_const(c, "WG_SIZE"), shaders::WG_SIZE);
+    assert_eq!(wgsl_const(c, "VEC_PER_LANE"), shaders::VEC_PER_LANE);
+    assert_eq!(wgsl_const(c, "CHUNK"), shaders::CHUNK);
+    assert_eq!(wgsl_const(c, "FLAG_MAXIMIZE"), shaders::FLAG_MAXIMIZE);
+    assert_eq!(wgsl_const(c, "FLAG_GRAD_SCALE"), shaders::FLAG_GRAD_SCALE);
+    use wgpu_optim::optim::{adam, rmsprop, sgd};
+    let s = KernelId::SgdStep.source();
+    assert_eq!(wgsl_const(s, "SGD_MOMENTUM"), sgd::SGD_MOMENTUM);
+    assert_eq!(wgsl_const(s, "SGD_NESTEROV"), sgd::SGD_NESTEROV);
+    let a = KernelId::AdamStep.source();
+    assert_eq!(wgsl_const(a, "ADAM_AMSGRAD"), adam::ADAM_AMSGRAD);
+    assert_eq!(wgsl_const(a, "ADAM_DECOUPLED"), adam::ADAM_DECOUPLED);
+    let r = KernelId::RmspropStep.source();
+    assert_eq!(wgsl_const(r, "RMS_CENTERED"), rmsprop::RMS_CENTERED);
+    assert_eq!(wgsl_const(r, "RMS_MOMENTUM"), rmsprop::RMS_MOMENTUM);
+}
+
+#[test]
+fn uniform_structs_have_the_wgsl_sizes() {
+    use std::mem::size_of;
+    use wgpu_optim::optim::{adagrad, adam, rmsprop, sgd};
+    // Sizes naga computes for the WGSL structs must equal the Rust mirrors.
+    let cases: [(KernelId, &str, usize); 8] = [
+        (KernelId::SgdStep, "SgdHyper", size_of::<sgd::SgdHyper>()),
+        (KernelId::SgdStep, "SgdTensor", size_of::<sgd::SgdTensor>()),
+        (
+            KernelId::AdamStep,
+            "AdamHyper",
+            size_of::<adam::AdamHyper>(),
+        ),
+        (
+            KernelId::AdamStep,
+            "AdamTensor",
+            size_of::<adam::AdamTensor>(),
+        ),
+        (
+            KernelId::RmspropStep,
+            "RmspropHyper",
+            size_of::<rmsprop::RmspropHyper>(),
+        ),
+        (
+            KernelId::RmspropStep,
+            "RmspropTensor",
+            size_of::<rmsprop::RmspropTensor>(),
+        ),
+        (
+            KernelId::AdagradStep,
+            "AdagradHyper",
+            size_of::<adagrad::AdagradHyper>(),
+        ),
+        (
+            KernelId::AdagradStep,
+            "AdagradTensor",
+            size_of::<adagrad::AdagradTensor>(),
+        ),
+    ];
+    for (k, name, rust_size) in cases {
+        let module = naga::front::wgsl::parse_str(k.source()).unwrap();
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).unwrap();
+        let (handle, _) = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in {k:?}"));
+        assert_eq!(layouter[handle].size as usize, rust_size, "{name}");
+    }
+    assert_eq!(size_of::<wgpu_optim::arena::ChunkEntry>(), 16);
+    assert_eq!(size_of::<wgpu_optim::arena::WindowUniform>(), 16);
+}
