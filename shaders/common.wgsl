@@ -15,6 +15,7 @@
 //   5  storage, read_write params         this window of the arena, as vec4
 //   6  storage, read       grads          same window of the gradient arena
 //   7+ storage, read_write state buffers  same layout as params
+//   10 storage, read_write partials       per-chunk, then per-tensor reduction results (reduce.wgsl)
 //
 // WG_SIZE, VEC_PER_LANE and CHUNK have Rust twins in src/shaders.rs; tests/shaders.rs checks
 // that the two agree.
@@ -41,7 +42,8 @@ struct Window {
     chunk_count: u32,
     // first vec4 of this binding window, counted from the start of the arena
     vec_base: u32,
-    pad: u32,
+    // where per-tensor results start in `partials` (reduce.wgsl): after one entry per chunk
+    tensor_base: u32,
 }
 
 @group(0) @binding(1) var<uniform> win: Window;

@@ -93,8 +93,8 @@ pub struct WindowUniform {
     pub chunk_count: u32,
     /// First vec4 of the binding window.
     pub vec_base: u32,
-    /// Padding to 16 bytes.
-    pub pad: u32,
+    /// Index of the first per-tensor entry in the reduction buffer (= number of chunks).
+    pub tensor_base: u32,
 }
 
 /// A range of the arena that fits one storage binding.
@@ -119,12 +119,12 @@ impl Window {
     pub fn byte_size(&self) -> u64 {
         (self.vec_end - self.vec_start) * 16
     }
-    pub(crate) fn uniform(&self) -> WindowUniform {
+    pub(crate) fn uniform(&self, tensor_base: u32) -> WindowUniform {
         WindowUniform {
             chunk_base: self.chunk_base,
             chunk_count: self.chunk_count,
             vec_base: self.vec_start as u32,
-            pad: 0,
+            tensor_base,
         }
     }
 }

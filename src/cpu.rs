@@ -4,7 +4,7 @@
 
 use crate::arena::TensorSpec;
 use crate::error::{Error, Result};
-use crate::optim::{GroupHyper, Rule, StepBook};
+use crate::optim::{GroupHyper, HyperCtx, Rule, StepBook};
 use crate::shaders::KernelId;
 
 /// A [`Rule`] run on the host. Owns the optimizer state; the caller owns params and grads.
@@ -33,7 +33,10 @@ impl<R: Rule> CpuOptimizer<R> {
             state[s.slot as usize] = lens.iter().map(|&n| vec![s.init; n]).collect();
         }
         Ok(Self {
-            hyper: rule.hyper(),
+            hyper: rule.hyper(HyperCtx {
+                extra_flags: 0,
+                n_tensors: specs.len() as u32,
+            }),
             rule,
             book,
             lens,

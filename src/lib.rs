@@ -7,6 +7,7 @@ pub mod context;
 pub mod cpu;
 pub mod dispatch;
 pub mod error;
+pub mod norm;
 pub mod optim;
 pub mod pipeline;
 pub mod readback;
@@ -16,9 +17,10 @@ pub use arena::{ParamArena, ParamLayout, TensorInfo, TensorSpec};
 pub use context::{ContextOptions, GpuContext, ADAPTER_ENV};
 pub use cpu::{CpuOptimizer, DynCpuOptimizer};
 pub use error::{Error, Result};
+pub use norm::{GradClipper, NormReducer, NormType};
 pub use optim::{
-    AdagradConfig, AdamConfig, DynOptimizer, GroupHyper, Optimizer, OptimizerConfig, RmspropConfig,
-    Rule, SgdConfig,
+    AdagradConfig, AdamConfig, DynOptimizer, GroupHyper, LambConfig, LarsConfig, Optimizer,
+    OptimizerConfig, RmspropConfig, Rule, SgdConfig,
 };
 
 /// `torch.optim.SGD` on the GPU.
@@ -29,3 +31,7 @@ pub type Adam = Optimizer<AdamConfig>;
 pub type Rmsprop = Optimizer<RmspropConfig>;
 /// `torch.optim.Adagrad` on the GPU.
 pub type Adagrad = Optimizer<AdagradConfig>;
+/// LARS (timm's `Lars`) on the GPU.
+pub type Lars = Optimizer<LarsConfig>;
+/// LAMB (timm's `Lamb`) on the GPU.
+pub type Lamb = Optimizer<LambConfig>;

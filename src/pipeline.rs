@@ -22,6 +22,9 @@ pub struct Kernel {
 #[derive(Debug, Default)]
 pub struct PipelineCache {
     map: Mutex<HashMap<KernelId, Arc<Kernel>>>,
+    /// Layouts by binding list, so the kernels of one family share one layout object and a
+    /// bind group built for one serves them all.
+    layouts: Mutex<HashMap<Vec<(u32, BindKind)>, wgpu::BindGroupLayout>>,
 }
 
 impl PipelineCache {
@@ -32,7 +35,7 @@ impl PipelineCache {
         }
         // Build outside the lock: shader compilation can be slow, and a racing builder only
         // wastes work (the first insert wins).
-        let k = Arc::new(build(ctx, id)?);
+        let k = Arc::new(build(ctx, id, self)?);
         Ok(self.lock().entry(id).or_insert(k).clone())
     }
 
@@ -43,13 +46,15 @@ impl PipelineCache {
     }
 }
 
-fn build(ctx: &GpuContext, id: KernelId) -> Result<Kernel> {
+fn build(ctx: &GpuContext, id: KernelId, cache: &PipelineCache) -> Result<Kernel> {
     let device = ctx.device();
     let label = Some(id.entry_point());
     ctx.scoped(|| {
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = id
-            .bindings()
-            .into_iter()
+        let bindings = id.bindings();
+        let mut layouts = cache.layouts.lock().unwrap_or_else(|p| p.into_inner());
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+            .iter()
+            .copied()
             .map(|(binding, kind)| wgpu::BindGroupLayoutEntry {
                 binding,
                 visibility: wgpu::ShaderStages::COMPUTE,
@@ -67,10 +72,16 @@ fn build(ctx: &GpuContext, id: KernelId) -> Result<Kernel> {
                 count: None,
             })
             .collect();
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label,
-            entries: &entries,
-        });
+        let layout = layouts
+            .entry(bindings)
+            .or_insert_with(|| {
+                device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label,
+                    entries: &entries,
+                })
+            })
+            .clone();
+        drop(layouts);
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label,
             bind_group_layouts: &[Some(&layout)],

@@ -6,7 +6,7 @@ mod common;
 use common::{gpu, randn};
 use wgpu_optim::{
     AdagradConfig, AdamConfig, ContextOptions, CpuOptimizer, Error, GpuContext, GroupHyper,
-    OptimizerConfig, ParamArena, RmspropConfig, SgdConfig, TensorSpec,
+    LambConfig, LarsConfig, OptimizerConfig, ParamArena, RmspropConfig, SgdConfig, TensorSpec,
 };
 
 fn hyper_name(e: &Error) -> &'static str {
@@ -178,6 +178,55 @@ fn bad_configs() -> Vec<(OptimizerConfig, &'static str)> {
             }),
             "weight_decay",
         ),
+        (
+            C::Lars(LarsConfig {
+                lr: -1.0,
+                ..LarsConfig::default()
+            }),
+            "lr",
+        ),
+        (
+            C::Lars(LarsConfig {
+                trust_coefficient: -1e-3,
+                ..LarsConfig::default()
+            }),
+            "trust_coefficient",
+        ),
+        (
+            C::Lars(LarsConfig {
+                eps: f64::NAN,
+                ..LarsConfig::default()
+            }),
+            "eps",
+        ),
+        (
+            C::Lamb(LambConfig {
+                beta1: 1.0,
+                ..LambConfig::default()
+            }),
+            "beta1",
+        ),
+        (
+            C::Lamb(LambConfig {
+                beta2: -0.5,
+                ..LambConfig::default()
+            }),
+            "beta2",
+        ),
+        (
+            C::Lamb(LambConfig {
+                eps: -1.0,
+                ..LambConfig::default()
+            }),
+            "eps",
+        ),
+        (
+            C::Lamb(LambConfig {
+                weight_decay: f64::INFINITY,
+                ..LambConfig::default()
+            }),
+            "weight_decay",
+        ),
     ]
 }
 
@@ -218,6 +267,14 @@ fn nesterov_needs_momentum_and_no_dampening() {
             "{e:?}"
         );
     }
+    let lars = LarsConfig {
+        nesterov: true,
+        ..LarsConfig::default()
+    };
+    assert!(matches!(
+        CpuOptimizer::new(lars, &specs),
+        Err(Error::InvalidConfig(_))
+    ));
     // The valid combination is accepted.
     let ok = SgdConfig {
         nesterov: true,

@@ -15,8 +15,8 @@ mod common;
 
 use common::{assert_close, f32s, fixtures, gpu, gpu_with, randn, ATOL, RTOL};
 use wgpu_optim::{
-    AdagradConfig, AdamConfig, ContextOptions, GpuContext, GroupHyper, OptimizerConfig, ParamArena,
-    RmspropConfig, SgdConfig, TensorSpec,
+    AdagradConfig, AdamConfig, ContextOptions, GpuContext, GroupHyper, LambConfig, LarsConfig,
+    OptimizerConfig, ParamArena, RmspropConfig, SgdConfig, TensorSpec,
 };
 
 const STEPS: usize = 7;
@@ -43,7 +43,7 @@ fn trial(ctx: &GpuContext, cfg: &OptimizerConfig, lens: &[usize], seed: u64) {
     let mut cpu = cfg.build_cpu(&specs).unwrap();
     // Group 1 gets its own lr and weight decay (biases / norm layers in a real model).
     let base = GroupHyper {
-        lr: cfg_lr(cfg),
+        lr: cfg.lr(),
         weight_decay: 0.0,
     };
     if arena.layout().groups() > 1 {
@@ -67,7 +67,11 @@ fn trial(ctx: &GpuContext, cfg: &OptimizerConfig, lens: &[usize], seed: u64) {
                 .unpack(&gpu.read_state_image(ctx, n).unwrap())
         })
         .collect();
-    let what = format!("{} {lens:?}", cfg.name());
+    let what = if lens.len() <= 10 {
+        format!("{} {lens:?}", cfg.name())
+    } else {
+        format!("{} over {} tensors", cfg.name(), lens.len())
+    };
     for k in 0..STEPS {
         let grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 0.5)).collect();
         arena.write_all_grads(ctx, &grads).unwrap();
@@ -118,15 +122,6 @@ fn trial(ctx: &GpuContext, cfg: &OptimizerConfig, lens: &[usize], seed: u64) {
     for name in &names {
         let img = gpu.read_state_image(ctx, name).unwrap();
         assert_padding_zero(&arena, &img, &format!("{what} {name}"));
-    }
-}
-
-fn cfg_lr(cfg: &OptimizerConfig) -> f64 {
-    match cfg {
-        OptimizerConfig::Sgd(c) => c.lr,
-        OptimizerConfig::Adam(c) => c.lr,
-        OptimizerConfig::Rmsprop(c) => c.lr,
-        OptimizerConfig::Adagrad(c) => c.lr,
     }
 }
 
@@ -236,6 +231,36 @@ fn adagrad_configs() -> Vec<OptimizerConfig> {
     out
 }
 
+/// LARS and LAMB: momentum, Nesterov, LARC clipping, trust clipping, always_adapt. Group 1 of
+/// every trial arena has weight decay 0, so it is excluded from adaptation (timm's opt-out).
+fn lars_lamb_configs() -> Vec<OptimizerConfig> {
+    let mut out = Vec::new();
+    for (momentum, nesterov, trust_clip, always_adapt) in [
+        (0.0, false, false, false),
+        (0.9, false, false, false),
+        (0.9, true, false, true),
+        (0.9, false, true, false),
+    ] {
+        out.push(OptimizerConfig::Lars(LarsConfig {
+            lr: 0.1,
+            momentum,
+            nesterov,
+            weight_decay: 1e-4,
+            trust_clip,
+            always_adapt,
+            ..LarsConfig::default()
+        }));
+    }
+    for (trust_clip, always_adapt) in [(false, false), (true, false), (false, true)] {
+        out.push(OptimizerConfig::Lamb(LambConfig {
+            trust_clip,
+            always_adapt,
+            ..LambConfig::default()
+        }));
+    }
+    out
+}
+
 const ODD: [usize; 6] = [1, 255, 257, 278_011, 0, 3];
 
 fn many_lengths(seed: u64) -> Vec<usize> {
@@ -278,6 +303,11 @@ fn rmsprop_all_flags_match_cpu() {
 #[test]
 fn adagrad_all_flags_match_cpu() {
     run_table(adagrad_configs(), 4);
+}
+
+#[test]
+fn lars_and_lamb_match_cpu() {
+    run_table(lars_lamb_configs(), 5);
 }
 
 /// Every flag combination on an arena processed in many binding windows (64 KiB each), with a

@@ -68,6 +68,18 @@ fn wgsl_constants_match_rust_twins() {
     let r = KernelId::RmspropStep.source();
     assert_eq!(wgsl_const(r, "RMS_CENTERED"), rmsprop::RMS_CENTERED);
     assert_eq!(wgsl_const(r, "RMS_MOMENTUM"), rmsprop::RMS_MOMENTUM);
+    use wgpu_optim::optim::{lamb, lars};
+    let l = KernelId::LarsStep.source();
+    assert_eq!(wgsl_const(l, "RED_SIZE"), shaders::RED_SIZE);
+    assert_eq!(wgsl_const(l, "LARS_MOMENTUM"), lars::LARS_MOMENTUM);
+    assert_eq!(wgsl_const(l, "LARS_NESTEROV"), lars::LARS_NESTEROV);
+    assert_eq!(wgsl_const(l, "LARS_TRUST_CLIP"), lars::LARS_TRUST_CLIP);
+    let b = KernelId::LambApply.source();
+    assert_eq!(wgsl_const(b, "LAMB_TRUST_CLIP"), lamb::LAMB_TRUST_CLIP);
+    let n = KernelId::NormGlobal.source();
+    assert_eq!(wgsl_const(n, "NORM_HAS_B"), wgpu_optim::norm::NORM_HAS_B);
+    assert_eq!(wgsl_const(n, "NORM_INF"), wgpu_optim::norm::NORM_INF);
+    assert_eq!(wgsl_const(n, "NORM_CLIP"), wgpu_optim::norm::NORM_CLIP);
 }
 
 #[test]
@@ -75,7 +87,38 @@ fn uniform_structs_have_the_wgsl_sizes() {
     use std::mem::size_of;
     use wgpu_optim::optim::{adagrad, adam, rmsprop, sgd};
     // Sizes naga computes for the WGSL structs must equal the Rust mirrors.
-    let cases: [(KernelId, &str, usize); 8] = [
+    use wgpu_optim::optim::{lamb, lars};
+    let cases: [(KernelId, &str, usize); 14] = [
+        (
+            KernelId::LarsStep,
+            "LarsHyper",
+            size_of::<lars::LarsHyper>(),
+        ),
+        (
+            KernelId::LarsStep,
+            "LarsTensor",
+            size_of::<lars::LarsTensor>(),
+        ),
+        (
+            KernelId::LambApply,
+            "LambHyper",
+            size_of::<lamb::LambHyper>(),
+        ),
+        (
+            KernelId::LambApply,
+            "LambTensor",
+            size_of::<lamb::LambTensor>(),
+        ),
+        (
+            KernelId::NormGlobal,
+            "NormHyper",
+            size_of::<wgpu_optim::norm::NormHyper>(),
+        ),
+        (
+            KernelId::NormGlobal,
+            "TensorRange",
+            size_of::<wgpu_optim::norm::TensorRange>(),
+        ),
         (KernelId::SgdStep, "SgdHyper", size_of::<sgd::SgdHyper>()),
         (KernelId::SgdStep, "SgdTensor", size_of::<sgd::SgdTensor>()),
         (

@@ -12,7 +12,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{maximize_flag, GroupHyper, Rule, StateSpec};
+use super::{maximize_flag, ChunkRange, GroupHyper, HyperCtx, Rule, StateSpec};
 use crate::error::{check_non_negative, Result};
 use crate::shaders::{KernelId, FLAG_MAXIMIZE};
 
@@ -105,15 +105,15 @@ impl Rule for AdagradConfig {
         }]
     }
 
-    fn hyper(&self) -> AdagradHyper {
+    fn hyper(&self, ctx: HyperCtx) -> AdagradHyper {
         AdagradHyper {
-            flags: maximize_flag(self.maximize),
+            flags: maximize_flag(self.maximize) | ctx.extra_flags,
             eps: self.eps as f32,
             pad: [0; 2],
         }
     }
 
-    fn tensor_step(&self, group: &GroupHyper, t: u64) -> AdagradTensor {
+    fn tensor_step(&self, group: &GroupHyper, t: u64, _chunks: ChunkRange) -> AdagradTensor {
         let clr = group.lr / (1.0 + (t as f64 - 1.0) * self.lr_decay);
         AdagradTensor {
             live: 1,

@@ -17,7 +17,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{lerp_torch, maximize_flag, GroupHyper, Rule, StateSpec};
+use super::{lerp_torch, maximize_flag, ChunkRange, GroupHyper, HyperCtx, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelId, FLAG_MAXIMIZE};
 
@@ -164,8 +164,8 @@ impl Rule for AdamConfig {
         s
     }
 
-    fn hyper(&self) -> AdamHyper {
-        let mut flags = maximize_flag(self.maximize);
+    fn hyper(&self, ctx: HyperCtx) -> AdamHyper {
+        let mut flags = maximize_flag(self.maximize) | ctx.extra_flags;
         if self.amsgrad {
             flags |= ADAM_AMSGRAD;
         }
@@ -182,7 +182,7 @@ impl Rule for AdamConfig {
         }
     }
 
-    fn tensor_step(&self, group: &GroupHyper, t: u64) -> AdamTensor {
+    fn tensor_step(&self, group: &GroupHyper, t: u64, _chunks: ChunkRange) -> AdamTensor {
         // As torch's for-loop: Python floats (f64), `beta ** step` with a float step.
         let t = t as f64;
         let bias_correction1 = 1.0 - self.beta1.powf(t);

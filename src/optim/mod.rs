@@ -12,6 +12,8 @@
 
 pub mod adagrad;
 pub mod adam;
+pub mod lamb;
+pub mod lars;
 pub mod rmsprop;
 pub mod sgd;
 
@@ -25,12 +27,15 @@ use crate::context::GpuContext;
 use crate::cpu::CpuOptimizer;
 use crate::dispatch;
 use crate::error::{check_non_negative, Error, Result};
+use crate::norm::GradClipper;
 use crate::pipeline::Kernel;
 use crate::readback;
 use crate::shaders::KernelId;
 
 pub use adagrad::AdagradConfig;
 pub use adam::AdamConfig;
+pub use lamb::LambConfig;
+pub use lars::LarsConfig;
 pub use rmsprop::RmspropConfig;
 pub use sgd::SgdConfig;
 
@@ -62,6 +67,33 @@ impl GroupHyper {
     }
 }
 
+/// One dispatch of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// One workgroup per chunk, once per binding window.
+    Chunks(KernelId),
+    /// One workgroup per tensor (reductions that combine chunk partials).
+    Tensors(KernelId),
+}
+
+/// A tensor's range in the chunk table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChunkRange {
+    /// First chunk.
+    pub first: u32,
+    /// Number of chunks (0 for an empty tensor).
+    pub count: u32,
+}
+
+/// What the optimizer-wide uniform may depend on besides the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HyperCtx {
+    /// Flags set by the engine (e.g. `FLAG_GRAD_SCALE` when clipping is attached).
+    pub extra_flags: u32,
+    /// Number of tensors in the arena.
+    pub n_tensors: u32,
+}
+
 /// An optimization algorithm: config, kernel, scalars and the host-side elementwise update.
 ///
 /// `update` is the definition the GPU kernel is checked against; it must perform the same f32
@@ -89,11 +121,16 @@ pub trait Rule: Clone + Debug + Send + Sync + 'static {
     fn keeps_step(&self) -> bool {
         true
     }
+    /// The dispatches of one step, in order (default: the kernel once per window).
+    fn passes() -> Vec<Pass> {
+        vec![Pass::Chunks(Self::KERNEL)]
+    }
     /// The optimizer-wide uniform.
-    fn hyper(&self) -> Self::Hyper;
-    /// Scalars for an active tensor at step `t` (the tensor's count after increment, t >= 1).
-    fn tensor_step(&self, group: &GroupHyper, t: u64) -> Self::TensorStep;
-    /// The elementwise update on host slices; `state[slot]` is empty for unused slots.
+    fn hyper(&self, ctx: HyperCtx) -> Self::Hyper;
+    /// Scalars for a live tensor at step `t` (the tensor's count after increment, t >= 1).
+    fn tensor_step(&self, group: &GroupHyper, t: u64, chunks: ChunkRange) -> Self::TensorStep;
+    /// The update of one tensor on host slices (elementwise, or with f64 norms for LARS and
+    /// LAMB); `state[slot]` is empty for unused slots.
     fn update(
         h: &Self::Hyper,
         ts: &Self::TensorStep,
@@ -114,6 +151,7 @@ pub(crate) struct StepBook {
     pub names: Vec<String>,
     pub steps: Vec<u64>,
     pub frozen: Vec<bool>,
+    pub chunks: Vec<ChunkRange>,
 }
 
 impl StepBook {
@@ -131,6 +169,7 @@ impl StepBook {
             names: specs.iter().map(|s| s.name.clone()).collect(),
             steps: vec![0; specs.len()],
             frozen: vec![false; specs.len()],
+            chunks: chunk_ranges(specs),
         })
     }
 
@@ -149,7 +188,11 @@ impl StepBook {
                 out.push(R::TensorStep::zeroed());
             } else {
                 self.steps[i] += 1;
-                out.push(rule.tensor_step(&self.groups[self.tensor_group[i]], self.steps[i]));
+                out.push(rule.tensor_step(
+                    &self.groups[self.tensor_group[i]],
+                    self.steps[i],
+                    self.chunks[i],
+                ));
             }
         }
     }
@@ -181,6 +224,20 @@ impl StepBook {
     }
 }
 
+/// Each tensor's range in the chunk table, in the order `ParamLayout` builds it.
+fn chunk_ranges(specs: &[TensorSpec]) -> Vec<ChunkRange> {
+    let mut first = 0u32;
+    specs
+        .iter()
+        .map(|s| {
+            let count = s.len.div_ceil(crate::shaders::CHUNK as usize) as u32;
+            let r = ChunkRange { first, count };
+            first += count;
+            r
+        })
+        .collect()
+}
+
 /// Bytes of a buffer holding `n` items of `T`, at least 16 (wgpu rejects empty bindings).
 fn table_bytes<T>(n: usize) -> u64 {
     ((n * std::mem::size_of::<T>()) as u64).max(16)
@@ -190,21 +247,37 @@ fn table_bytes<T>(n: usize) -> u64 {
 ///
 /// Construction creates every buffer, bind group and pipeline it will use. A step writes the
 /// per-tensor scalar table with one `queue.write_buffer` and records one dispatch per binding
-/// window (one for any arena that fits a storage binding), whatever the tensor count.
+/// window (one for any arena that fits a storage binding), whatever the tensor count; LARS and
+/// LAMB record three (norm partials, per-tensor trust ratios, update).
 #[derive(Debug)]
 pub struct Optimizer<R: Rule> {
     rule: R,
-    kernel: Arc<Kernel>,
+    passes: Vec<(Pass, Arc<Kernel>)>,
     arena_id: u64,
     layout: Arc<ParamLayout>,
     book: StepBook,
     table: Vec<R::TensorStep>,
-    hyper_buf: wgpu::Buffer,
-    tensor_buf: wgpu::Buffer,
-    aux_buf: wgpu::Buffer,
+    buffers: OptimizerBuffers,
     states: Vec<(StateSpec, wgpu::Buffer)>,
     bind_groups: Vec<wgpu::BindGroup>,
     grids: Vec<(u32, u32)>,
+    tensor_grid: (u32, u32),
+    clipper: Option<Arc<GradClipper>>,
+}
+
+/// The buffers a step binds, kept so bind groups can be rebuilt when clipping is attached.
+#[derive(Debug)]
+struct OptimizerBuffers {
+    hyper: wgpu::Buffer,
+    windows: wgpu::Buffer,
+    window_stride: u64,
+    chunks: wgpu::Buffer,
+    tensors: wgpu::Buffer,
+    aux: wgpu::Buffer,
+    params: wgpu::Buffer,
+    grads: wgpu::Buffer,
+    partials: Option<wgpu::Buffer>,
+    dummy: wgpu::Buffer,
 }
 
 impl<R: Rule> Optimizer<R> {
@@ -213,26 +286,29 @@ impl<R: Rule> Optimizer<R> {
     pub fn new(ctx: &GpuContext, arena: &ParamArena, rule: R) -> Result<Self> {
         let layout = arena.layout_arc();
         let book = StepBook::new(&rule, &tensor_specs(&layout))?;
-        let kernel = ctx.pipelines().get(ctx, R::KERNEL)?;
         let label = R::KERNEL.entry_point();
-        let dev = ctx.device();
         let bytes = layout.buffer_bytes();
         let specs = rule.states();
-        for s in &specs {
+        if !specs.is_empty() && bytes > ctx.limits().max_buffer_size {
             // Checked before creating anything, so a too-large optimizer fails cleanly.
-            if bytes > ctx.limits().max_buffer_size {
-                return Err(Error::BufferTooLarge {
-                    what: format!("{label} state {}", s.name),
-                    bytes,
-                    limit: ctx.limits().max_buffer_size,
-                });
-            }
+            return Err(Error::BufferTooLarge {
+                what: format!("{label} state"),
+                bytes,
+                limit: ctx.limits().max_buffer_size,
+            });
+        }
+        let mut passes = Vec::new();
+        for pass in R::passes() {
+            let (Pass::Chunks(k) | Pass::Tensors(k)) = pass;
+            passes.push((pass, ctx.pipelines().get(ctx, k)?));
         }
         let n_tensors = layout.tensors().len();
-        let align = ctx.limits().min_uniform_buffer_offset_alignment.max(16) as u64;
+        let n_chunks = layout.chunks().len();
         let windows = layout.windows();
+        let align = ctx.limits().min_uniform_buffer_offset_alignment.max(16) as u64;
 
         ctx.scoped(|| -> Result<Self> {
+            let dev = ctx.device();
             let uniform = |name: &str, size: u64| {
                 dev.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(&format!("{label} {name}")),
@@ -241,40 +317,28 @@ impl<R: Rule> Optimizer<R> {
                     mapped_at_creation: false,
                 })
             };
-            let storage = |name: &str, size: u64| {
-                dev.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(&format!("{label} {name}")),
-                    size,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_DST
-                        | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                })
-            };
-            let hyper_buf = uniform("hyper", std::mem::size_of::<R::Hyper>() as u64);
-            ctx.queue()
-                .write_buffer(&hyper_buf, 0, bytemuck::bytes_of(&rule.hyper()));
+            let storage =
+                |name: &str, size: u64| storage_buffer(ctx, &format!("{label} {name}"), size);
+            let hyper = uniform("hyper", std::mem::size_of::<R::Hyper>() as u64);
             let window_buf = uniform("windows", align * windows.len().max(1) as u64);
             for (i, w) in windows.iter().enumerate() {
                 ctx.queue().write_buffer(
                     &window_buf,
                     align * i as u64,
-                    bytemuck::bytes_of(&w.uniform()),
+                    bytemuck::bytes_of(&w.uniform(n_chunks as u32)),
                 );
             }
-            let chunk_buf = storage(
-                "chunks",
-                table_bytes::<crate::arena::ChunkEntry>(layout.chunks().len()),
-            );
-            if !layout.chunks().is_empty() {
+            let chunk_buf = storage("chunks", table_bytes::<crate::arena::ChunkEntry>(n_chunks));
+            if n_chunks > 0 {
                 ctx.queue()
                     .write_buffer(&chunk_buf, 0, bytemuck::cast_slice(layout.chunks()));
             }
-            let tensor_buf = storage("tensors", table_bytes::<R::TensorStep>(n_tensors));
-            let aux_buf = storage("aux", 16);
+            let aux = storage("aux", 16);
             ctx.queue()
-                .write_buffer(&aux_buf, 0, bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 0.0]));
-
+                .write_buffer(&aux, 0, bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 0.0]));
+            let partials = R::KERNEL
+                .uses_partials()
+                .then(|| storage("partials", table_bytes::<[f32; 4]>(n_chunks + n_tensors)));
             let mut states = Vec::with_capacity(specs.len());
             for s in &specs {
                 let buf = storage(s.name, bytes);
@@ -291,79 +355,130 @@ impl<R: Rule> Optimizer<R> {
                 }
                 states.push((*s, buf));
             }
-            // Slots this configuration does not use are bound to one small dummy buffer.
-            let dummy = storage("unused state", 16);
-
-            let mut bind_groups = Vec::with_capacity(windows.len());
-            let mut grids = Vec::with_capacity(windows.len());
-            for (i, w) in windows.iter().enumerate() {
-                let win = |buf| window_binding(buf, w);
-                let mut entries = vec![
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: hyper_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &window_buf,
-                            offset: align * i as u64,
-                            size: std::num::NonZeroU64::new(16),
-                        }),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: chunk_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: tensor_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 4,
-                        resource: aux_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 5,
-                        resource: win(arena.params_buffer()),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 6,
-                        resource: win(arena.grads_buffer()),
-                    },
-                ];
-                for slot in 0..R::KERNEL.state_slots() {
-                    let resource = match states.iter().find(|(s, _)| s.slot == slot) {
-                        Some((_, buf)) => win(buf),
-                        None => dummy.as_entire_binding(),
-                    };
-                    entries.push(wgpu::BindGroupEntry {
-                        binding: 7 + slot,
-                        resource,
-                    });
-                }
-                bind_groups.push(dev.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(label),
-                    layout: &kernel.layout,
-                    entries: &entries,
-                }));
-                grids.push(dispatch::grid(w.chunk_count, ctx.max_workgroups_per_dim()));
-            }
-            Ok(Self {
+            let mut opt = Self {
                 table: Vec::with_capacity(n_tensors),
-                rule,
-                kernel: kernel.clone(),
+                passes,
                 arena_id: arena.id(),
                 layout: layout.clone(),
                 book,
-                hyper_buf,
-                tensor_buf,
-                aux_buf,
+                buffers: OptimizerBuffers {
+                    hyper,
+                    windows: window_buf,
+                    window_stride: align,
+                    chunks: chunk_buf,
+                    tensors: storage("tensors", table_bytes::<R::TensorStep>(n_tensors)),
+                    aux,
+                    params: arena.params_buffer().clone(),
+                    grads: arena.grads_buffer().clone(),
+                    partials,
+                    // Slots this configuration does not use are bound to one small dummy.
+                    dummy: storage("unused state", 16),
+                },
                 states,
-                bind_groups,
-                grids,
-            })
+                bind_groups: Vec::new(),
+                grids: windows
+                    .iter()
+                    .map(|w| dispatch::grid(w.chunk_count, ctx.max_workgroups_per_dim()))
+                    .collect(),
+                tensor_grid: dispatch::grid(n_tensors as u32, ctx.max_workgroups_per_dim()),
+                clipper: None,
+                rule,
+            };
+            opt.write_hyper(ctx);
+            opt.bind_groups = opt.build_bind_groups(ctx);
+            Ok(opt)
         })?
+    }
+
+    fn build_bind_groups(&self, ctx: &GpuContext) -> Vec<wgpu::BindGroup> {
+        let b = &self.buffers;
+        let aux = match &self.clipper {
+            Some(c) => c.scale_buffer(),
+            None => &b.aux,
+        };
+        let layout = &self.passes[0].1.layout;
+        let label = R::KERNEL.entry_point();
+        self.layout
+            .windows()
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let entry = |binding, resource| wgpu::BindGroupEntry { binding, resource };
+                let mut entries = vec![
+                    entry(0, b.hyper.as_entire_binding()),
+                    entry(
+                        1,
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &b.windows,
+                            offset: b.window_stride * i as u64,
+                            size: std::num::NonZeroU64::new(16),
+                        }),
+                    ),
+                    entry(2, b.chunks.as_entire_binding()),
+                    entry(3, b.tensors.as_entire_binding()),
+                    entry(4, aux.as_entire_binding()),
+                    entry(5, window_binding(&b.params, w)),
+                    entry(6, window_binding(&b.grads, w)),
+                ];
+                for slot in 0..R::KERNEL.state_slots() {
+                    let resource = match self.states.iter().find(|(s, _)| s.slot == slot) {
+                        Some((_, buf)) => window_binding(buf, w),
+                        None => b.dummy.as_entire_binding(),
+                    };
+                    entries.push(entry(7 + slot, resource));
+                }
+                if let Some(p) = &b.partials {
+                    entries.push(entry(10, p.as_entire_binding()));
+                }
+                ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(label),
+                    layout,
+                    entries: &entries,
+                })
+            })
+            .collect()
+    }
+
+    fn write_hyper(&self, ctx: &GpuContext) {
+        let extra_flags = if self.clipper.is_some() {
+            crate::shaders::FLAG_GRAD_SCALE
+        } else {
+            0
+        };
+        let h = self.rule.hyper(HyperCtx {
+            extra_flags,
+            n_tensors: self.layout.tensors().len() as u32,
+        });
+        ctx.queue()
+            .write_buffer(&self.buffers.hyper, 0, bytemuck::bytes_of(&h));
+    }
+
+    /// Attaches (or, with `None`, detaches) global-norm gradient clipping. While attached,
+    /// every step first records the clipper's norm passes over the gradients, and the update
+    /// kernel multiplies each gradient by the clip coefficient the GPU computed, with no extra
+    /// pass over the gradients and no host round trip. The grads buffer itself is not modified.
+    pub fn set_grad_clip(
+        &mut self,
+        ctx: &GpuContext,
+        clipper: Option<Arc<GradClipper>>,
+    ) -> Result<()> {
+        if let Some(c) = &clipper {
+            if c.arena_id() != self.arena_id {
+                return Err(Error::ArenaMismatch {
+                    expected: self.arena_id,
+                    got: c.arena_id(),
+                });
+            }
+        }
+        self.clipper = clipper;
+        self.bind_groups = ctx.scoped(|| self.build_bind_groups(ctx))?;
+        self.write_hyper(ctx);
+        Ok(())
+    }
+
+    /// The attached gradient clipper.
+    pub fn grad_clip(&self) -> Option<&Arc<GradClipper>> {
+        self.clipper.as_ref()
     }
 
     /// The configuration.
@@ -392,19 +507,33 @@ impl<R: Rule> Optimizer<R> {
         }
         self.book.advance(&self.rule, &mut self.table);
         ctx.queue()
-            .write_buffer(&self.tensor_buf, 0, bytemuck::cast_slice(&self.table));
-        let label = R::KERNEL.entry_point();
+            .write_buffer(&self.buffers.tensors, 0, bytemuck::cast_slice(&self.table));
+        if let Some(c) = &self.clipper {
+            c.encode(encoder);
+        }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(label),
+            label: Some(R::KERNEL.entry_point()),
             timestamp_writes: None,
         });
-        pass.set_pipeline(&self.kernel.pipeline);
-        for (bg, &(x, y)) in self.bind_groups.iter().zip(&self.grids) {
-            if x == 0 {
-                continue;
+        for (p, kernel) in &self.passes {
+            pass.set_pipeline(&kernel.pipeline);
+            match p {
+                Pass::Chunks(_) => {
+                    for (bg, &(x, y)) in self.bind_groups.iter().zip(&self.grids) {
+                        if x > 0 {
+                            pass.set_bind_group(0, bg, &[]);
+                            pass.dispatch_workgroups(x, y, 1);
+                        }
+                    }
+                }
+                Pass::Tensors(_) => {
+                    let (x, y) = self.tensor_grid;
+                    if let (Some(bg), true) = (self.bind_groups.first(), x > 0) {
+                        pass.set_bind_group(0, bg, &[]);
+                        pass.dispatch_workgroups(x, y, 1);
+                    }
+                }
             }
-            pass.set_bind_group(0, bg, &[]);
-            pass.dispatch_workgroups(x, y, 1);
         }
         Ok(())
     }
@@ -421,9 +550,17 @@ impl<R: Rule> Optimizer<R> {
         Ok(())
     }
 
-    /// Dispatches recorded per step (the number of binding windows with work).
+    /// Dispatches recorded per step by this optimizer (one per pass and binding window with
+    /// work), not counting an attached clipper's.
     pub fn dispatches_per_step(&self) -> usize {
-        self.grids.iter().filter(|g| g.0 > 0).count()
+        let windows = self.grids.iter().filter(|g| g.0 > 0).count();
+        self.passes
+            .iter()
+            .map(|(p, _)| match p {
+                Pass::Chunks(_) => windows,
+                Pass::Tensors(_) => usize::from(self.tensor_grid.0 > 0),
+            })
+            .sum()
     }
 
     /// Learning rate of group 0.
@@ -489,22 +626,34 @@ impl<R: Rule> Optimizer<R> {
         readback::read_f32(ctx, buf, 0, self.layout.total_elements() as usize)
     }
 
-    /// The small buffer of GPU-computed scalars (aux[0] is the gradient scale).
-    #[allow(dead_code)]
-    pub(crate) fn aux_buffer(&self) -> &wgpu::Buffer {
-        &self.aux_buf
-    }
-
-    /// Rewrites the optimizer-wide uniform (after a config change).
-    #[allow(dead_code)]
-    pub(crate) fn rewrite_hyper(&self, ctx: &GpuContext) {
-        ctx.queue()
-            .write_buffer(&self.hyper_buf, 0, bytemuck::bytes_of(&self.rule.hyper()));
+    /// Per-tensor trust ratios of the last step (LARS and LAMB; 1 for tensors that do not
+    /// adapt; the previous value for tensors frozen in that step), read back from the GPU.
+    /// `None` for elementwise optimizers.
+    pub fn read_trust_ratios(&self, ctx: &GpuContext) -> Result<Option<Vec<f32>>> {
+        let Some(p) = &self.buffers.partials else {
+            return Ok(None);
+        };
+        let n = self.layout.tensors().len();
+        let base = self.layout.chunks().len() as u64 * 4;
+        let raw = readback::read_f32(ctx, p, base, n * 4)?;
+        Ok(Some(raw.chunks_exact(4).map(|v| v[0]).collect()))
     }
 }
 
+/// A storage buffer that can also be copied to and from.
+pub(crate) fn storage_buffer(ctx: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
+    ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    })
+}
+
 /// Binds the window `w` of an arena-shaped buffer.
-fn window_binding<'a>(buf: &'a wgpu::Buffer, w: &Window) -> wgpu::BindingResource<'a> {
+pub(crate) fn window_binding<'a>(buf: &'a wgpu::Buffer, w: &Window) -> wgpu::BindingResource<'a> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
         buffer: buf,
         offset: w.byte_offset(),
@@ -550,6 +699,10 @@ pub trait DynOptimizer {
     fn step_count(&self, tensor: &str) -> Result<u64>;
     /// See [`Optimizer::dispatches_per_step`].
     fn dispatches_per_step(&self) -> usize;
+    /// See [`Optimizer::set_grad_clip`].
+    fn set_grad_clip(&mut self, ctx: &GpuContext, clipper: Option<Arc<GradClipper>>) -> Result<()>;
+    /// See [`Optimizer::read_trust_ratios`].
+    fn read_trust_ratios(&self, ctx: &GpuContext) -> Result<Option<Vec<f32>>>;
 }
 
 impl<R: Rule> DynOptimizer for Optimizer<R> {
@@ -591,6 +744,12 @@ impl<R: Rule> DynOptimizer for Optimizer<R> {
     fn dispatches_per_step(&self) -> usize {
         Optimizer::dispatches_per_step(self)
     }
+    fn set_grad_clip(&mut self, ctx: &GpuContext, clipper: Option<Arc<GradClipper>>) -> Result<()> {
+        Optimizer::set_grad_clip(self, ctx, clipper)
+    }
+    fn read_trust_ratios(&self, ctx: &GpuContext) -> Result<Option<Vec<f32>>> {
+        Optimizer::read_trust_ratios(self, ctx)
+    }
 }
 
 /// Any elementwise optimizer configuration, for choosing the algorithm at run time.
@@ -604,6 +763,10 @@ pub enum OptimizerConfig {
     Rmsprop(RmspropConfig),
     /// torch.optim.Adagrad
     Adagrad(AdagradConfig),
+    /// LARS (timm)
+    Lars(LarsConfig),
+    /// LAMB (timm)
+    Lamb(LambConfig),
 }
 
 macro_rules! each_config {
@@ -613,6 +776,8 @@ macro_rules! each_config {
             OptimizerConfig::Adam($c) => $body,
             OptimizerConfig::Rmsprop($c) => $body,
             OptimizerConfig::Adagrad($c) => $body,
+            OptimizerConfig::Lars($c) => $body,
+            OptimizerConfig::Lamb($c) => $body,
         }
     };
 }
@@ -626,6 +791,11 @@ impl OptimizerConfig {
     /// Bytes moved per element per step (SPEC §5).
     pub fn bytes_per_element(&self) -> u64 {
         each_config!(self, c => c.bytes_per_element())
+    }
+
+    /// Default learning rate.
+    pub fn lr(&self) -> f64 {
+        each_config!(self, c => c.lr())
     }
 
     /// Checks the hyperparameters.

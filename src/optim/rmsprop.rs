@@ -15,7 +15,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{lerp_torch, maximize_flag, GroupHyper, Rule, StateSpec};
+use super::{lerp_torch, maximize_flag, ChunkRange, GroupHyper, HyperCtx, Rule, StateSpec};
 use crate::error::{check_non_negative, Result};
 use crate::shaders::{KernelId, FLAG_MAXIMIZE};
 
@@ -142,8 +142,8 @@ impl Rule for RmspropConfig {
         s
     }
 
-    fn hyper(&self) -> RmspropHyper {
-        let mut flags = maximize_flag(self.maximize);
+    fn hyper(&self, ctx: HyperCtx) -> RmspropHyper {
+        let mut flags = maximize_flag(self.maximize) | ctx.extra_flags;
         if self.centered {
             flags |= RMS_CENTERED;
         }
@@ -160,7 +160,7 @@ impl Rule for RmspropConfig {
         }
     }
 
-    fn tensor_step(&self, group: &GroupHyper, _t: u64) -> RmspropTensor {
+    fn tensor_step(&self, group: &GroupHyper, _t: u64, _chunks: ChunkRange) -> RmspropTensor {
         RmspropTensor {
             live: 1,
             neg_lr: (-group.lr) as f32,

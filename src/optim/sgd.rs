@@ -13,7 +13,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{maximize_flag, GroupHyper, Rule, StateSpec};
+use super::{maximize_flag, ChunkRange, GroupHyper, HyperCtx, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Error, Result};
 use crate::shaders::{KernelId, FLAG_MAXIMIZE};
 
@@ -130,8 +130,8 @@ impl Rule for SgdConfig {
         false
     }
 
-    fn hyper(&self) -> SgdHyper {
-        let mut flags = maximize_flag(self.maximize);
+    fn hyper(&self, ctx: HyperCtx) -> SgdHyper {
+        let mut flags = maximize_flag(self.maximize) | ctx.extra_flags;
         if self.momentum != 0.0 {
             flags |= SGD_MOMENTUM;
         }
@@ -146,7 +146,7 @@ impl Rule for SgdConfig {
         }
     }
 
-    fn tensor_step(&self, group: &GroupHyper, t: u64) -> SgdTensor {
+    fn tensor_step(&self, group: &GroupHyper, t: u64, _chunks: ChunkRange) -> SgdTensor {
         SgdTensor {
             live: 1,
             first: (t == 1) as u32,

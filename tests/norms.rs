@@ -1,0 +1,346 @@
+//! Segmented norm reductions, global-norm clipping, and their use by the optimizers.
+//!
+//! Norm accuracy: the GPU sums squares in f32 along a fixed tree (see shaders/reduce.wgsl). For
+//! nonnegative terms the relative error of such a sum is at most (depth x u), u = 2^-24; the
+//! depth is 3 + 6 + ceil(chunks / 256) + 8, i.e. 273 for a 16M-element tensor, so the sum is
+//! within 1.6e-5 and the norm (a square root halves relative error) within 8.2e-6 < 1e-5 of the
+//! exact value, which the f64 CPU reference approximates to ~1e-16. The inf norm is exact.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{assert_close, gpu, randn, ATOL, RTOL};
+use wgpu_optim::norm::{cpu_clip_grad_norm, cpu_norms};
+use wgpu_optim::{
+    AdamConfig, CpuOptimizer, Error, GpuContext, GradClipper, LambConfig, NormReducer, NormType,
+    OptimizerConfig, ParamArena, SgdConfig, TensorSpec,
+};
+
+const NORM_RTOL: f64 = 1e-5;
+
+fn specs(lens: &[usize]) -> Vec<TensorSpec> {
+    lens.iter()
+        .enumerate()
+        .map(|(i, &n)| TensorSpec::new(format!("t{i}"), n))
+        .collect()
+}
+
+fn check_norms(ctx: &GpuContext, lens: &[usize], seed: u64) {
+    let arena = ParamArena::new(ctx, &specs(lens)).unwrap();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let data: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    arena.write_all_params(ctx, &data).unwrap();
+    for norm_type in [NormType::L2, NormType::Inf] {
+        let r = NormReducer::new(ctx, &arena, arena.params_buffer(), norm_type).unwrap();
+        let (per, total) = r.compute(ctx).unwrap();
+        let (want_per, want_total) = cpu_norms(&data, norm_type);
+        for (i, (&g, &w)) in per.iter().zip(&want_per).enumerate() {
+            let err = (g as f64 - w).abs();
+            assert!(
+                err <= NORM_RTOL * w || (w == 0.0 && g == 0.0),
+                "{norm_type:?} tensor {i} (len {}): got {g} want {w} rel {}",
+                lens[i],
+                err / w
+            );
+            if norm_type == NormType::Inf {
+                assert_eq!(g as f64, w, "inf norm is exact");
+            }
+        }
+        let err = (total as f64 - want_total).abs();
+        assert!(
+            err <= NORM_RTOL * want_total,
+            "{norm_type:?} total: got {total} want {want_total}"
+        );
+    }
+}
+
+#[test]
+fn norms_match_f64_reference_at_awkward_sizes() {
+    let Some(ctx) = gpu() else { return };
+    check_norms(&ctx, &[1, 255, 257, 278_011, 0], 1);
+}
+
+#[test]
+fn norms_match_f64_reference_on_16m_elements() {
+    let Some(ctx) = gpu() else { return };
+    check_norms(&ctx, &[16 << 20], 2);
+}
+
+#[test]
+fn norms_match_f64_reference_on_10000_small_tensors() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fastrand::Rng::with_seed(3);
+    let lens: Vec<usize> = (0..10_000)
+        .map(|_| {
+            if rng.u8(..) < 25 {
+                0
+            } else {
+                rng.usize(1..300)
+            }
+        })
+        .collect();
+    check_norms(&ctx, &lens, 4);
+}
+
+fn clip_trial(
+    ctx: &GpuContext,
+    cfg: OptimizerConfig,
+    norm_type: NormType,
+    scale: f32,
+    max_norm: Option<f64>,
+) {
+    let lens = [257, 1, 1000, 0, 33];
+    let specs = specs(&lens);
+    let arena = ParamArena::new(ctx, &specs).unwrap();
+    let mut rng = fastrand::Rng::with_seed(9);
+    let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    arena.write_all_params(ctx, &params).unwrap();
+    let mut gpu = cfg.build(ctx, &arena).unwrap();
+    let mut cpu = cfg.build_cpu(&specs).unwrap();
+    for step in 0..7 {
+        let grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, scale)).collect();
+        let (_, total) = cpu_norms(&grads, norm_type);
+        // None: clip exactly at the current norm (coefficient max/(max+1e-6), just below 1).
+        let max = max_norm.unwrap_or(total);
+        let clipper = Arc::new(GradClipper::new(ctx, &arena, max, norm_type).unwrap());
+        // Re-attaching each step is allowed (bind groups are rebuilt outside the hot path).
+        set_clip(&mut *gpu, ctx, clipper.clone());
+        arena.write_all_grads(ctx, &grads).unwrap();
+        gpu.step(ctx, &arena).unwrap();
+        let mut clipped = grads.clone();
+        let want_total = cpu_clip_grad_norm(&mut clipped, max, norm_type).unwrap();
+        cpu.step(&mut params, &clipped).unwrap();
+        let got_total = clipper.read_total_norm(ctx).unwrap() as f64;
+        assert!(
+            (got_total - want_total).abs() <= 1e-5 * want_total,
+            "step {step}: pre-clip norm {got_total} vs {want_total}"
+        );
+        let coef = clipper.read_coefficient(ctx).unwrap() as f64;
+        let want_coef = (max / (want_total + 1e-6)).min(1.0);
+        assert!(
+            (coef - want_coef).abs() <= 2e-6 * want_coef,
+            "coef {coef} vs {want_coef}"
+        );
+        let got = arena.read_all_params(ctx).unwrap();
+        for i in 0..lens.len() {
+            assert_close(
+                &format!("{} step {step} tensor {i}", cfg.name()),
+                &got[i],
+                &params[i],
+                ATOL,
+                RTOL,
+            );
+            for name in gpu.state_names() {
+                let s = gpu.read_state(ctx, name, &format!("t{i}")).unwrap();
+                assert_close(
+                    &format!("{name} {i}"),
+                    &s,
+                    cpu.state(name, i).unwrap(),
+                    ATOL,
+                    RTOL,
+                );
+            }
+        }
+        // The gradients themselves are not modified on the GPU.
+        assert_eq!(arena.read_grads(ctx, "t0").unwrap(), grads[0]);
+    }
+}
+
+fn set_clip(opt: &mut dyn wgpu_optim::DynOptimizer, ctx: &GpuContext, c: Arc<GradClipper>) {
+    opt.set_grad_clip(ctx, Some(c)).unwrap();
+}
+
+#[test]
+fn clipping_fused_into_adam_and_sgd_matches_clip_then_step() {
+    let Some(ctx) = gpu() else { return };
+    let adam = OptimizerConfig::Adam(AdamConfig::default());
+    let sgd = OptimizerConfig::Sgd(SgdConfig {
+        lr: 0.05,
+        momentum: 0.9,
+        ..SgdConfig::default()
+    });
+    for cfg in [adam, sgd] {
+        // Below the threshold (coefficient 1), above it, and exactly at it; L2 and inf norms.
+        clip_trial(&ctx, cfg.clone(), NormType::L2, 0.01, Some(1e3));
+        clip_trial(&ctx, cfg.clone(), NormType::L2, 1.0, Some(0.5));
+        clip_trial(&ctx, cfg.clone(), NormType::L2, 1.0, None);
+        clip_trial(&ctx, cfg.clone(), NormType::Inf, 1.0, Some(0.1));
+        clip_trial(&ctx, cfg, NormType::Inf, 0.01, Some(10.0));
+    }
+    // And through the multi-pass optimizers.
+    clip_trial(
+        &ctx,
+        OptimizerConfig::Lamb(LambConfig::default()),
+        NormType::L2,
+        1.0,
+        Some(0.5),
+    );
+    clip_trial(
+        &ctx,
+        OptimizerConfig::Lars(wgpu_optim::LarsConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            ..Default::default()
+        }),
+        NormType::L2,
+        1.0,
+        Some(0.5),
+    );
+}
+
+/// Zero tensors, zero gradients and a group excluded from adaptation, for LARS and LAMB.
+#[test]
+fn trust_ratio_edge_cases_match_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let specs = vec![
+        TensorSpec::new("zero_param", 300),
+        TensorSpec::new("zero_grad", 300),
+        TensorSpec::new("normal", 300),
+        TensorSpec::new("bias", 40).in_group(1),
+    ];
+    let cfgs = [
+        OptimizerConfig::Lars(wgpu_optim::LarsConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-3,
+            ..Default::default()
+        }),
+        OptimizerConfig::Lamb(LambConfig::default()),
+    ];
+    for cfg in cfgs {
+        let arena = ParamArena::new(&ctx, &specs).unwrap();
+        let mut rng = fastrand::Rng::with_seed(21);
+        let mut params = vec![
+            vec![0.0; 300],
+            randn(&mut rng, 300, 1.0),
+            randn(&mut rng, 300, 1.0),
+            randn(&mut rng, 40, 1.0),
+        ];
+        arena.write_all_params(&ctx, &params).unwrap();
+        let mut gpu = cfg.build(&ctx, &arena).unwrap();
+        let mut cpu = cfg.build_cpu(&specs).unwrap();
+        let no_decay = wgpu_optim::GroupHyper {
+            lr: cfg.lr(),
+            weight_decay: 0.0,
+        };
+        gpu.set_group(1, no_decay).unwrap();
+        cpu.set_group(1, no_decay).unwrap();
+        for step in 0..7 {
+            let grads = vec![
+                randn(&mut rng, 300, 1.0),
+                vec![0.0; 300],
+                randn(&mut rng, 300, 1.0),
+                randn(&mut rng, 40, 1.0),
+            ];
+            arena.write_all_grads(&ctx, &grads).unwrap();
+            gpu.step(&ctx, &arena).unwrap();
+            cpu.step(&mut params, &grads).unwrap();
+            let got = arena.read_all_params(&ctx).unwrap();
+            for i in 0..specs.len() {
+                let w = format!("{} step {step} {}", cfg.name(), specs[i].name);
+                assert_close(&w, &got[i], &params[i], ATOL, RTOL);
+                for name in gpu.state_names() {
+                    let s = gpu.read_state(&ctx, name, &specs[i].name).unwrap();
+                    assert_close(
+                        &format!("{w} {name}"),
+                        &s,
+                        cpu.state(name, i).unwrap(),
+                        ATOL,
+                        RTOL,
+                    );
+                }
+            }
+            let ratios = gpu.read_trust_ratios(&ctx).unwrap().unwrap();
+            // The excluded group does not adapt.
+            assert_eq!(ratios[3], 1.0, "{}: bias group ratio", cfg.name());
+            if let OptimizerConfig::Lars(_) = cfg {
+                // |g| = 0 -> ratio 1 (LARS); |p| = 0 on the first step -> ratio 1.
+                assert_eq!(ratios[1], 1.0, "zero-grad ratio");
+                if step == 0 {
+                    assert_eq!(ratios[0], 1.0, "zero-param ratio");
+                }
+            } else if step == 0 {
+                assert_eq!(ratios[0], 1.0, "zero-param ratio (LAMB)");
+            }
+            assert_ne!(ratios[2], 1.0, "an ordinary tensor adapts");
+        }
+    }
+}
+
+/// The same step, run three times from the same inputs, gives bitwise-identical params, state,
+/// trust ratios and norms.
+#[test]
+fn reductions_and_multi_pass_steps_are_deterministic() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fastrand::Rng::with_seed(31);
+    let lens: Vec<usize> = (0..500)
+        .map(|_| rng.usize(0..3000))
+        .chain([1 << 20])
+        .collect();
+    let specs = specs(&lens);
+    let params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    let grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    let run = || {
+        let arena = ParamArena::new(&ctx, &specs).unwrap();
+        arena.write_all_params(&ctx, &params).unwrap();
+        arena.write_all_grads(&ctx, &grads).unwrap();
+        let clipper = Arc::new(GradClipper::new(&ctx, &arena, 1.0, NormType::L2).unwrap());
+        let mut opt = wgpu_optim::Lamb::new(&ctx, &arena, LambConfig::default()).unwrap();
+        opt.set_grad_clip(&ctx, Some(clipper.clone())).unwrap();
+        opt.step(&ctx, &arena).unwrap();
+        opt.step(&ctx, &arena).unwrap();
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+        (
+            bits(arena.read_params_image(&ctx).unwrap()),
+            bits(opt.read_state_image(&ctx, "exp_avg").unwrap()),
+            bits(opt.read_state_image(&ctx, "exp_avg_sq").unwrap()),
+            bits(opt.read_trust_ratios(&ctx).unwrap().unwrap()),
+            bits(clipper.read_tensor_norms(&ctx).unwrap()),
+            clipper.read_total_norm(&ctx).unwrap().to_bits(),
+        )
+    };
+    let first = run();
+    for _ in 0..2 {
+        assert!(run() == first, "a rerun differs");
+    }
+}
+
+#[test]
+fn clipper_rejects_bad_thresholds_and_other_arenas() {
+    let Some(ctx) = gpu() else { return };
+    let arena = ParamArena::new(&ctx, &specs(&[10])).unwrap();
+    let other = ParamArena::new(&ctx, &specs(&[10])).unwrap();
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let e = GradClipper::new(&ctx, &arena, bad, NormType::L2).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidHyperparameter {
+                    name: "max_norm",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+    let mut c = GradClipper::new(&ctx, &arena, 1.0, NormType::L2).unwrap();
+    assert!(c.set_max_norm(&ctx, -2.0).is_err());
+    assert_eq!(c.max_norm(), 1.0);
+    let mut opt = wgpu_optim::Adam::new(&ctx, &other, AdamConfig::default()).unwrap();
+    let e = opt.set_grad_clip(&ctx, Some(Arc::new(c))).unwrap_err();
+    assert!(matches!(e, Error::ArenaMismatch { .. }), "{e:?}");
+    assert!(opt.grad_clip().is_none());
+    let small = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("too small"),
+        size: 16,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let e = NormReducer::new(&ctx, &arena, &small, NormType::L2).unwrap_err();
+    assert!(matches!(e, Error::LengthMismatch { .. }), "{e:?}");
+    let e = cpu_clip_grad_norm(&mut [vec![1.0]], f64::NAN, NormType::L2).unwrap_err();
+    assert!(matches!(e, Error::InvalidHyperparameter { .. }));
+    let _ = CpuOptimizer::new(SgdConfig::default(), &specs(&[1])).unwrap();
+}
