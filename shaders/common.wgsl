@@ -20,9 +20,9 @@
 // WG_SIZE, VEC_PER_LANE and CHUNK have Rust twins in src/shaders.rs; tests/shaders.rs checks
 // that the two agree.
 
-const WG_SIZE: u32 = 64u;
-const VEC_PER_LANE: u32 = 1u;
-const CHUNK: u32 = 256u;
+const WG_SIZE: u32 = 256u;
+const VEC_PER_LANE: u32 = 4u;
+const CHUNK: u32 = 4096u;
 
 // Flags shared by all kernels (bits 0..7). Kernel-specific flags start at bit 8.
 const FLAG_MAXIMIZE: u32 = 1u;

@@ -508,8 +508,8 @@ mod tests {
 
     #[test]
     fn windows_respect_binding_size_and_alignment() {
-        let lens: Vec<usize> = (0..200).map(|i| (i * 37) % 900).collect();
-        let max = 16 * 1024;
+        let lens: Vec<usize> = (0..200).map(|i| (i * 37) % 9000).collect();
+        let max = 64 * 1024;
         let l = ParamLayout::new(&specs(&lens), max, 256).unwrap();
         assert!(l.windows().len() > 1);
         let mut next_chunk = 0;

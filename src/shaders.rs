@@ -3,9 +3,9 @@
 //! The Rust twins of the WGSL constants live here; `tests/shaders.rs` checks they agree.
 
 /// Invocations per workgroup (WGSL `WG_SIZE`).
-pub const WG_SIZE: u32 = 64;
+pub const WG_SIZE: u32 = 256;
 /// vec4s each invocation updates per chunk (WGSL `VEC_PER_LANE`).
-pub const VEC_PER_LANE: u32 = 1;
+pub const VEC_PER_LANE: u32 = 4;
 /// Elements per chunk, the unit of work of one workgroup (WGSL `CHUNK`).
 pub const CHUNK: u32 = WG_SIZE * VEC_PER_LANE * 4;
 
@@ -15,7 +15,7 @@ pub const FLAG_MAXIMIZE: u32 = 1;
 pub const FLAG_GRAD_SCALE: u32 = 2;
 
 /// Workgroup size of the per-tensor reduction passes (WGSL `RED_SIZE` in reduce.wgsl).
-pub const RED_SIZE: u32 = 256;
+pub const RED_SIZE: u32 = 32;
 
 macro_rules! kernel {
     ($file:literal) => {
