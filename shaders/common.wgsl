@@ -103,3 +103,25 @@ fn lerp_torch(start: vec4<f32>, end: vec4<f32>, w: f32) -> vec4<f32> {
     }
     return end - (end - start) * (1.0 - w);
 }
+
+struct Momentum {
+    // the new momentum buffer
+    buf: vec4<f32>,
+    // the direction the parameter moves along (before -lr)
+    dir: vec4<f32>,
+}
+
+// PyTorch's SGD momentum, shared by sgd.wgsl and lars.wgsl: on a tensor's first step the buffer
+// is the gradient itself (no dampening); afterwards momentum * buf + (1 - dampening) * g.
+fn sgd_momentum(b0: vec4<f32>, g: vec4<f32>, first: bool, momentum: f32, one_minus_dampening: f32, nesterov: bool) -> Momentum {
+    var m: Momentum;
+    m.buf = g;
+    if (!first) {
+        m.buf = b0 * momentum + one_minus_dampening * g;
+    }
+    m.dir = m.buf;
+    if (nesterov) {
+        m.dir = g + momentum * m.buf;
+    }
+    return m;
+}

@@ -35,16 +35,9 @@ fn sgd_vec(i: u32, mask: vec4<bool>, t: SgdTensor) {
     }
     if ((hp.flags & SGD_MOMENTUM) != 0u) {
         let b0 = momentum_buffer[i];
-        var b = g;
-        if (t.first == 0u) {
-            b = b0 * hp.momentum + hp.one_minus_dampening * g;
-        }
-        momentum_buffer[i] = select(b0, b, mask);
-        if ((hp.flags & SGD_NESTEROV) != 0u) {
-            g = g + hp.momentum * b;
-        } else {
-            g = b;
-        }
+        let m = sgd_momentum(b0, g, t.first != 0u, hp.momentum, hp.one_minus_dampening, (hp.flags & SGD_NESTEROV) != 0u);
+        momentum_buffer[i] = select(b0, m.buf, mask);
+        g = m.dir;
     }
     params[i] = select(p0, p0 + t.neg_lr * g, mask);
 }

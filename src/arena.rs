@@ -217,6 +217,16 @@ impl ParamLayout {
             });
         }
         let end = |c: &ChunkEntry| c.start as u64 + (c.len as u64).div_ceil(4);
+        if chunks.is_empty() {
+            // An arena of empty tensors still gets one (empty) window, so every kernel family
+            // has a bind group for its per-tensor and global passes.
+            return Ok(vec![Window {
+                chunk_base: 0,
+                chunk_count: 0,
+                vec_start: 0,
+                vec_end: 1,
+            }]);
+        }
         let mut out = Vec::new();
         let mut i = 0;
         while i < chunks.len() {
@@ -279,7 +289,7 @@ impl ParamLayout {
         &self.chunks
     }
 
-    /// The binding windows (one for arenas that fit in one binding).
+    /// The binding windows (one for arenas that fit in one binding; never empty).
     pub fn windows(&self) -> &[Window] {
         &self.windows
     }
@@ -321,6 +331,59 @@ fn check_len(t: &TensorInfo, data: &[f32]) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// GPU copies of a layout's chunk table and per-window uniforms, shared by every kernel family.
+/// Window `i`'s uniform sits at `i * stride` (the device's uniform offset alignment).
+#[derive(Debug)]
+pub(crate) struct ArenaTables {
+    pub windows: wgpu::Buffer,
+    pub stride: u64,
+    pub chunks: wgpu::Buffer,
+}
+
+impl ArenaTables {
+    /// Creates and fills the tables (call inside an error scope).
+    pub fn new(ctx: &GpuContext, layout: &ParamLayout, label: &str) -> Self {
+        let stride = ctx.limits().min_uniform_buffer_offset_alignment.max(16) as u64;
+        let windows = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&format!("{label} windows")),
+            size: stride * layout.windows().len() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let tensor_base = layout.chunks().len() as u32;
+        for (i, w) in layout.windows().iter().enumerate() {
+            ctx.queue().write_buffer(
+                &windows,
+                stride * i as u64,
+                bytemuck::bytes_of(&w.uniform(tensor_base)),
+            );
+        }
+        let chunks = crate::optim::storage_buffer(
+            ctx,
+            &format!("{label} chunks"),
+            std::mem::size_of_val(layout.chunks()).max(16) as u64,
+        );
+        if !layout.chunks().is_empty() {
+            ctx.queue()
+                .write_buffer(&chunks, 0, bytemuck::cast_slice(layout.chunks()));
+        }
+        Self {
+            windows,
+            stride,
+            chunks,
+        }
+    }
+
+    /// Binding of window `i`'s uniform.
+    pub fn window(&self, i: usize) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.windows,
+            offset: self.stride * i as u64,
+            size: std::num::NonZeroU64::new(16),
+        })
+    }
 }
 
 static NEXT_ARENA_ID: AtomicU64 = AtomicU64::new(1);

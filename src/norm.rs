@@ -16,7 +16,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::arena::{ParamArena, ParamLayout};
+use crate::arena::{ArenaTables, ParamArena, ParamLayout};
 use crate::context::GpuContext;
 use crate::dispatch;
 use crate::error::{Error, Result};
@@ -106,7 +106,6 @@ impl NormReducer {
         ];
         let n_tensors = layout.tensors().len();
         let n_chunks = layout.chunks().len();
-        let align = ctx.limits().min_uniform_buffer_offset_alignment.max(16) as u64;
         let hyper = NormHyper {
             flags: if norm_type == NormType::Inf {
                 NORM_INF
@@ -131,34 +130,7 @@ impl NormReducer {
             ctx.queue()
                 .write_buffer(&hyper_buf, 0, bytemuck::bytes_of(&hyper));
             let windows = layout.windows();
-            let window_buf = uniform("norm windows", align * windows.len().max(1) as u64);
-            for (i, w) in windows.iter().enumerate() {
-                ctx.queue().write_buffer(
-                    &window_buf,
-                    align * i as u64,
-                    bytemuck::bytes_of(&w.uniform(n_chunks as u32)),
-                );
-            }
-            // norm_global reads the window uniform for tensor_base even with no chunks.
-            if windows.is_empty() {
-                let w = crate::arena::WindowUniform {
-                    chunk_base: 0,
-                    chunk_count: 0,
-                    vec_base: 0,
-                    tensor_base: n_chunks as u32,
-                };
-                ctx.queue()
-                    .write_buffer(&window_buf, 0, bytemuck::bytes_of(&w));
-            }
-            let chunk_buf = storage_buffer(
-                ctx,
-                "norm chunks",
-                std::mem::size_of_val(layout.chunks()).max(16) as u64,
-            );
-            if n_chunks > 0 {
-                ctx.queue()
-                    .write_buffer(&chunk_buf, 0, bytemuck::cast_slice(layout.chunks()));
-            }
+            let tables = ArenaTables::new(ctx, &layout, "norm");
             let mut first = 0u32;
             let ranges: Vec<TensorRange> = layout
                 .tensors()
@@ -183,17 +155,7 @@ impl NormReducer {
                 .write_buffer(&out, 0, bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 0.0]));
             let dummy = storage_buffer(ctx, "norm unused b", 16);
             // One bind group per window; the per-tensor and global passes use the first.
-            let all_windows: Vec<crate::arena::Window> = if windows.is_empty() {
-                vec![crate::arena::Window {
-                    chunk_base: 0,
-                    chunk_count: 0,
-                    vec_start: 0,
-                    vec_end: layout.buffer_bytes() / 16,
-                }]
-            } else {
-                windows.to_vec()
-            };
-            let bind_groups = all_windows
+            let bind_groups = windows
                 .iter()
                 .enumerate()
                 .map(|(i, w)| {
@@ -203,15 +165,8 @@ impl NormReducer {
                         layout: &kernels[0].layout,
                         entries: &[
                             e(0, hyper_buf.as_entire_binding()),
-                            e(
-                                1,
-                                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer: &window_buf,
-                                    offset: align * i as u64,
-                                    size: std::num::NonZeroU64::new(16),
-                                }),
-                            ),
-                            e(2, chunk_buf.as_entire_binding()),
+                            e(1, tables.window(i)),
+                            e(2, tables.chunks.as_entire_binding()),
                             e(3, range_buf.as_entire_binding()),
                             e(5, window_binding(source, w)),
                             e(6, dummy.as_entire_binding()),

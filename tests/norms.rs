@@ -344,3 +344,25 @@ fn clipper_rejects_bad_thresholds_and_other_arenas() {
     assert!(matches!(e, Error::InvalidHyperparameter { .. }));
     let _ = CpuOptimizer::new(SgdConfig::default(), &specs(&[1])).unwrap();
 }
+
+/// An arena of empty tensors: nothing to dispatch per chunk, but norms are 0, steps count
+/// (PyTorch advances `step` for empty tensors too), and nothing fails.
+#[test]
+fn arena_of_empty_tensors() {
+    let Some(ctx) = gpu() else { return };
+    let arena = ParamArena::new(&ctx, &specs(&[0, 0])).unwrap();
+    let r = NormReducer::new(&ctx, &arena, arena.grads_buffer(), NormType::L2).unwrap();
+    assert_eq!(r.compute(&ctx).unwrap(), (vec![0.0, 0.0], 0.0));
+    for cfg in [
+        OptimizerConfig::Lamb(LambConfig::default()),
+        OptimizerConfig::Adam(AdamConfig::default()),
+    ] {
+        let mut opt = cfg.build(&ctx, &arena).unwrap();
+        let clip = Arc::new(GradClipper::new(&ctx, &arena, 1.0, NormType::L2).unwrap());
+        opt.set_grad_clip(&ctx, Some(clip.clone())).unwrap();
+        opt.step(&ctx, &arena).unwrap();
+        opt.step(&ctx, &arena).unwrap();
+        assert_eq!(opt.step_count("t1").unwrap(), 2);
+        assert_eq!(clip.read_total_norm(&ctx).unwrap(), 0.0);
+    }
+}

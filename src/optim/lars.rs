@@ -18,8 +18,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::sgd::{check_nesterov, sgd_momentum};
 use super::{ChunkRange, GroupHyper, HyperCtx, Pass, Rule, StateSpec};
-use crate::error::{check_finite, check_non_negative, Error, Result};
+use crate::error::{check_finite, check_non_negative, Result};
 use crate::shaders::{KernelId, FLAG_MAXIMIZE};
 
 /// WGSL `LARS_MOMENTUM`.
@@ -138,12 +139,7 @@ impl Rule for LarsConfig {
         check_finite("dampening", self.dampening)?;
         check_non_negative("trust_coefficient", self.trust_coefficient)?;
         check_non_negative("eps", self.eps)?;
-        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
-            return Err(Error::InvalidConfig(
-                "Nesterov momentum requires a momentum and zero dampening",
-            ));
-        }
-        Ok(())
+        check_nesterov(self.nesterov, self.momentum, self.dampening)
     }
 
     fn lr(&self) -> f64 {
@@ -239,13 +235,15 @@ impl Rule for LarsConfig {
                 gi = (gi + ts.weight_decay * p0) * ratio;
             }
             if momentum {
-                let b = if ts.first != 0 {
-                    gi
-                } else {
-                    buf[i] * h.momentum + h.one_minus_dampening * gi
-                };
-                buf[i] = b;
-                gi = if nesterov { gi + h.momentum * b } else { b };
+                let first = ts.first != 0;
+                gi = sgd_momentum(
+                    &mut buf[i],
+                    gi,
+                    first,
+                    h.momentum,
+                    h.one_minus_dampening,
+                    nesterov,
+                );
             }
             p[i] = p0 + ts.neg_lr * gi;
         }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::arena::{ParamArena, ParamLayout, TensorSpec, Window};
+use crate::arena::{ArenaTables, ParamArena, ParamLayout, TensorSpec, Window};
 use crate::context::GpuContext;
 use crate::cpu::CpuOptimizer;
 use crate::dispatch;
@@ -269,9 +269,7 @@ pub struct Optimizer<R: Rule> {
 #[derive(Debug)]
 struct OptimizerBuffers {
     hyper: wgpu::Buffer,
-    windows: wgpu::Buffer,
-    window_stride: u64,
-    chunks: wgpu::Buffer,
+    tables: ArenaTables,
     tensors: wgpu::Buffer,
     aux: wgpu::Buffer,
     params: wgpu::Buffer,
@@ -305,7 +303,6 @@ impl<R: Rule> Optimizer<R> {
         let n_tensors = layout.tensors().len();
         let n_chunks = layout.chunks().len();
         let windows = layout.windows();
-        let align = ctx.limits().min_uniform_buffer_offset_alignment.max(16) as u64;
 
         ctx.scoped(|| -> Result<Self> {
             let dev = ctx.device();
@@ -320,19 +317,6 @@ impl<R: Rule> Optimizer<R> {
             let storage =
                 |name: &str, size: u64| storage_buffer(ctx, &format!("{label} {name}"), size);
             let hyper = uniform("hyper", std::mem::size_of::<R::Hyper>() as u64);
-            let window_buf = uniform("windows", align * windows.len().max(1) as u64);
-            for (i, w) in windows.iter().enumerate() {
-                ctx.queue().write_buffer(
-                    &window_buf,
-                    align * i as u64,
-                    bytemuck::bytes_of(&w.uniform(n_chunks as u32)),
-                );
-            }
-            let chunk_buf = storage("chunks", table_bytes::<crate::arena::ChunkEntry>(n_chunks));
-            if n_chunks > 0 {
-                ctx.queue()
-                    .write_buffer(&chunk_buf, 0, bytemuck::cast_slice(layout.chunks()));
-            }
             let aux = storage("aux", 16);
             ctx.queue()
                 .write_buffer(&aux, 0, bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 0.0]));
@@ -363,9 +347,7 @@ impl<R: Rule> Optimizer<R> {
                 book,
                 buffers: OptimizerBuffers {
                     hyper,
-                    windows: window_buf,
-                    window_stride: align,
-                    chunks: chunk_buf,
+                    tables: ArenaTables::new(ctx, &layout, label),
                     tensors: storage("tensors", table_bytes::<R::TensorStep>(n_tensors)),
                     aux,
                     params: arena.params_buffer().clone(),
@@ -406,15 +388,8 @@ impl<R: Rule> Optimizer<R> {
                 let entry = |binding, resource| wgpu::BindGroupEntry { binding, resource };
                 let mut entries = vec![
                     entry(0, b.hyper.as_entire_binding()),
-                    entry(
-                        1,
-                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &b.windows,
-                            offset: b.window_stride * i as u64,
-                            size: std::num::NonZeroU64::new(16),
-                        }),
-                    ),
-                    entry(2, b.chunks.as_entire_binding()),
+                    entry(1, b.tables.window(i)),
+                    entry(2, b.tables.chunks.as_entire_binding()),
                     entry(3, b.tensors.as_entire_binding()),
                     entry(4, aux.as_entire_binding()),
                     entry(5, window_binding(&b.params, w)),
@@ -527,11 +502,10 @@ impl<R: Rule> Optimizer<R> {
                     }
                 }
                 Pass::Tensors(_) => {
+                    // Any window's bind group will do: this pass touches only the tables.
                     let (x, y) = self.tensor_grid;
-                    if let (Some(bg), true) = (self.bind_groups.first(), x > 0) {
-                        pass.set_bind_group(0, bg, &[]);
-                        pass.dispatch_workgroups(x, y, 1);
-                    }
+                    pass.set_bind_group(0, &self.bind_groups[0], &[]);
+                    pass.dispatch_workgroups(x, y, 1);
                 }
             }
         }

@@ -80,6 +80,40 @@ pub struct SgdTensor {
     pub weight_decay: f32,
 }
 
+/// PyTorch's SGD momentum on one element (mirrors `sgd_momentum` in common.wgsl): updates the
+/// buffer and returns the direction. Shared with LARS.
+#[inline]
+pub(crate) fn sgd_momentum(
+    buf: &mut f32,
+    g: f32,
+    first: bool,
+    momentum: f32,
+    one_minus_dampening: f32,
+    nesterov: bool,
+) -> f32 {
+    let b = if first {
+        g
+    } else {
+        *buf * momentum + one_minus_dampening * g
+    };
+    *buf = b;
+    if nesterov {
+        g + momentum * b
+    } else {
+        b
+    }
+}
+
+/// PyTorch's constructor check: Nesterov needs a momentum and zero dampening.
+pub(crate) fn check_nesterov(nesterov: bool, momentum: f64, dampening: f64) -> Result<()> {
+    if nesterov && (momentum <= 0.0 || dampening != 0.0) {
+        return Err(Error::InvalidConfig(
+            "Nesterov momentum requires a momentum and zero dampening",
+        ));
+    }
+    Ok(())
+}
+
 impl Rule for SgdConfig {
     type Hyper = SgdHyper;
     type TensorStep = SgdTensor;
@@ -98,12 +132,7 @@ impl Rule for SgdConfig {
         check_non_negative("momentum", self.momentum)?;
         check_non_negative("weight_decay", self.weight_decay)?;
         check_finite("dampening", self.dampening)?;
-        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
-            return Err(Error::InvalidConfig(
-                "Nesterov momentum requires a momentum and zero dampening",
-            ));
-        }
-        Ok(())
+        check_nesterov(self.nesterov, self.momentum, self.dampening)
     }
 
     fn lr(&self) -> f64 {
@@ -167,13 +196,15 @@ impl Rule for SgdConfig {
                 gi += ts.weight_decay * p0;
             }
             if momentum {
-                let b = if ts.first != 0 {
-                    gi
-                } else {
-                    buf[i] * h.momentum + h.one_minus_dampening * gi
-                };
-                buf[i] = b;
-                gi = if nesterov { gi + h.momentum * b } else { b };
+                let first = ts.first != 0;
+                gi = sgd_momentum(
+                    &mut buf[i],
+                    gi,
+                    first,
+                    h.momentum,
+                    h.one_minus_dampening,
+                    nesterov,
+                );
             }
             p[i] = p0 + ts.neg_lr * gi;
         }
