@@ -12,15 +12,16 @@
 // into binding windows, one dispatch each, each with its own `CopyWindow` uniform.
 //
 // WG_SIZE and VEC_PER_INV are pipeline-overridable constants so `optbench tune-copy` can sweep
-// them; the defaults are the fastest measured on lavapipe (see PERFORMANCE.md).
+// them; the defaults are the fastest measured on lavapipe and equal CopyConfig::default()
+// (src/bench.rs; tests/bench_tools.rs checks they agree). See PERFORMANCE.md.
 //
 // Bindings (group 0):
 //   0  uniform             CopyWindow  vec4s in this window and valid lanes of the last one
 //   1  storage, read       src         this window of the source, as vec4
 //   2  storage, read_write dst         the same window of the destination
 
-override WG_SIZE: u32 = 256u;
-override VEC_PER_INV: u32 = 1u;
+override WG_SIZE: u32 = 512u;
+override VEC_PER_INV: u32 = 2u;
 
 struct CopyWindow {
     // vec4s to copy in this window (>= 1)

@@ -31,11 +31,13 @@ pub struct CopyConfig {
 }
 
 impl Default for CopyConfig {
-    /// The fastest split measured on lavapipe (`optbench tune-copy`, see PERFORMANCE.md).
+    /// The fastest split measured on lavapipe: 512 invocations x 2 vec4s (`optbench
+    /// tune-copy`, see PERFORMANCE.md). Devices that cap workgroups below 512 invocations get
+    /// the same 1024 vec4s per workgroup from [`CopyConfig::for_device`].
     fn default() -> Self {
         Self {
-            workgroup_size: 256,
-            vec4_per_invocation: 1,
+            workgroup_size: 512,
+            vec4_per_invocation: 2,
         }
     }
 }
@@ -44,6 +46,31 @@ impl CopyConfig {
     /// vec4s one workgroup copies.
     pub fn vec4_per_workgroup(&self) -> u64 {
         self.workgroup_size as u64 * self.vec4_per_invocation as u64
+    }
+
+    /// The default split, narrowed to the device's workgroup limits (keeping the vec4s per
+    /// workgroup) when it allows fewer than 512 invocations per workgroup.
+    pub fn for_device(ctx: &GpuContext) -> Self {
+        Self::for_limits(ctx.limits())
+    }
+
+    /// [`CopyConfig::for_device`] for explicit limits.
+    pub fn for_limits(lim: &wgpu::Limits) -> Self {
+        let d = Self::default();
+        let cap = lim
+            .max_compute_invocations_per_workgroup
+            .min(lim.max_compute_workgroup_size_x)
+            .max(1);
+        if d.workgroup_size <= cap {
+            return d;
+        }
+        // Largest power of two within the cap.
+        let wg = 1u32 << (31 - cap.leading_zeros());
+        let per_wg = d.vec4_per_workgroup() as u32;
+        Self {
+            workgroup_size: wg,
+            vec4_per_invocation: per_wg.div_ceil(wg),
+        }
     }
 }
 
@@ -65,9 +92,9 @@ pub struct CopyKernel {
 }
 
 impl CopyKernel {
-    /// The kernel with the default (tuned) work split.
+    /// The kernel with the default (tuned) work split, fitted to the device's limits.
     pub fn new(ctx: &GpuContext) -> Result<Self> {
-        Self::with_config(ctx, CopyConfig::default())
+        Self::with_config(ctx, CopyConfig::for_device(ctx))
     }
 
     /// The kernel with an explicit work split (for tuning).
@@ -618,6 +645,20 @@ mod tests {
         assert_eq!(Summary::of(&[]), None);
         assert_eq!(Summary::of(&[1.0, f64::NAN]), None);
         assert_eq!(Summary::of(&[2.0]).unwrap().p90, 2.0);
+    }
+
+    #[test]
+    fn copy_config_fits_the_device_limits() {
+        let with = |n: u32| wgpu::Limits {
+            max_compute_invocations_per_workgroup: n,
+            max_compute_workgroup_size_x: n,
+            ..wgpu::Limits::default()
+        };
+        assert_eq!(CopyConfig::for_limits(&with(1024)), CopyConfig::default());
+        let c = CopyConfig::for_limits(&with(256));
+        assert_eq!((c.workgroup_size, c.vec4_per_invocation), (256, 4));
+        let c = CopyConfig::for_limits(&with(100));
+        assert_eq!((c.workgroup_size, c.vec4_per_invocation), (64, 16));
     }
 
     #[test]

@@ -44,6 +44,26 @@ fn copy_wgsl_validates_and_has_its_entry_point_and_overrides() {
     assert_eq!(layouter[handle].size, 16);
 }
 
+/// Reads `override NAME: u32 = <n>u;` from WGSL.
+fn wgsl_override(src: &str, name: &str) -> u32 {
+    let line = src
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("override {name}:")))
+        .unwrap_or_else(|| panic!("override {name} not found"));
+    let value = line.split('=').nth(1).unwrap().trim().trim_end_matches(';');
+    value.trim_end_matches('u').parse().unwrap()
+}
+
+#[test]
+fn copy_wgsl_defaults_match_copy_config_default() {
+    let d = CopyConfig::default();
+    assert_eq!(wgsl_override(COPY_WGSL, "WG_SIZE"), d.workgroup_size);
+    assert_eq!(
+        wgsl_override(COPY_WGSL, "VEC_PER_INV"),
+        d.vec4_per_invocation
+    );
+}
+
 fn storage(ctx: &GpuContext, label: &str, elems: u64) -> wgpu::Buffer {
     ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),

@@ -978,6 +978,20 @@ struct BenchReport {
     host_memcpy: Option<HostMemcpy>,
     cases: Vec<CaseRow>,
     total_s: f64,
+    /// 1-minute load average at the start and end of the run (Linux), to judge noise: other
+    /// processes on the machine compete with lavapipe's threads.
+    load_average_start: Option<f64>,
+    load_average_end: Option<f64>,
+}
+
+/// 1-minute load average from /proc/loadavg (None elsewhere).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Splits `n` elements into `t` tensors of nearly equal length.
@@ -1035,6 +1049,7 @@ fn summary(x: &[f64]) -> Result<Summary> {
 
 fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<BenchReport> {
     let started = Instant::now();
+    let load_start = load_average();
     let timer = StepTimer::new(ctx, opts.timer.into())?;
     let copy_kernel = CopyKernel::new(ctx)?;
     let baseline_counts = plan.tensors.iter().filter(|&&t| t > 1).count();
@@ -1253,6 +1268,8 @@ fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<BenchReport>
         host_memcpy: host,
         cases: rows,
         total_s: started.elapsed().as_secs_f64(),
+        load_average_start: load_start,
+        load_average_end: load_average(),
     })
 }
 
@@ -1390,7 +1407,11 @@ fn print_bench(r: &BenchReport) {
         )
     );
     println!();
-    println!("bench took {:.1} s", r.total_s);
+    print!("bench took {:.1} s", r.total_s);
+    if let (Some(a), Some(b)) = (r.load_average_start, r.load_average_end) {
+        print!("; 1-min load average {a:.2} at start, {b:.2} at end");
+    }
+    println!();
 }
 
 // ---------------------------------------------------------------------------------------------
