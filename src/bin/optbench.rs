@@ -92,7 +92,7 @@ struct Opts {
     /// Timed batches per case (each batch queues several steps and waits once).
     #[arg(long, global = true)]
     iters: Option<usize>,
-    /// Untimed warm-up steps per case (shaders compile on the first dispatch).
+    /// Untimed warm-up steps per case, at least 1 (shaders compile on the first dispatch).
     #[arg(long, global = true)]
     warmup: Option<usize>,
     /// Fewer optimizers, sizes and iterations (the default run uses this).
@@ -107,6 +107,15 @@ struct Opts {
     /// Skip the per-tensor (one optimizer per tensor) baseline.
     #[arg(long, global = true)]
     no_baseline: bool,
+    /// Optimizers that get the per-tensor baseline ("all" for every one). Default: all with
+    /// --quick, otherwise adam (or the first optimizer). Its cost grows faster than linearly
+    /// with the tensor count (about 9 s per step for 10,000 tensors on lavapipe).
+    #[arg(long, global = true, value_delimiter = ',')]
+    baseline_for: Vec<String>,
+    /// Sizes at which the per-tensor baseline runs. Default: all with --quick, otherwise the
+    /// smallest size (its time is dominated by per-dispatch overhead, not by the size).
+    #[arg(long, global = true, value_delimiter = ',', value_parser = parse_size)]
+    baseline_sizes: Vec<u64>,
     /// Skip the CPU reference timing.
     #[arg(long, global = true)]
     no_cpu: bool,
@@ -848,7 +857,8 @@ struct BenchPlan {
     warmup: usize,
     /// Each timed batch should take about this long (wall clock).
     batch_target_s: f64,
-    baseline: bool,
+    /// (optimizer, size) pairs that get the per-tensor baseline.
+    baseline: Vec<(String, u64)>,
     cpu: bool,
 }
 
@@ -897,6 +907,37 @@ impl BenchPlan {
         if sizes.contains(&0) || tensors.contains(&0) {
             bail!("sizes and tensor counts must be positive");
         }
+        let baseline_for: Vec<String> = if opts.no_baseline {
+            Vec::new()
+        } else if opts.baseline_for.iter().any(|s| s == "all")
+            || (opts.baseline_for.is_empty() && quick)
+        {
+            names.clone()
+        } else if opts.baseline_for.is_empty() {
+            let adam = names.iter().find(|n| *n == "adam");
+            vec![adam.unwrap_or(&names[0]).clone()]
+        } else {
+            opts.baseline_for.clone()
+        };
+        let baseline_sizes: Vec<u64> = if !opts.baseline_sizes.is_empty() {
+            opts.baseline_sizes.clone()
+        } else if quick {
+            sizes.clone()
+        } else {
+            sizes.iter().min().into_iter().copied().collect()
+        };
+        let mut baseline = Vec::new();
+        for n in &baseline_for {
+            if !names.contains(n) {
+                bail!("--baseline-for {n:?} is not among the benchmarked optimizers {names:?}");
+            }
+            for &s in &baseline_sizes {
+                if !sizes.contains(&s) {
+                    bail!("--baseline-sizes {s} is not among the benchmarked sizes {sizes:?}");
+                }
+                baseline.push((n.clone(), s));
+            }
+        }
         Ok(Self {
             optimizers,
             sizes,
@@ -904,7 +945,7 @@ impl BenchPlan {
             iters: opts.iters.unwrap_or(if quick { 5 } else { 10 }).max(1),
             warmup: opts.warmup.unwrap_or(if quick { 2 } else { 3 }),
             batch_target_s: if quick { 0.02 } else { 0.05 },
-            baseline: !opts.no_baseline,
+            baseline,
             cpu: !opts.no_cpu,
         })
     }
@@ -976,6 +1017,8 @@ struct BenchReport {
     /// The best copy-kernel GB/s of the run (the plot's roofline).
     roofline_gb_per_s: f64,
     host_memcpy: Option<HostMemcpy>,
+    /// (optimizer, elements) pairs for which the per-tensor baseline ran (tensor counts > 1).
+    per_tensor_baseline_for: Vec<(String, u64)>,
     cases: Vec<CaseRow>,
     total_s: f64,
     /// 1-minute load average at the start and end of the run (Linux), to judge noise: other
@@ -1013,8 +1056,11 @@ fn slices<'a>(flat: &'a [f32], lens: &[usize]) -> Vec<&'a [f32]> {
         .collect()
 }
 
-/// Warm up with `warmup` steps, size the batch from a calibration batch, then take `iters`
-/// timed batches. Returns the per-step times in ms, the wall-clock per-step ms and K.
+/// Warm up with `warmup` steps (at least one: shaders compile on the first dispatch), size the
+/// batch K from a calibration batch so a batch lasts about `target_s` (K >= `k_min`; K = 1
+/// without calibration when one step takes over half a second, where submit overhead is
+/// negligible), then take `iters` timed batches. Returns the per-step times in ms by the
+/// timer, the wall-clock per-step ms, and K.
 fn measure<F>(
     ctx: &GpuContext,
     timer: &StepTimer,
@@ -1027,12 +1073,14 @@ fn measure<F>(
 where
     F: FnMut(&mut wgpu::CommandEncoder) -> wgpu_optim::Result<()>,
 {
-    if warmup > 0 {
-        timer.time_batch(ctx, warmup as u32, |e, _| record(e))?;
-    }
-    let calib = timer.time_batch(ctx, k_min.max(1), |e, _| record(e))?;
-    let t = calib.wall_per_step_s().max(1e-7);
-    let k = ((target_s / t).ceil() as u32).clamp(k_min.max(1), 1000);
+    let warm = timer.time_batch(ctx, warmup.max(1) as u32, |e, _| record(e))?;
+    let k = if warm.wall_per_step_s() > 0.5 {
+        1
+    } else {
+        let calib = timer.time_batch(ctx, k_min.max(1), |e, _| record(e))?;
+        let t = calib.wall_per_step_s().max(1e-7);
+        ((target_s / t).ceil() as u32).clamp(k_min.max(1), 1000)
+    };
     let mut ms = Vec::with_capacity(iters);
     let mut wall = Vec::with_capacity(iters);
     for _ in 0..iters {
@@ -1054,13 +1102,7 @@ fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<BenchReport>
     let copy_kernel = CopyKernel::new(ctx)?;
     let baseline_counts = plan.tensors.iter().filter(|&&t| t > 1).count();
     let cases = plan.sizes.len() * plan.optimizers.len() * plan.tensors.len();
-    let work = plan.sizes.len()
-        + cases
-        + if plan.baseline {
-            plan.sizes.len() * plan.optimizers.len() * baseline_counts
-        } else {
-            0
-        };
+    let work = plan.sizes.len() + cases + plan.baseline.len() * baseline_counts;
     let pb = progress(work as u64, "bench");
     let mut rng = fastrand::Rng::with_seed(opts.seed);
     let is_cpu_adapter = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
@@ -1160,7 +1202,7 @@ fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<BenchReport>
                 pb.inc(1);
 
                 // The naive loop: one arena, one optimizer and one dispatch per tensor.
-                let baseline = if plan.baseline && t > 1 {
+                let baseline = if t > 1 && plan.baseline.contains(&(name.clone(), n)) {
                     pb.set_message(format!("{name} {} x{t} per-tensor", fmt_elems(n)));
                     let mut per: Vec<(ParamArena, Box<dyn DynOptimizer>)> = Vec::with_capacity(t);
                     for (i, spec) in specs.iter().enumerate() {
@@ -1266,6 +1308,7 @@ fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<BenchReport>
         copy: copy_rows,
         roofline_gb_per_s: roofline,
         host_memcpy: host,
+        per_tensor_baseline_for: plan.baseline.clone(),
         cases: rows,
         total_s: started.elapsed().as_secs_f64(),
         load_average_start: load_start,
@@ -1369,6 +1412,19 @@ fn print_bench(r: &BenchReport) {
         "baselines: per-tensor = one arena + optimizer + dispatch per tensor (one pass each, \
          one submission per step); CPU = CpuOptimizer, 1 thread"
     );
+    let runs: Vec<String> = r
+        .per_tensor_baseline_for
+        .iter()
+        .map(|(o, n)| format!("{o} at {}", fmt_elems(*n)))
+        .collect();
+    println!(
+        "per-tensor baseline measured for: {} (--baseline-for, --baseline-sizes)",
+        if runs.is_empty() {
+            "none".to_string()
+        } else {
+            runs.join(", ")
+        }
+    );
     let rows: Vec<Vec<String>> = r
         .cases
         .iter()
@@ -1426,7 +1482,13 @@ struct TuneRow {
     gb_per_s: f64,
 }
 
-fn tune_copy(ctx: &GpuContext, opts: &Opts) -> Result<Vec<TuneRow>> {
+#[derive(Serialize, Debug)]
+struct TuneReport {
+    timer: TimerKind,
+    rows: Vec<TuneRow>,
+}
+
+fn tune_copy(ctx: &GpuContext, opts: &Opts) -> Result<TuneReport> {
     let timer = StepTimer::new(ctx, opts.timer.into())?;
     let sizes = if opts.sizes.is_empty() {
         vec![1 << 22, 1 << 24]
@@ -1497,7 +1559,10 @@ fn tune_copy(ctx: &GpuContext, opts: &Opts) -> Result<Vec<TuneRow>> {
         }
     }
     pb.finish_and_clear();
-    Ok(out)
+    Ok(TuneReport {
+        timer: timer.kind(),
+        rows: out,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1690,7 +1755,7 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     bench: Option<BenchReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tune_copy: Option<Vec<TuneRow>>,
+    tune_copy: Option<TuneReport>,
 }
 
 fn main() -> Result<()> {
@@ -1755,10 +1820,12 @@ fn main() -> Result<()> {
         let t = tune_copy(&ctx, &opts)?;
         if human {
             println!(
-                "copy kernel work split (timer: {:?})",
-                StepTimer::new(&ctx, opts.timer.into())?.kind()
+                "copy kernel work split, 5 steps per batch, {} batches (timer: {})",
+                opts.iters.unwrap_or(10).max(1),
+                t.timer.describe()
             );
             let rows: Vec<Vec<String>> = t
+                .rows
                 .iter()
                 .map(|r| {
                     vec![
