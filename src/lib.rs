@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod arena;
+pub mod bench;
 pub mod context;
 pub mod cpu;
 pub mod dispatch;
