@@ -22,9 +22,11 @@ use wgpu_optim::bench::{
     self, gb_per_s, host_memcpy, CopyConfig, CopyKernel, StepTimer, Summary, TimerChoice,
     TimerKind, COPY_BYTES_PER_ELEMENT,
 };
+use wgpu_optim::norm::{cpu_clip_grad_norm, cpu_norms};
 use wgpu_optim::{
-    AdagradConfig, AdamConfig, ContextOptions, DynOptimizer, GpuContext, GroupHyper,
-    OptimizerConfig, ParamArena, RmspropConfig, SgdConfig, TensorSpec,
+    AdagradConfig, AdamConfig, ContextOptions, DynOptimizer, GpuContext, GradClipper, GroupHyper,
+    LambConfig, LarsConfig, NormReducer, NormType, OptimizerConfig, ParamArena, RmspropConfig,
+    SgdConfig, TensorSpec,
 };
 
 /// PyTorch's fp32 `assert_close` tolerance: `|got - want| <= ATOL + RTOL * |want|`.
@@ -424,11 +426,19 @@ fn bench_config(name: &str) -> Option<OptimizerConfig> {
             ..rms
         }),
         "adagrad" => OptimizerConfig::Adagrad(AdagradConfig::default()),
+        // Weight decay on, so every tensor adapts (timm adapts only decayed groups).
+        "lars" => OptimizerConfig::Lars(LarsConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            ..Default::default()
+        }),
+        "lamb" => OptimizerConfig::Lamb(LambConfig::default()),
         _ => return None,
     })
 }
 
-const BENCH_NAMES: [&str; 12] = [
+const BENCH_NAMES: [&str; 14] = [
     "sgd",
     "sgd-momentum",
     "sgd-nesterov",
@@ -441,6 +451,8 @@ const BENCH_NAMES: [&str; 12] = [
     "rmsprop-centered",
     "rmsprop-centered-momentum",
     "adagrad",
+    "lars",
+    "lamb",
 ];
 
 /// Every variant `verify` checks: each flag of each optimizer at least once.
@@ -611,16 +623,36 @@ fn verify_variants() -> Vec<(String, OptimizerConfig)> {
                 ..ada
             }),
         ),
+        (
+            "lars momentum=0.9 weight_decay=1e-4".into(),
+            C::Lars(LarsConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 1e-4,
+                ..Default::default()
+            }),
+        ),
+        (
+            "larc (trust_clip) nesterov always_adapt".into(),
+            C::Lars(LarsConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                nesterov: true,
+                trust_clip: true,
+                always_adapt: true,
+                ..Default::default()
+            }),
+        ),
+        ("lamb".into(), C::Lamb(LambConfig::default())),
+        (
+            "lamb trust_clip always_adapt".into(),
+            C::Lamb(LambConfig {
+                trust_clip: true,
+                always_adapt: true,
+                ..Default::default()
+            }),
+        ),
     ]
-}
-
-fn cfg_lr(cfg: &OptimizerConfig) -> f64 {
-    match cfg {
-        OptimizerConfig::Sgd(c) => c.lr,
-        OptimizerConfig::Adam(c) => c.lr,
-        OptimizerConfig::Rmsprop(c) => c.lr,
-        OptimizerConfig::Adagrad(c) => c.lr,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -660,6 +692,43 @@ struct VerifyReport {
     passed: bool,
 }
 
+/// Norms against the f64 reference: per-tensor and global, L2 and inf, relative error.
+fn verify_norms(ctx: &GpuContext, rng: &mut fastrand::Rng) -> Result<Vec<VerifyRow>> {
+    let mut lens: Vec<usize> = VERIFY_LENS.to_vec();
+    lens.extend((0..1000).map(|_| rng.usize(0..300)));
+    let specs: Vec<TensorSpec> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| TensorSpec::new(format!("t{i}"), n))
+        .collect();
+    let arena = ParamArena::new(ctx, &specs)?;
+    let data: Vec<Vec<f32>> = lens.iter().map(|&n| randn(rng, n, 1.0)).collect();
+    arena.write_all_params(ctx, &data)?;
+    let mut rows = Vec::new();
+    for (norm_type, name) in [(NormType::L2, "l2"), (NormType::Inf, "inf")] {
+        let r = NormReducer::new(ctx, &arena, arena.params_buffer(), norm_type)?;
+        let (per, total) = r.compute(ctx)?;
+        let (want_per, want_total) = cpu_norms(&data, norm_type);
+        let mut c = Cmp::default();
+        for (&g, &w) in per.iter().zip(&want_per) {
+            c.add_rel(g as f64, w);
+        }
+        rows.push(c.row(
+            &format!("norm {name}"),
+            "per-tensor norms",
+            lens.iter().sum(),
+        ));
+        let mut c = Cmp::default();
+        c.add_rel(total as f64, want_total);
+        rows.push(c.row(&format!("norm {name}"), "global norm", lens.iter().sum()));
+    }
+    Ok(rows)
+}
+
+/// Norms are compared by relative error alone: the f32 tree sums are within NORM_RTOL of the
+/// exact value (bound derived in shaders/reduce.wgsl).
+const NORM_RTOL: f64 = 1e-5;
+
 /// Running comparison of one buffer.
 #[derive(Default)]
 struct Cmp {
@@ -670,6 +739,29 @@ struct Cmp {
 }
 
 impl Cmp {
+    /// One norm, by relative error (`NORM_RTOL`).
+    fn add_rel(&mut self, got: f64, want: f64) {
+        let d = (got - want).abs();
+        self.elements += 1;
+        self.max_abs = self.max_abs.max(d);
+        let rel = if want == 0.0 { d } else { d / want.abs() };
+        self.max_rel = self.max_rel.max(rel);
+        if rel.is_nan() || rel > NORM_RTOL {
+            self.fail = true;
+        }
+    }
+
+    fn row(&self, optimizer: &str, buffer: &str, elements: usize) -> VerifyRow {
+        VerifyRow {
+            optimizer: optimizer.to_string(),
+            buffer: buffer.to_string(),
+            elements,
+            max_abs_err: self.max_abs,
+            max_rel_err: self.max_rel,
+            pass: !self.fail,
+        }
+    }
+
     fn add(&mut self, got: &[f32], want: &[f32]) {
         if got.len() != want.len() {
             self.fail = true;
@@ -698,10 +790,37 @@ impl Cmp {
     }
 }
 
+/// Variants checked with global-norm clipping attached: (label, optimizer, max_norm, norm).
+fn clip_variants() -> Vec<(String, OptimizerConfig, f64, NormType)> {
+    let mut out = Vec::new();
+    for (label, cfg) in verify_variants() {
+        let clip = match label.as_str() {
+            "adam" | "lamb" => (1.0, NormType::L2),
+            "sgd momentum=0.9" => (0.1, NormType::Inf),
+            "lars momentum=0.9 weight_decay=1e-4" => (0.5, NormType::L2),
+            _ => continue,
+        };
+        let kind = if clip.1 == NormType::L2 { "l2" } else { "inf" };
+        out.push((
+            format!("{label} + clip_grad_norm({}, {kind})", clip.0),
+            cfg,
+            clip.0,
+            clip.1,
+        ));
+    }
+    out
+}
+
 fn verify(ctx: &GpuContext, opts: &Opts, steps: usize, inject_fault: bool) -> Result<VerifyReport> {
-    let variants: Vec<(String, OptimizerConfig)> = verify_variants()
+    let variants: Vec<(String, OptimizerConfig, Option<(f64, NormType)>)> = verify_variants()
         .into_iter()
-        .filter(|(label, cfg)| {
+        .map(|(l, c)| (l, c, None))
+        .chain(
+            clip_variants()
+                .into_iter()
+                .map(|(l, c, m, n)| (l, c, Some((m, n)))),
+        )
+        .filter(|(label, cfg, _)| {
             opts.optimizers.is_empty()
                 || opts
                     .optimizers
@@ -724,14 +843,23 @@ fn verify(ctx: &GpuContext, opts: &Opts, steps: usize, inject_fault: bool) -> Re
     let pb = progress(variants.len() as u64, "verify");
     let mut rows = Vec::new();
     let mut rng = fastrand::Rng::with_seed(opts.seed);
-    for (vi, (label, cfg)) in variants.iter().enumerate() {
+    for (vi, (label, cfg, clip)) in variants.iter().enumerate() {
         pb.set_message(label.clone());
         let arena = ParamArena::new(ctx, &specs)?;
         let mut gpu = cfg.build(ctx, &arena)?;
         let mut cpu = cfg.build_cpu(&specs)?;
+        let clipper = match clip {
+            Some((max_norm, norm_type)) => {
+                let c = std::sync::Arc::new(GradClipper::new(ctx, &arena, *max_norm, *norm_type)?);
+                gpu.set_grad_clip(ctx, Some(c.clone()))?;
+                Some(c)
+            }
+            None => None,
+        };
+        let mut norm_cmp = Cmp::default();
         // Group 1 (odd tensors) gets its own lr and weight decay.
         let g1 = GroupHyper {
-            lr: cfg_lr(cfg) * 0.5,
+            lr: cfg.lr() * 0.5,
             weight_decay: 0.02,
         };
         gpu.set_group(1, g1)?;
@@ -750,10 +878,17 @@ fn verify(ctx: &GpuContext, opts: &Opts, steps: usize, inject_fault: bool) -> Re
             }
             if k == 4 {
                 // What a scheduler does between steps.
-                gpu.set_lr(cfg_lr(cfg) * 0.3)?;
-                cpu.set_lr(cfg_lr(cfg) * 0.3)?;
+                gpu.set_lr(cfg.lr() * 0.3)?;
+                cpu.set_lr(cfg.lr() * 0.3)?;
             }
             gpu.step(ctx, &arena)?;
+            let mut grads = grads;
+            if let (Some(c), Some((max_norm, norm_type))) = (&clipper, clip) {
+                // clip-then-step on the CPU, f64 norms; the GPU fuses the clip into the step.
+                let want = cpu_clip_grad_norm(&mut grads, *max_norm, *norm_type)?;
+                let got = c.read_total_norm(ctx)? as f64;
+                norm_cmp.add_rel(got, want);
+            }
             cpu.step(&mut params, &grads)?;
             let mut got = arena.read_all_params(ctx)?;
             if inject_fault && vi == 0 && k + 1 == steps {
@@ -769,6 +904,9 @@ fn verify(ctx: &GpuContext, opts: &Opts, steps: usize, inject_fault: bool) -> Re
                     cmps[s + 1].add(g, cpu.state(name, i)?);
                 }
             }
+        }
+        if clipper.is_some() {
+            rows.push(norm_cmp.row(label, "pre-clip grad norm", lens.iter().sum()));
         }
         for (s, c) in cmps.into_iter().enumerate() {
             rows.push(VerifyRow {
@@ -787,6 +925,9 @@ fn verify(ctx: &GpuContext, opts: &Opts, steps: usize, inject_fault: bool) -> Re
         pb.inc(1);
     }
     pb.finish_and_clear();
+    if opts.optimizers.is_empty() || opts.optimizers.iter().any(|o| o == "norm") {
+        rows.extend(verify_norms(ctx, &mut rng)?);
+    }
     let passed = rows.iter().all(|r| r.pass);
     Ok(VerifyReport {
         atol: ATOL,
