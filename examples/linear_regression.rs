@@ -17,7 +17,7 @@ const NOISE: f32 = 0.01;
 
 /// Mean squared error / 2, and its gradient with respect to w and b.
 fn loss_and_grad(x: &[f32], y: &[f32], w: &[f32], b: f32) -> (f64, Vec<f32>, f32) {
-    let mut gw = vec![0f64; FEATURES];
+    let mut gw = [0f64; FEATURES];
     let mut gb = 0f64;
     let mut loss = 0f64;
     for (row, &yi) in x.chunks(FEATURES).zip(y) {

@@ -111,7 +111,7 @@ struct Opts {
     no_baseline: bool,
     /// Optimizers that get the per-tensor baseline ("all" for every one). Default: all with
     /// --quick, otherwise adam (or the first optimizer). It is slow: 10,000 tensors take about
-    /// 25 s to set up and 0.6 s per step on an idle lavapipe machine.
+    /// 35 s to set up and 0.6 s per step on an idle lavapipe machine.
     #[arg(long, global = true, value_delimiter = ',')]
     baseline_for: Vec<String>,
     /// Sizes at which the per-tensor baseline runs. Default: all with --quick, otherwise the
