@@ -790,6 +790,9 @@ impl Cmp {
     }
 }
 
+/// A `verify` case: label, optimizer, and the (max_norm, norm) of attached clipping.
+type VerifyVariant = (String, OptimizerConfig, Option<(f64, NormType)>);
+
 /// Variants checked with global-norm clipping attached: (label, optimizer, max_norm, norm).
 fn clip_variants() -> Vec<(String, OptimizerConfig, f64, NormType)> {
     let mut out = Vec::new();
@@ -812,7 +815,7 @@ fn clip_variants() -> Vec<(String, OptimizerConfig, f64, NormType)> {
 }
 
 fn verify(ctx: &GpuContext, opts: &Opts, steps: usize, inject_fault: bool) -> Result<VerifyReport> {
-    let variants: Vec<(String, OptimizerConfig, Option<(f64, NormType)>)> = verify_variants()
+    let variants: Vec<VerifyVariant> = verify_variants()
         .into_iter()
         .map(|(l, c)| (l, c, None))
         .chain(
