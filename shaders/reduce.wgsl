@@ -41,7 +41,8 @@ fn lane_stats(x: vec4<f32>, mask: vec4<bool>) -> vec2<f32> {
 }
 
 // Reduces every invocation's `v` over a workgroup of n invocations (n a power of two, 16 <= n
-// <= 256); every invocation must call it, and every invocation gets the result.
+// <= 256). Every invocation must call it; the result is valid in invocation 0 only (the others
+// skip the last fold, which on CPU adapters would otherwise cost n x 16 shared-memory loads).
 fn workgroup_reduce(lid: u32, n: u32, v: vec4<f32>) -> vec4<f32> {
     scratch[lid] = v;
     workgroupBarrier();
@@ -54,9 +55,12 @@ fn workgroup_reduce(lid: u32, n: u32, v: vec4<f32>) -> vec4<f32> {
         group_sums[lid] = acc;
     }
     workgroupBarrier();
-    var total = group_sums[0];
-    for (var j = 1u; j < groups; j++) {
-        total = red_combine(total, group_sums[j]);
+    var total = vec4<f32>(0.0);
+    if (lid == 0u) {
+        total = group_sums[0];
+        for (var j = 1u; j < groups; j++) {
+            total = red_combine(total, group_sums[j]);
+        }
     }
     return total;
 }
@@ -69,7 +73,7 @@ fn store_chunk_partial(chunk: u32, lid: u32, v: vec4<f32>) {
     }
 }
 
-// Pass 2: folds entries [first, first + count) of partials; every invocation gets the result.
+// Pass 2: folds entries [first, first + count) of partials; the result is valid in invocation 0.
 fn fold_chunks(first: u32, count: u32, lid: u32) -> vec4<f32> {
     var acc = vec4<f32>(0.0);
     for (var i = lid; i < count; i += RED_SIZE) {
