@@ -655,6 +655,19 @@ fn verify_variants() -> Vec<(String, OptimizerConfig)> {
     ]
 }
 
+/// Source and destination buffers for the copy kernel over `n` f32s (whole vec4s).
+fn copy_buffers(ctx: &GpuContext, n: u64) -> (wgpu::Buffer, wgpu::Buffer) {
+    let make = |label: &str| {
+        ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: n.div_ceil(4) * 16,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    (make("copy_vec4 src"), make("copy_vec4 dst"))
+}
+
 // ---------------------------------------------------------------------------------------------
 // verify
 
@@ -1286,17 +1299,7 @@ fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<BenchReport>
         // machine is shared, and a transient slowdown during one measurement would otherwise
         // lower the roofline for every case.
         pb.set_message(format!("copy {}", fmt_elems(n)));
-        let bytes = n.div_ceil(4) * 16;
-        let make = |label: &str| {
-            ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: bytes,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        };
-        let copy_src = make("copy_vec4 src");
-        let copy_dst = make("copy_vec4 dst");
+        let (copy_src, copy_dst) = copy_buffers(ctx, n);
         ctx.queue()
             .write_buffer(&copy_src, 0, bytemuck::cast_slice(&params_flat));
         let job = copy_kernel.bind(ctx, &copy_src, &copy_dst, n)?;
@@ -1691,17 +1694,7 @@ fn tune_copy(ctx: &GpuContext, opts: &Opts) -> Result<TuneReport> {
     let pb = progress((sizes.len() * configs.len()) as u64, "tune");
     let mut out = Vec::new();
     for &n in &sizes {
-        let bytes = n.div_ceil(4) * 16;
-        let make = |label: &str| {
-            ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: bytes,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        };
-        let src = make("copy_vec4 src");
-        let dst = make("copy_vec4 dst");
+        let (src, dst) = copy_buffers(ctx, n);
         // Interleave configurations over rounds so drift hits them all alike.
         let jobs = configs
             .iter()

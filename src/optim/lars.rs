@@ -18,7 +18,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::sgd::{check_nesterov, sgd_momentum};
+use super::sgd::{check_nesterov, momentum_states, sgd_momentum};
 use super::{ChunkRange, GroupHyper, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Result};
 use crate::shaders::{KernelId, FLAG_MAXIMIZE};
@@ -151,15 +151,7 @@ impl Rule for LarsConfig {
     }
 
     fn states(&self) -> Vec<StateSpec> {
-        if self.momentum != 0.0 {
-            vec![StateSpec {
-                name: "momentum_buffer",
-                slot: 0,
-                init: 0.0,
-            }]
-        } else {
-            Vec::new()
-        }
+        momentum_states(self.momentum)
     }
 
     fn keeps_step(&self) -> bool {

@@ -104,6 +104,20 @@ pub(crate) fn sgd_momentum(
     }
 }
 
+/// The state of PyTorch-style momentum: a `momentum_buffer` when momentum != 0 (shared with
+/// LARS).
+pub(crate) fn momentum_states(momentum: f64) -> Vec<StateSpec> {
+    if momentum != 0.0 {
+        vec![StateSpec {
+            name: "momentum_buffer",
+            slot: 0,
+            init: 0.0,
+        }]
+    } else {
+        Vec::new()
+    }
+}
+
 /// PyTorch's constructor check: Nesterov needs a momentum and zero dampening.
 pub(crate) fn check_nesterov(nesterov: bool, momentum: f64, dampening: f64) -> Result<()> {
     if nesterov && (momentum <= 0.0 || dampening != 0.0) {
@@ -144,15 +158,7 @@ impl Rule for SgdConfig {
     }
 
     fn states(&self) -> Vec<StateSpec> {
-        if self.momentum != 0.0 {
-            vec![StateSpec {
-                name: "momentum_buffer",
-                slot: 0,
-                init: 0.0,
-            }]
-        } else {
-            Vec::new()
-        }
+        momentum_states(self.momentum)
     }
 
     fn keeps_step(&self) -> bool {
