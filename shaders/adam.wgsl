@@ -75,7 +75,8 @@ fn adam_step(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let c = chunk_for(wid, nwg);
-    if (!c.ok) {
+    // Idle invocations (past the end of a short chunk) leave before the tensor-table load.
+    if (!c.ok || lid * 4u >= c.len) {
         return;
     }
     let t = tensors[c.tensor];
