@@ -1,6 +1,6 @@
 // norm.wgsl: per-tensor and global norms of one or two arena-shaped buffers, and the
 // global-norm clip coefficient. Requires common.wgsl and reduce.wgsl.
-// Bindings: 0 NormHyper, 1 Window, 2 chunks, 3 TensorRange table (static), 5 source a
+// Bindings: 0 NormHyper, 1 Window, 2 chunks, 3 ChunkRange table (static), 5 source a
 // (read_write only because common.wgsl declares it so; never written), 6 source b (a dummy
 // unless NORM_HAS_B), 10 partials, 12 out.
 // out[0] = (clip coefficient, total norm of a, total norm of b, 0). The coefficient is what the
@@ -18,13 +18,13 @@ struct NormHyper {
     pad: u32,
 }
 
-struct TensorRange {
+struct ChunkRange {
     first: u32,
     count: u32,
 }
 
 @group(0) @binding(0) var<uniform> nh: NormHyper;
-@group(0) @binding(3) var<storage, read> ranges: array<TensorRange>;
+@group(0) @binding(3) var<storage, read> ranges: array<ChunkRange>;
 @group(0) @binding(12) var<storage, read_write> out: array<vec4<f32>>;
 
 @compute @workgroup_size(WG_SIZE)

@@ -16,10 +16,10 @@
 // invocation) and costs nothing measurable on GPUs.
 //
 // Error bound of a sum of squares (nonnegative terms, f32 unit roundoff u = 2^-24): the
-// longest chain of additions is 3 (lanes) + VEC_PER_LANE - 1 + 30 (chunk workgroup) +
-// ceil(chunks / RED_SIZE) (sequential fold) + 17 (tensor workgroup). A 16M-element tensor has
-// 4096 chunks, so the chain is 181 long: relative error at most 181 u = 1.08e-5 for the sum and
-// half that, 5.4e-6, for the norm.
+// longest chain of additions is 3 (lanes) + VEC_PER_LANE - 1 + 30 (chunk workgroup of 256:
+// 15 + 15) + ceil(chunks / RED_SIZE) (sequential fold) + 16 (tensor workgroup of 32: 15 + 1).
+// A 16M-element tensor has 4096 chunks, so the chain is 180 long: relative error at most
+// 180 u = 1.08e-5 for the sum and half that, 5.4e-6, for the norm.
 
 const RED_SIZE: u32 = 32u;
 

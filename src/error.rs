@@ -89,9 +89,6 @@ pub enum Error {
         /// Arena id passed.
         got: u64,
     },
-    /// The arena's tensors are not in the same form as the host-side data (CPU reference).
-    #[error("layout mismatch: {0}")]
-    LayoutMismatch(String),
     /// Mapping a buffer for readback failed.
     #[error("buffer map failed: {0}")]
     Map(String),

@@ -20,7 +20,9 @@ use crate::arena::{ArenaTables, ParamArena, ParamLayout};
 use crate::context::GpuContext;
 use crate::dispatch;
 use crate::error::{Error, Result};
-use crate::optim::{storage_buffer, window_binding};
+use crate::optim::{
+    chunk_ranges, storage_buffer, table_bytes, tensor_specs, window_binding, ChunkRange,
+};
 use crate::pipeline::Kernel;
 use crate::readback;
 use crate::shaders::KernelId;
@@ -55,16 +57,6 @@ pub struct NormHyper {
     pub max_norm: f32,
     /// Padding.
     pub pad: u32,
-}
-
-/// Mirrors `TensorRange` in norm.wgsl.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Pod, Zeroable)]
-pub struct TensorRange {
-    /// First chunk.
-    pub first: u32,
-    /// Chunk count.
-    pub count: u32,
 }
 
 /// Per-tensor and global norms of an arena-shaped buffer, computed on the GPU.
@@ -131,24 +123,15 @@ impl NormReducer {
                 .write_buffer(&hyper_buf, 0, bytemuck::bytes_of(&hyper));
             let windows = layout.windows();
             let tables = ArenaTables::new(ctx, &layout, "norm");
-            let mut first = 0u32;
-            let ranges: Vec<TensorRange> = layout
-                .tensors()
-                .iter()
-                .map(|t| {
-                    let count = t.len.div_ceil(crate::shaders::CHUNK as usize) as u32;
-                    let r = TensorRange { first, count };
-                    first += count;
-                    r
-                })
-                .collect();
-            let range_buf = storage_buffer(ctx, "norm ranges", (n_tensors * 8).max(16) as u64);
+            let ranges = chunk_ranges(&tensor_specs(&layout));
+            let range_buf =
+                storage_buffer(ctx, "norm ranges", table_bytes::<ChunkRange>(n_tensors));
             ctx.queue()
                 .write_buffer(&range_buf, 0, bytemuck::cast_slice(&ranges));
             let partials = storage_buffer(
                 ctx,
                 "norm partials",
-                ((n_chunks + n_tensors) * 16).max(16) as u64,
+                table_bytes::<[f32; 4]>(n_chunks + n_tensors),
             );
             let out = storage_buffer(ctx, "norm out", 16);
             ctx.queue()

@@ -2,9 +2,9 @@
 //!
 //! Norm accuracy: the GPU sums squares in f32 along a fixed tree (see shaders/reduce.wgsl). For
 //! nonnegative terms the relative error of such a sum is at most (depth x u), u = 2^-24; the
-//! depth is 3 + 6 + ceil(chunks / 256) + 8, i.e. 273 for a 16M-element tensor, so the sum is
-//! within 1.6e-5 and the norm (a square root halves relative error) within 8.2e-6 < 1e-5 of the
-//! exact value, which the f64 CPU reference approximates to ~1e-16. The inf norm is exact.
+//! depth (derived in reduce.wgsl) is 180 for a 16M-element tensor, so the sum is within 1.08e-5
+//! and the norm (a square root halves relative error) within 5.4e-6 < 1e-5 of the exact value,
+//! which the f64 CPU reference approximates to ~1e-16. The inf norm is exact.
 
 mod common;
 
@@ -13,8 +13,8 @@ use std::sync::Arc;
 use common::{assert_close, gpu, randn, ATOL, RTOL};
 use wgpu_optim::norm::{cpu_clip_grad_norm, cpu_norms};
 use wgpu_optim::{
-    AdamConfig, CpuOptimizer, Error, GpuContext, GradClipper, LambConfig, NormReducer, NormType,
-    OptimizerConfig, ParamArena, SgdConfig, TensorSpec,
+    AdamConfig, Error, GpuContext, GradClipper, LambConfig, NormReducer, NormType, OptimizerConfig,
+    ParamArena, SgdConfig, TensorSpec,
 };
 
 const NORM_RTOL: f64 = 1e-5;
@@ -118,6 +118,7 @@ fn clip_trial(
         );
         let coef = clipper.read_coefficient(ctx).unwrap() as f64;
         let want_coef = (max / (want_total + 1e-6)).min(1.0);
+        // The GPU forms the coefficient in f32 from an f32 norm: a few ulp (1 ulp = 6e-8).
         assert!(
             (coef - want_coef).abs() <= 2e-6 * want_coef,
             "coef {coef} vs {want_coef}"
@@ -342,7 +343,6 @@ fn clipper_rejects_bad_thresholds_and_other_arenas() {
     assert!(matches!(e, Error::LengthMismatch { .. }), "{e:?}");
     let e = cpu_clip_grad_norm(&mut [vec![1.0]], f64::NAN, NormType::L2).unwrap_err();
     assert!(matches!(e, Error::InvalidHyperparameter { .. }));
-    let _ = CpuOptimizer::new(SgdConfig::default(), &specs(&[1])).unwrap();
 }
 
 /// An arena of empty tensors: nothing to dispatch per chunk, but norms are 0, steps count

@@ -116,8 +116,8 @@ fn uniform_structs_have_the_wgsl_sizes() {
         ),
         (
             KernelId::NormGlobal,
-            "TensorRange",
-            size_of::<wgpu_optim::norm::TensorRange>(),
+            "ChunkRange",
+            size_of::<wgpu_optim::optim::ChunkRange>(),
         ),
         (KernelId::SgdStep, "SgdHyper", size_of::<sgd::SgdHyper>()),
         (KernelId::SgdStep, "SgdTensor", size_of::<sgd::SgdTensor>()),

@@ -111,6 +111,22 @@ pub struct AdamTensor {
     pub pad: [u32; 3],
 }
 
+/// `exp_avg` and `exp_avg_sq`, zero-initialised in slots 0 and 1 (shared with LAMB).
+pub(crate) fn moment_states() -> Vec<StateSpec> {
+    vec![
+        StateSpec {
+            name: "exp_avg",
+            slot: 0,
+            init: 0.0,
+        },
+        StateSpec {
+            name: "exp_avg_sq",
+            slot: 1,
+            init: 0.0,
+        },
+    ]
+}
+
 impl Rule for AdamConfig {
     type Hyper = AdamHyper;
     type TensorStep = AdamTensor;
@@ -142,18 +158,7 @@ impl Rule for AdamConfig {
     }
 
     fn states(&self) -> Vec<StateSpec> {
-        let mut s = vec![
-            StateSpec {
-                name: "exp_avg",
-                slot: 0,
-                init: 0.0,
-            },
-            StateSpec {
-                name: "exp_avg_sq",
-                slot: 1,
-                init: 0.0,
-            },
-        ];
+        let mut s = moment_states();
         if self.amsgrad {
             s.push(StateSpec {
                 name: "max_exp_avg_sq",

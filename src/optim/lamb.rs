@@ -16,6 +16,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::adam::moment_states;
 use super::lars::norm_f64;
 use super::{ChunkRange, GroupHyper, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
@@ -136,18 +137,7 @@ impl Rule for LambConfig {
     }
 
     fn states(&self) -> Vec<StateSpec> {
-        vec![
-            StateSpec {
-                name: "exp_avg",
-                slot: 0,
-                init: 0.0,
-            },
-            StateSpec {
-                name: "exp_avg_sq",
-                slot: 1,
-                init: 0.0,
-            },
-        ]
+        moment_states()
     }
 
     fn passes() -> Vec<Pass> {

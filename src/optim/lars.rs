@@ -154,10 +154,6 @@ impl Rule for LarsConfig {
         momentum_states(self.momentum)
     }
 
-    fn keeps_step(&self) -> bool {
-        false
-    }
-
     fn passes() -> Vec<Pass> {
         vec![
             Pass::Chunks(KernelId::LarsNorms),

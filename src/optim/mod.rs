@@ -76,8 +76,9 @@ pub enum Pass {
     Tensors(KernelId),
 }
 
-/// A tensor's range in the chunk table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A tensor's range in the chunk table (mirrors `ChunkRange` in norm.wgsl).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Pod, Zeroable)]
 pub struct ChunkRange {
     /// First chunk.
     pub first: u32,
@@ -117,10 +118,6 @@ pub trait Rule: Clone + Debug + Send + Sync + 'static {
     fn weight_decay(&self) -> f64;
     /// State buffers this configuration keeps.
     fn states(&self) -> Vec<StateSpec>;
-    /// Whether PyTorch keeps a `step` count for this optimizer (SGD does not).
-    fn keeps_step(&self) -> bool {
-        true
-    }
     /// The dispatches of one step, in order (default: the kernel once per window).
     fn passes() -> Vec<Pass> {
         vec![Pass::Chunks(Self::KERNEL)]
@@ -225,7 +222,7 @@ impl StepBook {
 }
 
 /// Each tensor's range in the chunk table, in the order `ParamLayout` builds it.
-fn chunk_ranges(specs: &[TensorSpec]) -> Vec<ChunkRange> {
+pub(crate) fn chunk_ranges(specs: &[TensorSpec]) -> Vec<ChunkRange> {
     let mut first = 0u32;
     specs
         .iter()
@@ -239,7 +236,7 @@ fn chunk_ranges(specs: &[TensorSpec]) -> Vec<ChunkRange> {
 }
 
 /// Bytes of a buffer holding `n` items of `T`, at least 16 (wgpu rejects empty bindings).
-fn table_bytes<T>(n: usize) -> u64 {
+pub(crate) fn table_bytes<T>(n: usize) -> u64 {
     ((n * std::mem::size_of::<T>()) as u64).max(16)
 }
 

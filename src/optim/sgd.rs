@@ -161,10 +161,6 @@ impl Rule for SgdConfig {
         momentum_states(self.momentum)
     }
 
-    fn keeps_step(&self) -> bool {
-        false
-    }
-
     fn hyper(&self, ctx: HyperCtx) -> SgdHyper {
         let mut flags = maximize_flag(self.maximize) | ctx.extra_flags;
         if self.momentum != 0.0 {
