@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use wgpu_optim::{
-    AdagradConfig, AdamConfig, GpuContext, OptimizerConfig, ParamArena, RmspropConfig, SgdConfig,
-    TensorSpec,
-};
+use wgpu_optim::{CpuOptimizer, GpuContext, Optimizer, OptimizerConfig, ParamArena, TensorSpec};
 
 fn quick() -> bool {
     std::env::var("QUICK").is_ok_and(|v| v == "1")
@@ -33,27 +30,12 @@ fn sizes() -> Vec<usize> {
     }
 }
 
+/// The library's named configurations (its one table of optimizers).
 fn optimizers() -> Vec<(&'static str, OptimizerConfig)> {
-    vec![
-        ("sgd", OptimizerConfig::Sgd(SgdConfig::default())),
-        (
-            "sgd-momentum",
-            OptimizerConfig::Sgd(SgdConfig {
-                momentum: 0.9,
-                ..Default::default()
-            }),
-        ),
-        ("adam", OptimizerConfig::Adam(AdamConfig::default())),
-        ("adamw", OptimizerConfig::Adam(AdamConfig::adamw())),
-        (
-            "rmsprop",
-            OptimizerConfig::Rmsprop(RmspropConfig::default()),
-        ),
-        (
-            "adagrad",
-            OptimizerConfig::Adagrad(AdagradConfig::default()),
-        ),
-    ]
+    OptimizerConfig::presets()
+        .into_iter()
+        .map(|p| (p.name, p.config))
+        .collect()
 }
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
@@ -99,15 +81,15 @@ fn gpu_steps(c: &mut Criterion) {
         let specs = [TensorSpec::new("w", n)];
         let arena = ParamArena::new(&ctx, &specs).expect("arena");
         arena
-            .write_params(&ctx, "w", &data(n, 1))
+            .write_params("w", &data(n, 1))
             .expect("params upload");
         arena
-            .write_grads(&ctx, "w", &data(n, 2))
+            .write_grads("w", &data(n, 2))
             .expect("grads upload");
         for (name, cfg) in optimizers() {
-            let mut opt = cfg.build(&ctx, &arena).expect("optimizer");
+            let mut opt = Optimizer::new(&ctx, &arena, cfg.clone()).expect("optimizer");
             // First dispatch compiles the shader on lavapipe; keep it out of the samples.
-            opt.step(&ctx, &arena).expect("step");
+            opt.step(&arena).expect("step");
             ctx.wait().expect("wait");
             group.throughput(Throughput::Bytes(cfg.bytes_per_element() * n as u64));
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
@@ -115,7 +97,7 @@ fn gpu_steps(c: &mut Criterion) {
                     ctx.wait().expect("wait");
                     let t = Instant::now();
                     for _ in 0..k {
-                        opt.step(&ctx, &arena).expect("step");
+                        opt.step(&arena).expect("step");
                     }
                     ctx.wait().expect("wait");
                     t.elapsed()
@@ -133,7 +115,7 @@ fn cpu_steps(c: &mut Criterion) {
         let specs = [TensorSpec::new("w", n)];
         let grads = vec![data(n, 2)];
         for (name, cfg) in optimizers() {
-            let mut opt = cfg.build_cpu(&specs).expect("cpu optimizer");
+            let mut opt = CpuOptimizer::new(cfg.clone(), &specs).expect("cpu optimizer");
             let mut params = vec![data(n, 1)];
             group.throughput(Throughput::Bytes(cfg.bytes_per_element() * n as u64));
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {

@@ -8,7 +8,7 @@
 //! Run: `cargo run --release --example linear_regression` (headless; lavapipe works).
 
 use anyhow::{ensure, Context, Result};
-use wgpu_optim::{Adam, AdamConfig, GpuContext, ParamArena, TensorSpec};
+use wgpu_optim::{AdamConfig, GpuContext, Optimizer, ParamArena, TensorSpec};
 
 const SAMPLES: usize = 512;
 const FEATURES: usize = 8;
@@ -63,7 +63,7 @@ fn main() -> Result<()> {
             TensorSpec::new("bias", 1),
         ],
     )?;
-    let mut opt = Adam::new(
+    let mut opt = Optimizer::new(
         &ctx,
         &arena,
         AdamConfig {
@@ -74,8 +74,8 @@ fn main() -> Result<()> {
 
     let mut loss = f64::NAN;
     for step in 0..=STEPS {
-        let w = arena.read_params(&ctx, "weight")?;
-        let b = arena.read_params(&ctx, "bias")?[0];
+        let w = arena.read_params("weight")?;
+        let b = arena.read_params("bias")?[0];
         let (l, gw, gb) = loss_and_grad(&x, &y, &w, b);
         loss = l;
         if step % 100 == 0 {
@@ -84,17 +84,17 @@ fn main() -> Result<()> {
         if step == STEPS {
             break;
         }
-        arena.write_grads(&ctx, "weight", &gw)?;
-        arena.write_grads(&ctx, "bias", &[gb])?;
-        opt.step(&ctx, &arena)?;
+        arena.write_grads("weight", &gw)?;
+        arena.write_grads("bias", &[gb])?;
+        opt.step(&arena)?;
         // Lower the learning rate for the last third, as a step scheduler would.
         if step == 2 * STEPS / 3 {
             opt.set_lr(0.01)?;
         }
     }
 
-    let w = arena.read_params(&ctx, "weight")?;
-    let b = arena.read_params(&ctx, "bias")?[0];
+    let w = arena.read_params("weight")?;
+    let b = arena.read_params("bias")?[0];
     println!("fitted w: {w:.3?}");
     println!("true   w: {w_true:.3?}");
     println!("fitted b: {b:.3}   true b: {b_true:.3}");

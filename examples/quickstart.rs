@@ -9,7 +9,7 @@
 //! Run: `cargo run --release --example quickstart` (headless; lavapipe works).
 
 use anyhow::{Context, Result};
-use wgpu_optim::{Adam, AdamConfig, GpuContext, GroupHyper, ParamArena, TensorSpec};
+use wgpu_optim::{AdamConfig, GpuContext, Optimizer, ParamArena, TensorSpec};
 
 fn main() -> Result<()> {
     let ctx = GpuContext::new().context("no GPU adapter (see README: scripts/setup-vulkan.sh)")?;
@@ -32,31 +32,28 @@ fn main() -> Result<()> {
     let mut targets = Vec::new();
     for s in &specs {
         let init: Vec<f32> = (0..s.len).map(|_| (rng.f32() - 0.5) * 0.2).collect();
-        arena.write_params(&ctx, &s.name, &init)?;
+        arena.write_params(&s.name, &init)?;
         targets.push((0..s.len).map(|_| rng.f32() - 0.5).collect::<Vec<f32>>());
     }
 
-    let mut opt = Adam::new(
-        &ctx,
-        &arena,
-        AdamConfig {
-            lr: 0.02,
-            ..AdamConfig::adamw()
-        },
-    )?;
+    let adamw = AdamConfig {
+        lr: 0.02,
+        ..AdamConfig::adamw()
+    };
+    let mut opt = Optimizer::new(&ctx, &arena, adamw.clone())?;
     // Group 1 (the biases): no weight decay, as is usual for biases and norm layers.
-    opt.set_group(
+    opt.set_group_config(
         1,
-        GroupHyper {
-            lr: 0.02,
+        AdamConfig {
             weight_decay: 0.0,
+            ..adamw
         },
     )?;
 
     let mut first_loss = None;
     let mut loss = 0.0;
     for step in 0..=200 {
-        let params = arena.read_all_params(&ctx)?;
+        let params = arena.read_all_params()?;
         loss = 0.0;
         let grads: Vec<Vec<f32>> = params
             .iter()
@@ -78,12 +75,12 @@ fn main() -> Result<()> {
         if step == 200 {
             break;
         }
-        arena.write_all_grads(&ctx, &grads)?;
-        opt.step(&ctx, &arena)?;
+        arena.write_all_grads(&grads)?;
+        opt.step(&arena)?;
     }
 
-    let bias = arena.read_params(&ctx, "fc2.bias")?;
-    let m = opt.read_state(&ctx, "exp_avg", "fc2.bias")?;
+    let bias = arena.read_params("fc2.bias")?;
+    let m = opt.read_state("exp_avg", "fc2.bias")?;
     println!("fc2.bias after 200 steps:  {:?}", &bias[..4]);
     println!("fc2.bias target:           {:?}", &targets[3][..4]);
     println!("fc2.bias exp_avg:          {:?}", &m[..4]);

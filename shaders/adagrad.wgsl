@@ -14,24 +14,27 @@ struct AdagradHyper {
 
 struct AdagradTensor {
     live: u32,
+    // index into `hypers`
+    group: u32,
     neg_clr: f32,
     weight_decay: f32,
-    pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> hp: AdagradHyper;
+@group(0) @binding(0) var<storage, read> hypers: array<AdagradHyper>;
+// The hyperparameters of the parameter group of the tensor this workgroup updates.
+var<private> hp: AdagradHyper;
 @group(0) @binding(3) var<storage, read> tensors: array<AdagradTensor>;
 @group(0) @binding(7) var<storage, read_write> sum: array<vec4<f32>>;
 
-fn adagrad_vec(i: u32, mask: vec4<bool>, t: AdagradTensor) {
+fn adagrad_vec(i: u32, si: u32, mask: vec4<bool>, t: AdagradTensor) {
     let p0 = params[i];
     var g = load_grad(i, hp.flags);
     if (t.weight_decay != 0.0) {
         g = g + t.weight_decay * p0;
     }
-    let s0 = sum[i];
+    let s0 = sum[si];
     let s = s0 + g * g;
-    sum[i] = select(s0, s, mask);
+    sum[si] = select(s0, s, mask);
     let root = sqrt(s) + hp.eps;
     params[i] = select(p0, p0 + (t.neg_clr * g) / root, mask);
 }
@@ -51,11 +54,12 @@ fn adagrad_step(
     if (t.live == 0u) {
         return;
     }
+    hp = hypers[t.group];
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
         if (v * 4u >= c.len) {
             break;
         }
-        adagrad_vec(c.base + v, lane_mask(c.len, v), t);
+        adagrad_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t);
     }
 }

@@ -25,6 +25,8 @@ struct AdamHyper {
 
 struct AdamTensor {
     live: u32,
+    // index into `hypers`
+    group: u32,
     neg_step_size: f32,
     bias_correction2_sqrt: f32,
     weight_decay: f32,
@@ -32,16 +34,17 @@ struct AdamTensor {
     decay_factor: f32,
     pad0: u32,
     pad1: u32,
-    pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> hp: AdamHyper;
+@group(0) @binding(0) var<storage, read> hypers: array<AdamHyper>;
+// The hyperparameters of the parameter group of the tensor this workgroup updates.
+var<private> hp: AdamHyper;
 @group(0) @binding(3) var<storage, read> tensors: array<AdamTensor>;
 @group(0) @binding(7) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> max_exp_avg_sq: array<vec4<f32>>;
 
-fn adam_vec(i: u32, mask: vec4<bool>, t: AdamTensor) {
+fn adam_vec(i: u32, si: u32, mask: vec4<bool>, t: AdamTensor) {
     let p0 = params[i];
     var p = p0;
     var g = load_grad(i, hp.flags);
@@ -52,17 +55,17 @@ fn adam_vec(i: u32, mask: vec4<bool>, t: AdamTensor) {
             g = g + t.weight_decay * p;
         }
     }
-    let m0 = exp_avg[i];
-    let v0 = exp_avg_sq[i];
+    let m0 = exp_avg[si];
+    let v0 = exp_avg_sq[si];
     let m = lerp_torch(m0, g, hp.one_minus_beta1);
     let v = v0 * hp.beta2 + (hp.one_minus_beta2 * g) * g;
-    exp_avg[i] = select(m0, m, mask);
-    exp_avg_sq[i] = select(v0, v, mask);
+    exp_avg[si] = select(m0, m, mask);
+    exp_avg_sq[si] = select(v0, v, mask);
     var vv = v;
     if ((hp.flags & ADAM_AMSGRAD) != 0u) {
-        let x0 = max_exp_avg_sq[i];
+        let x0 = max_exp_avg_sq[si];
         vv = max(x0, v);
-        max_exp_avg_sq[i] = select(x0, vv, mask);
+        max_exp_avg_sq[si] = select(x0, vv, mask);
     }
     let denom = sqrt(vv) / t.bias_correction2_sqrt + hp.eps;
     params[i] = select(p0, p + (t.neg_step_size * m) / denom, mask);
@@ -83,11 +86,12 @@ fn adam_step(
     if (t.live == 0u) {
         return;
     }
+    hp = hypers[t.group];
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
         if (v * 4u >= c.len) {
             break;
         }
-        adam_vec(c.base + v, lane_mask(c.len, v), t);
+        adam_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t);
     }
 }

@@ -6,15 +6,22 @@
 // splitting). Tensors start on a 4-element boundary, so every chunk is a run of vec4s; the last
 // vec4 of a tensor may hold padding lanes, which are masked on store and therefore stay zero.
 //
-// Binding convention (group 0), mirrored by src/pipeline.rs:
-//   0  uniform             <Kernel>Hyper  optimizer-wide scalars and mode flags
-//   1  uniform             Window         chunks covered by this dispatch, start of the window
-//   2  storage, read       chunks         static chunk table
-//   3  storage, read       tensors        per-tensor scalars for this step (type set by the kernel)
+// One dispatch covers one optimizer segment: a subset of the arena's tensors that one rule
+// updates. Its chunk table names each chunk's place in the params/grads arena (`start`) and in
+// the segment's own state buffers (`state_start`), which hold only the segment's tensors, so
+// state memory is proportional to what the segment optimizes.
+//
+// Binding convention (group 0), mirrored by src/shaders.rs (KernelDef::bindings):
+//   0  storage, read       hypers         <Kernel>Hyper per parameter group (every hyperparameter
+//                                         PyTorch allows per param_group, and the mode flags)
+//   1  uniform             Window         chunks covered by this dispatch, start of the windows
+//   2  storage, read       chunks         static chunk table of the segment
+//   3  storage, read       tensors        per-tensor scalars for this step (type set by the
+//                                         kernel); its `group` field indexes `hypers`
 //   4  storage, read       aux            GPU-computed scalars; aux[0] is the gradient scale
 //   5  storage, read_write params         this window of the arena, as vec4
 //   6  storage, read       grads          same window of the gradient arena
-//   7+ storage, read_write state buffers  same layout as params
+//   7+ storage, read_write state buffers  this window of the segment's state buffers
 //   10 storage, read_write partials       per-chunk, then per-tensor reduction results (reduce.wgsl)
 //
 // WG_SIZE, VEC_PER_LANE and CHUNK have Rust twins in src/shaders.rs; tests/shaders.rs checks
@@ -34,7 +41,8 @@ struct Chunk {
     start: u32,
     // elements in this chunk (1..=CHUNK)
     len: u32,
-    pad: u32,
+    // first vec4 of the chunk in the segment's state buffers
+    state_start: u32,
 }
 
 struct Window {
@@ -44,6 +52,12 @@ struct Window {
     vec_base: u32,
     // where per-tensor results start in `partials` (reduce.wgsl): after one entry per chunk
     tensor_base: u32,
+    // first vec4 of this binding window of the state buffers
+    state_base: u32,
+    // tensors in the segment (the per-tensor passes' grid covers these)
+    n_tensors: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(1) var<uniform> win: Window;
@@ -55,8 +69,10 @@ struct Window {
 struct ChunkRef {
     ok: bool,
     tensor: u32,
-    // first vec4 of the chunk inside the bound window
+    // first vec4 of the chunk inside the bound params / grads window
     base: u32,
+    // first vec4 of the chunk inside the bound state window
+    sbase: u32,
     len: u32,
 }
 
@@ -73,6 +89,7 @@ fn chunk_for(wid: vec3<u32>, nwg: vec3<u32>) -> ChunkRef {
     r.ok = true;
     r.tensor = c.tensor;
     r.base = c.start - win.vec_base;
+    r.sbase = c.state_start - win.state_base;
     r.len = c.len;
     return r;
 }

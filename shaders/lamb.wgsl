@@ -21,12 +21,14 @@ struct LambHyper {
     beta2: f32,
     one_minus_beta2: f32,
     eps: f32,
-    n_tensors: u32,
-    pad: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 struct LambTensor {
     live: u32,
+    // index into `hypers`
+    group: u32,
     first_chunk: u32,
     chunk_count: u32,
     adapt: u32,
@@ -36,7 +38,9 @@ struct LambTensor {
     weight_decay: f32,
 }
 
-@group(0) @binding(0) var<uniform> hp: LambHyper;
+@group(0) @binding(0) var<storage, read> hypers: array<LambHyper>;
+// The hyperparameters of the parameter group of the tensor this workgroup works on.
+var<private> hp: LambHyper;
 @group(0) @binding(3) var<storage, read> tensors: array<LambTensor>;
 @group(0) @binding(7) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
@@ -64,6 +68,7 @@ fn lamb_moments(
     if (t.live == 0u) {
         return;
     }
+    hp = hypers[t.group];
     var acc = vec4<f32>(0.0);
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
@@ -74,12 +79,13 @@ fn lamb_moments(
         let mask = lane_mask(c.len, v);
         let p = params[i];
         let g = load_grad(i, hp.flags);
-        let m0 = exp_avg[i];
-        let v0 = exp_avg_sq[i];
+        let si = c.sbase + v;
+        let m0 = exp_avg[si];
+        let v0 = exp_avg_sq[si];
         let m = m0 * hp.beta1 + hp.one_minus_beta1 * g;
         let s = v0 * hp.beta2 + (hp.one_minus_beta2 * g) * g;
-        exp_avg[i] = select(m0, m, mask);
-        exp_avg_sq[i] = select(v0, s, mask);
+        exp_avg[si] = select(m0, m, mask);
+        exp_avg_sq[si] = select(v0, s, mask);
         let u = lamb_direction(m, s, p, t);
         acc = red_combine(acc, vec4<f32>(lane_stats(p, mask), lane_stats(u, mask)));
     }
@@ -93,13 +99,14 @@ fn lamb_ratio(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let ti = group_index(wid, nwg);
-    if (ti >= hp.n_tensors) {
+    if (ti >= win.n_tensors) {
         return;
     }
     let t = tensors[ti];
     if (t.live == 0u) {
         return;
     }
+    hp = hypers[t.group];
     let v = fold_chunks(t.first_chunk, t.chunk_count, lid);
     if (lid == 0u) {
         let w = sqrt(v.x);
@@ -129,6 +136,7 @@ fn lamb_apply(
     if (t.live == 0u) {
         return;
     }
+    hp = hypers[t.group];
     let ratio = partials[win.tensor_base + c.tensor].x;
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
@@ -137,7 +145,8 @@ fn lamb_apply(
         }
         let i = c.base + v;
         let p0 = params[i];
-        let u = lamb_direction(exp_avg[i], exp_avg_sq[i], p0, t);
+        let si = c.sbase + v;
+        let u = lamb_direction(exp_avg[si], exp_avg_sq[si], p0, t);
         params[i] = select(p0, p0 + t.neg_lr * (u * ratio), lane_mask(c.len, v));
     }
 }

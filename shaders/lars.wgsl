@@ -21,13 +21,15 @@ struct LarsHyper {
     one_minus_dampening: f32,
     trust_coefficient: f32,
     eps: f32,
-    n_tensors: u32,
     pad0: u32,
     pad1: u32,
+    pad2: u32,
 }
 
 struct LarsTensor {
     live: u32,
+    // index into `hypers`
+    group: u32,
     first: u32,
     first_chunk: u32,
     chunk_count: u32,
@@ -37,7 +39,9 @@ struct LarsTensor {
     weight_decay: f32,
 }
 
-@group(0) @binding(0) var<uniform> hp: LarsHyper;
+@group(0) @binding(0) var<storage, read> hypers: array<LarsHyper>;
+// The hyperparameters of the parameter group of the tensor this workgroup works on.
+var<private> hp: LarsHyper;
 @group(0) @binding(3) var<storage, read> tensors: array<LarsTensor>;
 @group(0) @binding(7) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 
@@ -55,6 +59,7 @@ fn lars_norms(
     if (t.live == 0u || t.adapt == 0u) {
         return;
     }
+    hp = hypers[t.group];
     var acc = vec4<f32>(0.0);
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
@@ -75,13 +80,14 @@ fn lars_ratio(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let ti = group_index(wid, nwg);
-    if (ti >= hp.n_tensors) {
+    if (ti >= win.n_tensors) {
         return;
     }
     let t = tensors[ti];
     if (t.live == 0u) {
         return;
     }
+    hp = hypers[t.group];
     if (t.adapt == 0u) {
         if (lid == 0u) {
             partials[win.tensor_base + ti] = vec4<f32>(1.0, 0.0, 0.0, 0.0);
@@ -117,6 +123,7 @@ fn lars_step(
     if (t.live == 0u) {
         return;
     }
+    hp = hypers[t.group];
     var ratio = 1.0;
     if (t.adapt != 0u) {
         ratio = partials[win.tensor_base + c.tensor].x;
@@ -134,9 +141,10 @@ fn lars_step(
             g = (g + t.weight_decay * p0) * ratio;
         }
         if ((hp.flags & LARS_MOMENTUM) != 0u) {
-            let b0 = momentum_buffer[i];
+            let si = c.sbase + v;
+            let b0 = momentum_buffer[si];
             let m = sgd_momentum(b0, g, t.first != 0u, hp.momentum, hp.one_minus_dampening, (hp.flags & LARS_NESTEROV) != 0u);
-            momentum_buffer[i] = select(b0, m.buf, mask);
+            momentum_buffer[si] = select(b0, m.buf, mask);
             g = m.dir;
         }
         params[i] = select(p0, p0 + t.neg_lr * g, mask);

@@ -89,7 +89,10 @@ fn norm_global(@builtin(local_invocation_index) lid: u32) {
         let total_b = norm_of(v.z, v.w);
         var coef = 1.0;
         if ((nh.flags & NORM_CLIP) != 0u) {
-            coef = min(nh.max_norm / (total_a + 1e-6), 1.0);
+            // torch.clamp(max=1) keeps a NaN coefficient (a NaN norm), so the clipped
+            // gradients become NaN exactly as clip_grad_norm_ makes them; WGSL's min would not.
+            let c = nh.max_norm / (total_a + 1e-6);
+            coef = select(min(c, 1.0), c, is_nan(c));
         }
         out[0] = vec4<f32>(coef, total_a, total_b, 0.0);
     }

@@ -28,8 +28,20 @@ const RED_SIZE: u32 = 32u;
 var<workgroup> scratch: array<vec4<f32>, WG_SIZE>;
 var<workgroup> group_sums: array<vec4<f32>, 16>;
 
+// NaN test on the bits: compilers may fold `x != x` away, and WGSL leaves max() with a NaN
+// operand implementation-defined (most GPUs return the other operand).
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// max that propagates NaN, as torch's inf norm does: a NaN anywhere gives a NaN norm. Sums
+// propagate NaN by IEEE arithmetic already.
+fn max_nan(a: f32, b: f32) -> f32 {
+    return select(select(max(a, b), b, is_nan(b)), a, is_nan(a));
+}
+
 fn red_combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(a.x + b.x, max(a.y, b.y), a.z + b.z, max(a.w, b.w));
+    return vec4<f32>(a.x + b.x, max_nan(a.y, b.y), a.z + b.z, max_nan(a.w, b.w));
 }
 
 // Sum of squares and max |x| of the lanes selected by `mask`, as (sumsq, maxabs).
@@ -37,7 +49,7 @@ fn lane_stats(x: vec4<f32>, mask: vec4<bool>) -> vec2<f32> {
     let y = select(vec4<f32>(0.0), x, mask);
     let sq = y * y;
     let a = abs(y);
-    return vec2<f32>(((sq.x + sq.y) + sq.z) + sq.w, max(max(a.x, a.y), max(a.z, a.w)));
+    return vec2<f32>(((sq.x + sq.y) + sq.z) + sq.w, max_nan(max_nan(a.x, a.y), max_nan(a.z, a.w)));
 }
 
 // Reduces every invocation's `v` over a workgroup of n invocations (n a power of two, 16 <= n

@@ -24,40 +24,43 @@ struct RmspropHyper {
 
 struct RmspropTensor {
     live: u32,
+    // index into `hypers`
+    group: u32,
     neg_lr: f32,
     weight_decay: f32,
-    pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> hp: RmspropHyper;
+@group(0) @binding(0) var<storage, read> hypers: array<RmspropHyper>;
+// The hyperparameters of the parameter group of the tensor this workgroup updates.
+var<private> hp: RmspropHyper;
 @group(0) @binding(3) var<storage, read> tensors: array<RmspropTensor>;
 @group(0) @binding(7) var<storage, read_write> square_avg: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> grad_avg: array<vec4<f32>>;
 
-fn rmsprop_vec(i: u32, mask: vec4<bool>, t: RmspropTensor) {
+fn rmsprop_vec(i: u32, si: u32, mask: vec4<bool>, t: RmspropTensor) {
     let p0 = params[i];
     var g = load_grad(i, hp.flags);
     if (t.weight_decay != 0.0) {
         g = g + t.weight_decay * p0;
     }
-    let sq0 = square_avg[i];
+    let sq0 = square_avg[si];
     let sq = sq0 * hp.alpha + (hp.one_minus_alpha * g) * g;
-    square_avg[i] = select(sq0, sq, mask);
+    square_avg[si] = select(sq0, sq, mask);
     var avg: vec4<f32>;
     if ((hp.flags & RMS_CENTERED) != 0u) {
-        let ga0 = grad_avg[i];
+        let ga0 = grad_avg[si];
         let ga = lerp_torch(ga0, g, hp.one_minus_alpha);
-        grad_avg[i] = select(ga0, ga, mask);
+        grad_avg[si] = select(ga0, ga, mask);
         avg = sqrt(sq - ga * ga);
     } else {
         avg = sqrt(sq);
     }
     avg = avg + hp.eps;
     if ((hp.flags & RMS_MOMENTUM) != 0u) {
-        let b0 = momentum_buffer[i];
+        let b0 = momentum_buffer[si];
         let b = b0 * hp.momentum + g / avg;
-        momentum_buffer[i] = select(b0, b, mask);
+        momentum_buffer[si] = select(b0, b, mask);
         params[i] = select(p0, p0 + t.neg_lr * b, mask);
     } else {
         params[i] = select(p0, p0 + (t.neg_lr * g) / avg, mask);
@@ -79,11 +82,12 @@ fn rmsprop_step(
     if (t.live == 0u) {
         return;
     }
+    hp = hypers[t.group];
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
         if (v * 4u >= c.len) {
             break;
         }
-        rmsprop_vec(c.base + v, lane_mask(c.len, v), t);
+        rmsprop_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t);
     }
 }

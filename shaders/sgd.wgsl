@@ -17,26 +17,30 @@ struct SgdHyper {
 
 struct SgdTensor {
     live: u32,
+    // index into `hypers`
+    group: u32,
     // 1 on the tensor's first step: PyTorch initialises the buffer to the gradient itself
     first: u32,
     neg_lr: f32,
     weight_decay: f32,
 }
 
-@group(0) @binding(0) var<uniform> hp: SgdHyper;
+@group(0) @binding(0) var<storage, read> hypers: array<SgdHyper>;
+// The hyperparameters of the parameter group of the tensor this workgroup updates.
+var<private> hp: SgdHyper;
 @group(0) @binding(3) var<storage, read> tensors: array<SgdTensor>;
 @group(0) @binding(7) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 
-fn sgd_vec(i: u32, mask: vec4<bool>, t: SgdTensor) {
+fn sgd_vec(i: u32, si: u32, mask: vec4<bool>, t: SgdTensor) {
     let p0 = params[i];
     var g = load_grad(i, hp.flags);
     if (t.weight_decay != 0.0) {
         g = g + t.weight_decay * p0;
     }
     if ((hp.flags & SGD_MOMENTUM) != 0u) {
-        let b0 = momentum_buffer[i];
+        let b0 = momentum_buffer[si];
         let m = sgd_momentum(b0, g, t.first != 0u, hp.momentum, hp.one_minus_dampening, (hp.flags & SGD_NESTEROV) != 0u);
-        momentum_buffer[i] = select(b0, m.buf, mask);
+        momentum_buffer[si] = select(b0, m.buf, mask);
         g = m.dir;
     }
     params[i] = select(p0, p0 + t.neg_lr * g, mask);
@@ -57,11 +61,12 @@ fn sgd_step(
     if (t.live == 0u) {
         return;
     }
+    hp = hypers[t.group];
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
         if (v * 4u >= c.len) {
             break;
         }
-        sgd_vec(c.base + v, lane_mask(c.len, v), t);
+        sgd_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t);
     }
 }

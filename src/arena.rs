@@ -1,7 +1,8 @@
 //! The multi-tensor arena. [`ParamLayout`] is pure data: where each tensor lives in one flat
 //! f32 buffer, the chunk table that lets one dispatch cover every tensor, and the binding
-//! windows for arenas larger than one storage binding. [`ParamArena`] owns the params and grads
-//! buffers for a layout.
+//! windows for arenas larger than one storage binding. [`SegmentLayout`] is the same for a
+//! subset of the tensors (one optimizer segment), whose state buffers hold only those tensors.
+//! [`ParamArena`] owns the params and grads buffers for a layout.
 //!
 //! Invariants: tensors are stored in the order given, each starting on a 4-element (vec4)
 //! boundary; the gap between a tensor's end and the next start is padding, zero at creation and
@@ -20,24 +21,54 @@ use crate::error::{Error, Result};
 use crate::readback;
 use crate::shaders::CHUNK;
 
-/// One tensor of a model: a name, its element count and its parameter group.
+/// Largest parameter-group index an arena accepts (group indices are dense, so this also
+/// bounds the number of groups an optimizer keeps host state for).
+pub const MAX_GROUP: usize = 65_535;
+
+/// Largest number of vec4s in an arena buffer: kernels index vec4s with `u32`, so an arena
+/// holds at most `4 * u32::MAX` f32 elements (64 GiB), before any device limit.
+pub const MAX_ARENA_VECS: u64 = u32::MAX as u64;
+
+/// One tensor of a model: a name, its element count, its parameter group and optionally its
+/// shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorSpec {
     /// Unique name (for example `"layer1.weight"`).
     pub name: String,
     /// Number of f32 elements (0 is allowed, as in PyTorch).
     pub len: usize,
-    /// Parameter group; groups carry their own lr and weight decay.
+    /// Parameter group of [`crate::Optimizer::new`]'s one-rule shorthand (each group gets its
+    /// own copy of the configuration, so its lr and every other hyperparameter can be changed
+    /// alone).
     pub group: usize,
+    /// Row-major shape (`[out, in]` for a linear layer's weight); `None` for a flat tensor.
+    /// Its product must equal `len`. Matrix-aware optimizers and checkpoints read it.
+    pub shape: Option<Vec<usize>>,
 }
 
 impl TensorSpec {
-    /// A tensor in group 0.
+    /// A flat tensor in group 0.
     pub fn new(name: impl Into<String>, len: usize) -> Self {
         Self {
             name: name.into(),
             len,
             group: 0,
+            shape: None,
+        }
+    }
+
+    /// A tensor of the given row-major shape (length = product of the dims) in group 0.
+    /// A product that overflows `usize` is rejected when the arena is laid out.
+    pub fn shaped(name: impl Into<String>, shape: &[usize]) -> Self {
+        let len = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX);
+        Self {
+            name: name.into(),
+            len,
+            group: 0,
+            shape: Some(shape.to_vec()),
         }
     }
 
@@ -45,6 +76,38 @@ impl TensorSpec {
     pub fn in_group(mut self, group: usize) -> Self {
         self.group = group;
         self
+    }
+
+    /// The same tensor with a row-major shape (checked against `len` when laid out).
+    pub fn with_shape(mut self, shape: &[usize]) -> Self {
+        self.shape = Some(shape.to_vec());
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.group > MAX_GROUP {
+            return Err(Error::LimitExceeded {
+                what: format!("parameter group of tensor {:?}", self.name),
+                value: self.group as u64,
+                limit: MAX_GROUP as u64,
+                why: "group indices are dense; wgpu_optim::arena::MAX_GROUP",
+            });
+        }
+        if let Some(shape) = &self.shape {
+            let product = shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+                .unwrap_or(u64::MAX);
+            if product != self.len as u64 {
+                return Err(Error::ShapeMismatch {
+                    tensor: self.name.clone(),
+                    shape: shape.clone(),
+                    product,
+                    len: self.len,
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -57,8 +120,10 @@ pub struct TensorInfo {
     pub offset: usize,
     /// Element count.
     pub len: usize,
-    /// Parameter group.
+    /// Parameter group (of the one-rule shorthand).
     pub group: usize,
+    /// Row-major shape, if the spec gave one.
+    pub shape: Option<Vec<usize>>,
 }
 
 impl TensorInfo {
@@ -79,8 +144,19 @@ pub struct ChunkEntry {
     pub start: u32,
     /// Elements in the chunk (1..=CHUNK).
     pub len: u32,
-    /// Padding to 16 bytes.
-    pub pad: u32,
+    /// First vec4 of the chunk in the segment's state buffers (equal to `start` for the
+    /// arena-wide table, whose "state" is any arena-shaped buffer).
+    pub state_start: u32,
+}
+
+/// A tensor's range in a chunk table (mirrors `ChunkRange` in norm.wgsl).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Pod, Zeroable)]
+pub struct ChunkRange {
+    /// First chunk.
+    pub first: u32,
+    /// Number of chunks (0 for an empty tensor).
+    pub count: u32,
 }
 
 /// Per-window uniform (mirrors `Window` in common.wgsl).
@@ -95,6 +171,12 @@ pub struct WindowUniform {
     pub vec_base: u32,
     /// Index of the first per-tensor entry in the reduction buffer (= number of chunks).
     pub tensor_base: u32,
+    /// First vec4 of the state binding window, counted from the start of the state buffers.
+    pub state_base: u32,
+    /// Tensors in the table (the per-tensor passes' grid covers exactly these).
+    pub n_tensors: u32,
+    /// Padding to 32 bytes.
+    pub pad: [u32; 2],
 }
 
 /// A range of the arena that fits one storage binding.
@@ -108,25 +190,193 @@ pub struct Window {
     pub vec_start: u64,
     /// One past the last vec4 bound.
     pub vec_end: u64,
+    /// First vec4 bound of the state buffers.
+    pub state_start: u64,
+    /// One past the last vec4 bound of the state buffers.
+    pub state_end: u64,
 }
 
 impl Window {
-    /// Byte offset of the binding.
+    /// Byte offset of the params / grads binding.
     pub fn byte_offset(&self) -> u64 {
         self.vec_start * 16
     }
-    /// Byte size of the binding.
+    /// Byte size of the params / grads binding.
     pub fn byte_size(&self) -> u64 {
         (self.vec_end - self.vec_start) * 16
     }
-    pub(crate) fn uniform(&self, tensor_base: u32) -> WindowUniform {
+    /// Byte offset of the state binding.
+    pub fn state_byte_offset(&self) -> u64 {
+        self.state_start * 16
+    }
+    /// Byte size of the state binding.
+    pub fn state_byte_size(&self) -> u64 {
+        (self.state_end - self.state_start) * 16
+    }
+    pub(crate) fn uniform(&self, tensor_base: u32, n_tensors: u32) -> WindowUniform {
         WindowUniform {
             chunk_base: self.chunk_base,
             chunk_count: self.chunk_count,
             vec_base: self.vec_start as u32,
             tensor_base,
+            state_base: self.state_start as u32,
+            n_tensors,
+            pad: [0; 2],
         }
     }
+}
+
+/// The chunk table and binding windows of a subset of an arena's tensors (one optimizer
+/// segment, or all of them). The segment's state buffers hold only its tensors, packed in
+/// order on vec4 boundaries, so their size is proportional to what the segment optimizes.
+#[derive(Debug, Clone)]
+pub struct SegmentLayout {
+    members: Vec<usize>,
+    state_offsets: Vec<usize>,
+    state_vecs: u64,
+    chunks: Vec<ChunkEntry>,
+    ranges: Vec<ChunkRange>,
+    windows: Vec<Window>,
+}
+
+impl SegmentLayout {
+    /// Lays out `members` (arena tensor indices, in the order the segment keeps them) of
+    /// `layout` for bindings of at most `max_binding_bytes`, window offsets on multiples of
+    /// `offset_alignment` bytes.
+    pub fn new(
+        layout: &ParamLayout,
+        members: Vec<usize>,
+        max_binding_bytes: u64,
+        offset_alignment: u64,
+    ) -> Result<Self> {
+        let tensors = layout.tensors();
+        let mut state_offsets = Vec::with_capacity(members.len());
+        let mut chunks = Vec::new();
+        let mut ranges = Vec::with_capacity(members.len());
+        let mut next = 0usize;
+        for (local, &i) in members.iter().enumerate() {
+            let t = tensors.get(i).ok_or_else(|| Error::UnknownTensor(format!("#{i}")))?;
+            let first = chunks.len() as u32;
+            let mut done = 0usize;
+            while done < t.len {
+                let len = (t.len - done).min(CHUNK as usize);
+                chunks.push(ChunkEntry {
+                    tensor: local as u32,
+                    start: ((t.offset + done) / 4) as u32,
+                    len: len as u32,
+                    state_start: ((next + done) / 4) as u32,
+                });
+                done += len;
+            }
+            ranges.push(ChunkRange {
+                first,
+                count: chunks.len() as u32 - first,
+            });
+            state_offsets.push(next);
+            // Cannot overflow: a segment is a subset of an arena that passed the same bound.
+            next = (next + t.len).next_multiple_of(4);
+        }
+        // State buffers must not be empty, even for a segment of 0-length tensors.
+        let state_vecs = (next as u64 / 4).max(1);
+        let windows = split_windows(&chunks, max_binding_bytes, offset_alignment)?;
+        Ok(Self {
+            members,
+            state_offsets,
+            state_vecs,
+            chunks,
+            ranges,
+            windows,
+        })
+    }
+
+    /// Arena indices of the tensors, in segment order (the kernels' tensor index `i` is
+    /// `members()[i]` in the arena).
+    pub fn members(&self) -> &[usize] {
+        &self.members
+    }
+
+    /// Element offset of each member in the segment's state buffers.
+    pub fn state_offsets(&self) -> &[usize] {
+        &self.state_offsets
+    }
+
+    /// Elements of each state buffer of the segment, padding included.
+    pub fn state_elements(&self) -> u64 {
+        self.state_vecs * 4
+    }
+
+    /// Bytes of each state buffer of the segment.
+    pub fn state_bytes(&self) -> u64 {
+        self.state_vecs * 16
+    }
+
+    /// The chunk table (tensor indices are segment-local).
+    pub fn chunks(&self) -> &[ChunkEntry] {
+        &self.chunks
+    }
+
+    /// Each member's range in the chunk table.
+    pub fn ranges(&self) -> &[ChunkRange] {
+        &self.ranges
+    }
+
+    /// The binding windows (never empty).
+    pub fn windows(&self) -> &[Window] {
+        &self.windows
+    }
+}
+
+/// Splits a chunk table into windows whose params span and state span each fit one binding.
+fn split_windows(chunks: &[ChunkEntry], max_binding_bytes: u64, align: u64) -> Result<Vec<Window>> {
+    let max_vecs = max_binding_bytes / 16;
+    let align_vecs = (align / 16).max(1);
+    // A window must hold at least one whole chunk after aligning its start down.
+    let needed = (CHUNK as u64 / 4 + align_vecs) * 16;
+    if max_binding_bytes < needed {
+        return Err(Error::BufferTooLarge {
+            what: "one chunk plus offset alignment".into(),
+            bytes: needed,
+            limit: max_binding_bytes,
+        });
+    }
+    let vecs = |c: &ChunkEntry| (c.len as u64).div_ceil(4);
+    let end = |c: &ChunkEntry| c.start as u64 + vecs(c);
+    let state_end = |c: &ChunkEntry| c.state_start as u64 + vecs(c);
+    if chunks.is_empty() {
+        // A table of empty tensors still gets one (empty) window, so every kernel family has
+        // a bind group for its per-tensor and global passes.
+        return Ok(vec![Window {
+            chunk_base: 0,
+            chunk_count: 0,
+            vec_start: 0,
+            vec_end: 1,
+            state_start: 0,
+            state_end: 1,
+        }]);
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chunks.len() {
+        let vec_start = chunks[i].start as u64 / align_vecs * align_vecs;
+        let state_start = chunks[i].state_start as u64 / align_vecs * align_vecs;
+        let mut j = i + 1;
+        while j < chunks.len()
+            && end(&chunks[j]) - vec_start <= max_vecs
+            && state_end(&chunks[j]) - state_start <= max_vecs
+        {
+            j += 1;
+        }
+        out.push(Window {
+            chunk_base: i as u32,
+            chunk_count: (j - i) as u32,
+            vec_start,
+            vec_end: end(&chunks[j - 1]),
+            state_start,
+            state_end: state_end(&chunks[j - 1]),
+        });
+        i = j;
+    }
+    Ok(out)
 }
 
 /// Tensor table, chunk table and binding windows of an arena. Pure data, testable on the CPU.
@@ -136,11 +386,34 @@ pub struct ParamLayout {
     index: HashMap<String, usize>,
     groups: usize,
     total_vecs: u64,
-    chunks: Vec<ChunkEntry>,
-    windows: Vec<Window>,
+    all: SegmentLayout,
 }
 
 impl ParamLayout {
+    /// Bytes each arena buffer of `specs` would take, checked against the library's limits
+    /// (vec4 indices are `u32`, group indices at most [`MAX_GROUP`], shapes match lengths)
+    /// without allocating anything proportional to the sizes.
+    pub fn required_bytes(specs: &[TensorSpec]) -> Result<u64> {
+        if specs.is_empty() {
+            return Err(Error::EmptyArena);
+        }
+        let mut vecs = 0u64;
+        for s in specs {
+            s.check()?;
+            vecs = vecs.saturating_add((s.len as u64).div_ceil(4));
+            if vecs > MAX_ARENA_VECS {
+                return Err(Error::LimitExceeded {
+                    what: "arena size in vec4s (up to and including tensor ".to_string()
+                        + &format!("{:?})", s.name),
+                    value: vecs,
+                    limit: MAX_ARENA_VECS,
+                    why: "kernels index vec4s with u32; wgpu_optim::arena::MAX_ARENA_VECS",
+                });
+            }
+        }
+        Ok(vecs.max(1) * 16)
+    }
+
     /// Lays out `specs` for bindings of at most `max_binding_bytes`, with window offsets on
     /// multiples of `offset_alignment` bytes.
     pub fn new(
@@ -148,102 +421,49 @@ impl ParamLayout {
         max_binding_bytes: u64,
         offset_alignment: u64,
     ) -> Result<Self> {
-        if specs.is_empty() {
-            return Err(Error::EmptyArena);
-        }
+        // Every size is checked before anything proportional to it is allocated.
+        Self::required_bytes(specs)?;
         let mut tensors = Vec::with_capacity(specs.len());
         let mut index = HashMap::with_capacity(specs.len());
-        let mut chunks = Vec::new();
         let mut next = 0usize;
         for (i, s) in specs.iter().enumerate() {
             if index.insert(s.name.clone(), i).is_some() {
                 return Err(Error::DuplicateTensor(s.name.clone()));
             }
-            let offset = next;
-            let mut done = 0usize;
-            while done < s.len {
-                let len = (s.len - done).min(CHUNK as usize);
-                chunks.push(ChunkEntry {
-                    tensor: i as u32,
-                    start: ((offset + done) / 4) as u32,
-                    len: len as u32,
-                    pad: 0,
-                });
-                done += len;
-            }
-            next = (offset + s.len).next_multiple_of(4);
-            if next / 4 >= u32::MAX as usize {
-                return Err(Error::BufferTooLarge {
-                    what: "arena".into(),
-                    bytes: next as u64 * 4,
-                    limit: u32::MAX as u64 * 16,
-                });
-            }
             tensors.push(TensorInfo {
                 name: s.name.clone(),
-                offset,
+                offset: next,
                 len: s.len,
                 group: s.group,
+                shape: s.shape.clone(),
             });
+            next = (next + s.len).next_multiple_of(4);
         }
         let groups = specs.iter().map(|s| s.group).max().unwrap_or(0) + 1;
         // Buffers must not be empty, even for an arena of 0-length tensors.
         let total_vecs = (next as u64 / 4).max(1);
-        let windows = Self::split_windows(&chunks, max_binding_bytes, offset_alignment)?;
-        Ok(Self {
+        let mut layout = Self {
             tensors,
             index,
             groups,
             total_vecs,
-            chunks,
-            windows,
-        })
-    }
-
-    fn split_windows(
-        chunks: &[ChunkEntry],
-        max_binding_bytes: u64,
-        align: u64,
-    ) -> Result<Vec<Window>> {
-        let max_vecs = max_binding_bytes / 16;
-        let align_vecs = (align / 16).max(1);
-        // A window must hold at least one whole chunk after aligning its start down.
-        let needed = (CHUNK as u64 / 4 + align_vecs) * 16;
-        if max_binding_bytes < needed {
-            return Err(Error::BufferTooLarge {
-                what: "one chunk plus offset alignment".into(),
-                bytes: needed,
-                limit: max_binding_bytes,
-            });
-        }
-        let end = |c: &ChunkEntry| c.start as u64 + (c.len as u64).div_ceil(4);
-        if chunks.is_empty() {
-            // An arena of empty tensors still gets one (empty) window, so every kernel family
-            // has a bind group for its per-tensor and global passes.
-            return Ok(vec![Window {
-                chunk_base: 0,
-                chunk_count: 0,
-                vec_start: 0,
-                vec_end: 1,
-            }]);
-        }
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < chunks.len() {
-            let vec_start = chunks[i].start as u64 / align_vecs * align_vecs;
-            let mut j = i + 1;
-            while j < chunks.len() && end(&chunks[j]) - vec_start <= max_vecs {
-                j += 1;
-            }
-            out.push(Window {
-                chunk_base: i as u32,
-                chunk_count: (j - i) as u32,
-                vec_start,
-                vec_end: end(&chunks[j - 1]),
-            });
-            i = j;
-        }
-        Ok(out)
+            all: SegmentLayout {
+                members: Vec::new(),
+                state_offsets: Vec::new(),
+                state_vecs: 1,
+                chunks: Vec::new(),
+                ranges: Vec::new(),
+                windows: Vec::new(),
+            },
+        };
+        // All tensors packed in order: the state offsets equal the arena offsets.
+        layout.all = SegmentLayout::new(
+            &layout,
+            (0..specs.len()).collect(),
+            max_binding_bytes,
+            offset_alignment,
+        )?;
+        Ok(layout)
     }
 
     /// Tensors in arena order.
@@ -284,14 +504,19 @@ impl ParamLayout {
         self.total_vecs * 16
     }
 
-    /// The chunk table.
+    /// The chunk table over every tensor.
     pub fn chunks(&self) -> &[ChunkEntry] {
-        &self.chunks
+        self.all.chunks()
     }
 
     /// The binding windows (one for arenas that fit in one binding; never empty).
     pub fn windows(&self) -> &[Window] {
-        &self.windows
+        self.all.windows()
+    }
+
+    /// Every tensor as one segment (what the norm reducers run over).
+    pub fn all(&self) -> &SegmentLayout {
+        &self.all
     }
 
     /// Packs per-tensor host data into one padded arena image (padding zero).
@@ -314,11 +539,19 @@ impl ParamLayout {
     }
 
     /// Splits an arena image into per-tensor vectors.
-    pub fn unpack(&self, image: &[f32]) -> Vec<Vec<f32>> {
-        self.tensors
+    pub fn unpack(&self, image: &[f32]) -> Result<Vec<Vec<f32>>> {
+        if (image.len() as u64) < self.total_elements() {
+            return Err(Error::LengthMismatch {
+                what: "arena image".into(),
+                expected: self.total_elements() as usize,
+                got: image.len(),
+            });
+        }
+        Ok(self
+            .tensors
             .iter()
             .map(|t| image[t.offset..t.offset + t.len].to_vec())
-            .collect()
+            .collect())
     }
 }
 
@@ -333,7 +566,7 @@ fn check_len(t: &TensorInfo, data: &[f32]) -> Result<()> {
     Ok(())
 }
 
-/// GPU copies of a layout's chunk table and per-window uniforms, shared by every kernel family.
+/// GPU copies of a segment's chunk table and per-window uniforms.
 /// Window `i`'s uniform sits at `i * stride` (the device's uniform offset alignment).
 #[derive(Debug)]
 pub(crate) struct ArenaTables {
@@ -344,30 +577,31 @@ pub(crate) struct ArenaTables {
 
 impl ArenaTables {
     /// Creates and fills the tables (call inside an error scope).
-    pub fn new(ctx: &GpuContext, layout: &ParamLayout, label: &str) -> Self {
-        let stride = ctx.limits().min_uniform_buffer_offset_alignment.max(16) as u64;
+    pub fn new(ctx: &GpuContext, seg: &SegmentLayout, label: &str) -> Self {
+        let stride = ctx.limits().min_uniform_buffer_offset_alignment.max(32) as u64;
         let windows = ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some(&format!("{label} windows")),
-            size: stride * layout.windows().len() as u64,
+            size: stride * seg.windows().len() as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let tensor_base = layout.chunks().len() as u32;
-        for (i, w) in layout.windows().iter().enumerate() {
+        let tensor_base = seg.chunks().len() as u32;
+        let n_tensors = seg.members().len() as u32;
+        for (i, w) in seg.windows().iter().enumerate() {
             ctx.queue().write_buffer(
                 &windows,
                 stride * i as u64,
-                bytemuck::bytes_of(&w.uniform(tensor_base)),
+                bytemuck::bytes_of(&w.uniform(tensor_base, n_tensors)),
             );
         }
         let chunks = crate::optim::storage_buffer(
             ctx,
             &format!("{label} chunks"),
-            std::mem::size_of_val(layout.chunks()).max(16) as u64,
+            std::mem::size_of_val(seg.chunks()).max(16) as u64,
         );
-        if !layout.chunks().is_empty() {
+        if !seg.chunks().is_empty() {
             ctx.queue()
-                .write_buffer(&chunks, 0, bytemuck::cast_slice(layout.chunks()));
+                .write_buffer(&chunks, 0, bytemuck::cast_slice(seg.chunks()));
         }
         Self {
             windows,
@@ -381,14 +615,15 @@ impl ArenaTables {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.windows,
             offset: self.stride * i as u64,
-            size: std::num::NonZeroU64::new(16),
+            size: std::num::NonZeroU64::new(std::mem::size_of::<WindowUniform>() as u64),
         })
     }
 }
 
 static NEXT_ARENA_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The params and grads buffers of one layout, on the GPU.
+/// The params and grads buffers of one layout, on the GPU. Keeps the [`GpuContext`] it was
+/// built with: every call uses that device and queue.
 ///
 /// Callers may write gradients straight into [`ParamArena::grads_buffer`] with their own
 /// kernels, at each tensor's [`TensorInfo::byte_offset`]; padding must be left alone (it is
@@ -396,20 +631,18 @@ static NEXT_ARENA_ID: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 pub struct ParamArena {
     id: u64,
+    ctx: GpuContext,
     layout: Arc<ParamLayout>,
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
 }
 
 impl ParamArena {
-    /// Lays out `specs` and creates zeroed params and grads buffers.
+    /// Lays out `specs` and creates zeroed params and grads buffers. Sizes are checked
+    /// against the library's and the device's limits before anything is allocated.
     pub fn new(ctx: &GpuContext, specs: &[TensorSpec]) -> Result<Self> {
-        let layout = ParamLayout::new(
-            specs,
-            ctx.max_binding_bytes(),
-            ctx.limits().min_storage_buffer_offset_alignment as u64,
-        )?;
-        let bytes = layout.buffer_bytes();
+        ctx.check_alive()?;
+        let bytes = ParamLayout::required_bytes(specs)?;
         let limit = ctx.limits().max_buffer_size;
         if bytes > limit {
             return Err(Error::BufferTooLarge {
@@ -418,6 +651,11 @@ impl ParamArena {
                 limit,
             });
         }
+        let layout = ParamLayout::new(
+            specs,
+            ctx.max_binding_bytes(),
+            ctx.limits().min_storage_buffer_offset_alignment as u64,
+        )?;
         let make = |label: &str| {
             ctx.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -431,6 +669,7 @@ impl ParamArena {
         let (params, grads) = ctx.scoped(|| (make("arena params"), make("arena grads")))?;
         Ok(Self {
             id: NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed),
+            ctx: ctx.clone(),
             layout: Arc::new(layout),
             params,
             grads,
@@ -440,6 +679,11 @@ impl ParamArena {
     /// Unique id (optimizers check they are stepped with the arena they were built for).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The context the arena was built on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
     }
 
     /// The layout.
@@ -466,68 +710,87 @@ impl ParamArena {
         &self.grads
     }
 
-    fn write_one(
-        &self,
-        ctx: &GpuContext,
-        buf: &wgpu::Buffer,
-        name: &str,
-        data: &[f32],
-    ) -> Result<()> {
+    fn write_one(&self, buf: &wgpu::Buffer, name: &str, data: &[f32]) -> Result<()> {
+        self.ctx.check_alive()?;
         let t = self.layout.tensor(name)?;
         check_len(t, data)?;
         if !data.is_empty() {
-            ctx.queue()
+            self.ctx
+                .queue()
                 .write_buffer(buf, t.byte_offset(), bytemuck::cast_slice(data));
         }
         Ok(())
     }
 
+    fn write_image<T: AsRef<[f32]>>(&self, buf: &wgpu::Buffer, data: &[T]) -> Result<()> {
+        self.ctx.check_alive()?;
+        let image = self.layout.pack(data)?;
+        self.ctx
+            .queue()
+            .write_buffer(buf, 0, bytemuck::cast_slice(&image));
+        Ok(())
+    }
+
     /// Uploads one tensor's parameters.
-    pub fn write_params(&self, ctx: &GpuContext, name: &str, data: &[f32]) -> Result<()> {
-        self.write_one(ctx, &self.params, name, data)
+    pub fn write_params(&self, name: &str, data: &[f32]) -> Result<()> {
+        self.write_one(&self.params, name, data)
     }
 
     /// Uploads one tensor's gradient.
-    pub fn write_grads(&self, ctx: &GpuContext, name: &str, data: &[f32]) -> Result<()> {
-        self.write_one(ctx, &self.grads, name, data)
+    pub fn write_grads(&self, name: &str, data: &[f32]) -> Result<()> {
+        self.write_one(&self.grads, name, data)
     }
 
     /// Uploads every tensor's parameters (one slice per tensor, in arena order) in one write.
-    pub fn write_all_params<T: AsRef<[f32]>>(&self, ctx: &GpuContext, data: &[T]) -> Result<()> {
-        let image = self.layout.pack(data)?;
-        ctx.queue()
-            .write_buffer(&self.params, 0, bytemuck::cast_slice(&image));
-        Ok(())
+    pub fn write_all_params<T: AsRef<[f32]>>(&self, data: &[T]) -> Result<()> {
+        self.write_image(&self.params, data)
     }
 
     /// Uploads every tensor's gradient (one slice per tensor, in arena order) in one write.
-    pub fn write_all_grads<T: AsRef<[f32]>>(&self, ctx: &GpuContext, data: &[T]) -> Result<()> {
-        let image = self.layout.pack(data)?;
-        ctx.queue()
-            .write_buffer(&self.grads, 0, bytemuck::cast_slice(&image));
-        Ok(())
+    pub fn write_all_grads<T: AsRef<[f32]>>(&self, data: &[T]) -> Result<()> {
+        self.write_image(&self.grads, data)
     }
 
     /// Reads one tensor's parameters back.
-    pub fn read_params(&self, ctx: &GpuContext, name: &str) -> Result<Vec<f32>> {
+    pub fn read_params(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.layout.tensor(name)?;
-        readback::read_f32(ctx, &self.params, t.offset as u64, t.len)
+        readback::read_f32(&self.ctx, &self.params, t.offset as u64, t.len)
     }
 
     /// Reads one tensor's gradient back.
-    pub fn read_grads(&self, ctx: &GpuContext, name: &str) -> Result<Vec<f32>> {
+    pub fn read_grads(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.layout.tensor(name)?;
-        readback::read_f32(ctx, &self.grads, t.offset as u64, t.len)
+        readback::read_f32(&self.ctx, &self.grads, t.offset as u64, t.len)
     }
 
     /// Reads every tensor's parameters back, in arena order.
-    pub fn read_all_params(&self, ctx: &GpuContext) -> Result<Vec<Vec<f32>>> {
-        Ok(self.layout.unpack(&self.read_params_image(ctx)?))
+    pub fn read_all_params(&self) -> Result<Vec<Vec<f32>>> {
+        self.layout.unpack(&self.read_params_image()?)
+    }
+
+    /// Reads every tensor's gradient back, in arena order.
+    pub fn read_all_grads(&self) -> Result<Vec<Vec<f32>>> {
+        self.layout.unpack(&self.read_grads_image()?)
     }
 
     /// Reads the whole params buffer, padding included.
-    pub fn read_params_image(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
-        readback::read_f32(ctx, &self.params, 0, self.layout.total_elements() as usize)
+    pub fn read_params_image(&self) -> Result<Vec<f32>> {
+        readback::read_f32(
+            &self.ctx,
+            &self.params,
+            0,
+            self.layout.total_elements() as usize,
+        )
+    }
+
+    /// Reads the whole grads buffer, padding included.
+    pub fn read_grads_image(&self) -> Result<Vec<f32>> {
+        readback::read_f32(
+            &self.ctx,
+            &self.grads,
+            0,
+            self.layout.total_elements() as usize,
+        )
     }
 
     /// Records a clear of the whole grads buffer (padding included) into `encoder`.
@@ -613,7 +876,8 @@ mod tests {
         let img = l.pack(&data).unwrap();
         assert_eq!(img.len() as u64, l.total_elements());
         assert_eq!(img[3], 0.0);
-        assert_eq!(l.unpack(&img), data);
+        assert_eq!(l.unpack(&img).unwrap(), data);
+        assert!(matches!(l.unpack(&img[..3]), Err(Error::LengthMismatch { .. })));
         let bad = vec![vec![1.0], vec![], vec![4.0; 5]];
         assert!(matches!(l.pack(&bad), Err(Error::LengthMismatch { .. })));
     }

@@ -2,6 +2,9 @@
 //! optimizer shares. Build it headless with [`GpuContext::new`], or wrap an application's own
 //! device with [`GpuContext::from_device`] so the optimizer lives in the caller's training loop.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
 use crate::error::{Error, Result};
 use crate::pipeline::PipelineCache;
 
@@ -22,8 +25,16 @@ pub struct ContextOptions {
     pub max_workgroups_per_dim: Option<u32>,
 }
 
-/// Device, queue and everything derived from them. Share it as `Arc<GpuContext>`.
+/// Device, queue and everything derived from them. A cheap handle: clones share one device,
+/// and every arena, optimizer, reducer and clipper keeps the clone it was built with, so it can
+/// never write into another context's buffers.
+#[derive(Clone)]
 pub struct GpuContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u64,
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
@@ -32,17 +43,22 @@ pub struct GpuContext {
     max_binding_bytes: u64,
     max_workgroups_per_dim: u32,
     pipelines: PipelineCache,
+    /// Set by the device-lost callback (also on `Device::destroy`); checked by every call.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for GpuContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuContext")
-            .field("adapter", &self.info.name)
-            .field("backend", &self.info.backend)
-            .field("max_binding_bytes", &self.max_binding_bytes)
+            .field("id", &self.inner.id)
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .field("max_binding_bytes", &self.inner.max_binding_bytes)
             .finish()
     }
 }
+
+static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Preference order when no filter is given: real GPUs first, software adapters last.
 fn type_rank(t: wgpu::DeviceType) -> u8 {
@@ -121,95 +137,150 @@ impl GpuContext {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::RequestDevice(e.to_string()))?;
-        let mut ctx = Self::from_device(device, queue, adapter.get_info());
+        let mut max_binding_bytes = None;
+        let mut max_workgroups = None;
         if let Some(cap) = opts.max_binding_bytes {
-            ctx.max_binding_bytes = ctx.max_binding_bytes.min(cap);
+            max_binding_bytes = Some(cap);
         }
         if let Some(cap) = opts.max_workgroups_per_dim {
-            ctx.max_workgroups_per_dim = ctx.max_workgroups_per_dim.min(cap.max(1));
+            max_workgroups = Some(cap.max(1));
         }
-        Ok(ctx)
+        Ok(Self::build(
+            device,
+            queue,
+            adapter.get_info(),
+            max_binding_bytes,
+            max_workgroups,
+        ))
     }
 
     /// Wraps a device the caller already owns (its limits are read back from the device, so
-    /// request generous storage-binding limits when creating it).
+    /// request generous storage-binding limits when creating it). The context installs the
+    /// device's lost callback, so that after a loss every call returns [`Error::DeviceLost`].
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        Self::build(device, queue, info, None, None)
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        binding_cap: Option<u64>,
+        workgroup_cap: Option<u32>,
+    ) -> Self {
         let limits = device.limits();
         let features = device.features();
         // Bindings are whole vec4s; keep the cap a multiple of 16 bytes.
-        let max_binding_bytes = limits
+        let mut max_binding_bytes = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
             & !15;
+        if let Some(cap) = binding_cap {
+            max_binding_bytes = max_binding_bytes.min(cap & !15);
+        }
+        let mut max_workgroups_per_dim = limits.max_compute_workgroups_per_dimension;
+        if let Some(cap) = workgroup_cap {
+            max_workgroups_per_dim = max_workgroups_per_dim.min(cap);
+        }
+        let lost = Arc::new(Mutex::new(None));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let mut slot = flag.lock().unwrap_or_else(|p| p.into_inner());
+            *slot = Some(format!("{reason:?}: {message}"));
+        });
         Self {
-            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
-            max_binding_bytes,
-            pipelines: PipelineCache::default(),
-            device,
-            queue,
-            info,
-            limits,
-            features,
+            inner: Arc::new(Inner {
+                id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
+                max_workgroups_per_dim,
+                max_binding_bytes,
+                pipelines: PipelineCache::default(),
+                device,
+                queue,
+                info,
+                limits,
+                features,
+                lost,
+            }),
+        }
+    }
+
+    /// Unique id of this context (clones share it).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// `Err(DeviceLost)` once the device is lost or destroyed; every public call checks it
+    /// first, so nothing is recorded on a dead device.
+    pub fn check_alive(&self) -> Result<()> {
+        let lost = self.inner.lost.lock().unwrap_or_else(|p| p.into_inner());
+        match &*lost {
+            Some(why) => Err(Error::DeviceLost(why.clone())),
+            None => Ok(()),
         }
     }
 
     /// The wgpu device.
     pub fn device(&self) -> &wgpu::Device {
-        &self.device
+        &self.inner.device
     }
 
     /// The wgpu queue.
     pub fn queue(&self) -> &wgpu::Queue {
-        &self.queue
+        &self.inner.queue
     }
 
     /// Adapter name, backend, device type and driver.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
-        &self.info
+        &self.inner.info
     }
 
     /// The limits the device was granted.
     pub fn limits(&self) -> &wgpu::Limits {
-        &self.limits
+        &self.inner.limits
     }
 
     /// The features the device was granted.
     pub fn features(&self) -> wgpu::Features {
-        self.features
+        self.inner.features
     }
 
     /// Bytes one storage binding may cover (the device limit, or the smaller cap in the options).
     pub fn max_binding_bytes(&self) -> u64 {
-        self.max_binding_bytes
+        self.inner.max_binding_bytes
     }
 
     /// Workgroups one dispatch dimension may hold.
     pub fn max_workgroups_per_dim(&self) -> u32 {
-        self.max_workgroups_per_dim
+        self.inner.max_workgroups_per_dim
     }
 
     /// Whether GPU timestamp queries can be written between passes.
     pub fn supports_timestamps(&self) -> bool {
-        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+        self.inner
+            .features
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
     /// Blocks until all submitted work has finished.
     pub fn wait(&self) -> Result<()> {
-        self.device
+        self.check_alive()?;
+        self.inner
+            .device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
             .map_err(|e| Error::Map(e.to_string()))
     }
 
     pub(crate) fn pipelines(&self) -> &PipelineCache {
-        &self.pipelines
+        &self.inner.pipelines
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes, turning a wgpu error into
     /// [`Error`] instead of wgpu's default panic. Used around object creation, never per step.
     pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.check_alive()?;
+        let oom = self.device().push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device().push_error_scope(wgpu::ErrorFilter::Validation);
         let out = f();
         let val_err = pollster::block_on(val.pop());
         let oom_err = pollster::block_on(oom.pop());
@@ -219,6 +290,7 @@ impl GpuContext {
         if let Some(e) = oom_err {
             return Err(Error::OutOfMemory(e.to_string()));
         }
+        self.check_alive()?;
         Ok(out)
     }
 }

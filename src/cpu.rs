@@ -1,56 +1,151 @@
-//! The CPU reference: the same [`Rule`]s, scalars and step bookkeeping as the GPU path, applied
-//! tensor by tensor on host slices in the kernels' operation order. It is the definition the GPU
-//! kernels are checked against, and is usable on its own (for example, to train without a GPU).
+//! The CPU reference: the same [`Rule`]s, scalars, parameter groups and step bookkeeping as
+//! the GPU path, applied tensor by tensor on host slices in the kernels' operation order. It is
+//! the definition the GPU kernels are checked against, and is usable on its own (for example,
+//! to train without a GPU). It knows nothing of the GPU.
 
-use crate::arena::TensorSpec;
+use crate::arena::{ParamLayout, TensorSpec};
 use crate::error::{Error, Result};
-use crate::optim::{GroupHyper, HyperCtx, Rule, StepBook};
-use crate::shaders::KernelId;
+use crate::optim::{Book, HyperCtx, OptimizerConfig, ParamGroups, Rule, RuleVisitor};
 
-/// A [`Rule`] run on the host. Owns the optimizer state; the caller owns params and grads.
-#[derive(Debug, Clone)]
-pub struct CpuOptimizer<R: Rule> {
-    rule: R,
-    hyper: R::Hyper,
-    book: StepBook,
-    lens: Vec<usize>,
-    /// `state[slot][tensor]`; unused slots hold empty vectors.
-    state: Vec<Vec<Vec<f32>>>,
-    table: Vec<R::TensorStep>,
+/// What every CPU segment does, whatever its rule.
+trait CpuSegment: std::fmt::Debug + Send + Sync {
+    fn step(&mut self, book: &Book, seg: usize, params: &mut [&mut [f32]], grads: &[&[f32]]);
+    fn state(&self, name: &str, local: usize) -> Option<&[f32]>;
 }
 
-impl<R: Rule> CpuOptimizer<R> {
-    /// State for tensors shaped like `specs`, initialised as PyTorch does.
-    pub fn new(rule: R, specs: &[TensorSpec]) -> Result<Self> {
-        if specs.is_empty() {
-            return Err(Error::EmptyArena);
+#[derive(Debug)]
+struct Segment<R: Rule> {
+    /// `state[slot][local tensor]`; unused slots hold no vectors.
+    state: Vec<Vec<Vec<f32>>>,
+    names: Vec<(&'static str, usize)>,
+    _rule: std::marker::PhantomData<R>,
+}
+
+impl<R: Rule> CpuSegment for Segment<R> {
+    fn step(&mut self, book: &Book, seg: usize, params: &mut [&mut [f32]], grads: &[&[f32]]) {
+        let plan = &book.segments[seg];
+        let slots = self.state.len();
+        for (local, &i) in plan.members.iter().enumerate() {
+            if !book.live(i) {
+                continue;
+            }
+            let Some(loc) = book.loc[i] else { continue };
+            let group = &book.groups[loc.group];
+            let Some(cfg) = R::of(&group.config) else {
+                continue;
+            };
+            let h = cfg.hyper(HyperCtx::default());
+            let range = crate::arena::ChunkRange::default();
+            let ts = cfg.tensor_step(book.steps[i], group.local as u32, range);
+            let mut views: Vec<&mut [f32]> = Vec::with_capacity(slots);
+            for slot in self.state.iter_mut() {
+                match slot.get_mut(local) {
+                    Some(v) => views.push(v.as_mut_slice()),
+                    None => views.push(&mut []),
+                }
+            }
+            R::update(&h, &ts, &mut *params[i], grads[i], &mut views);
         }
-        let book = StepBook::new(&rule, specs)?;
-        let lens: Vec<usize> = specs.iter().map(|s| s.len).collect();
+    }
+
+    fn state(&self, name: &str, local: usize) -> Option<&[f32]> {
+        let &(_, slot) = self.names.iter().find(|(n, _)| *n == name)?;
+        self.state.get(slot)?.get(local).map(|v| v.as_slice())
+    }
+}
+
+struct BuildSegment<'a> {
+    plan: &'a crate::optim::book::SegmentPlan,
+    lens: &'a [usize],
+}
+
+impl RuleVisitor for BuildSegment<'_> {
+    type Out = Box<dyn CpuSegment>;
+    fn visit<R: Rule>(self, _configs: Vec<R>) -> Self::Out {
         let slots = R::KERNEL.state_slots() as usize;
-        let mut state = vec![vec![Vec::new(); specs.len()]; slots];
-        for s in rule.states() {
-            state[s.slot as usize] = lens.iter().map(|&n| vec![s.init; n]).collect();
+        let mut state = vec![Vec::new(); slots];
+        for s in &self.plan.states {
+            state[s.slot as usize] = self
+                .plan
+                .members
+                .iter()
+                .map(|&i| vec![s.init; self.lens[i]])
+                .collect();
         }
+        Box::new(Segment::<R> {
+            state,
+            names: self
+                .plan
+                .states
+                .iter()
+                .map(|s| (s.name, s.slot as usize))
+                .collect(),
+            _rule: std::marker::PhantomData,
+        })
+    }
+}
+
+/// The optimizer on the host. Owns the optimizer state; the caller owns params and grads.
+/// Built from the same configurations and parameter groups as [`crate::Optimizer`], and
+/// exposes the same group, freezing, step-count and state methods.
+#[derive(Debug)]
+pub struct CpuOptimizer {
+    book: Book,
+    lens: Vec<usize>,
+    segments: Vec<Box<dyn CpuSegment>>,
+}
+
+impl CpuOptimizer {
+    /// The one-rule shorthand over tensors shaped like `specs` (one group per arena group).
+    pub fn new(config: impl Into<OptimizerConfig>, specs: &[TensorSpec]) -> Result<Self> {
+        let layout = host_layout(specs)?;
+        let groups = ParamGroups::per_arena_group(&layout, config);
+        Self::build(&layout, &groups)
+    }
+
+    /// An optimizer over explicit parameter groups, as [`crate::Optimizer::with_groups`].
+    pub fn with_groups(specs: &[TensorSpec], groups: ParamGroups) -> Result<Self> {
+        let layout = host_layout(specs)?;
+        Self::build(&layout, &groups)
+    }
+
+    fn build(layout: &ParamLayout, groups: &ParamGroups) -> Result<Self> {
+        let book = Book::new(layout, groups)?;
+        let lens: Vec<usize> = layout.tensors().iter().map(|t| t.len).collect();
+        let segments = book
+            .segments
+            .iter()
+            .map(|plan| {
+                let configs: Vec<&OptimizerConfig> =
+                    plan.groups.iter().map(|&g| &book.groups[g].config).collect();
+                OptimizerConfig::visit(&configs, BuildSegment { plan, lens: &lens })
+            })
+            .collect();
         Ok(Self {
-            hyper: rule.hyper(HyperCtx {
-                extra_flags: 0,
-                n_tensors: specs.len() as u32,
-            }),
-            rule,
             book,
             lens,
-            state,
-            table: Vec::with_capacity(specs.len()),
+            segments,
         })
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &R {
-        &self.rule
+    crate::optim::common_optimizer_methods!();
+
+    fn read_state_impl(&self, state: &str, i: usize) -> Result<Vec<f32>> {
+        let loc = self.book.loc[i].ok_or_else(|| Error::UnknownState {
+            name: state.to_string(),
+            available: Vec::new(),
+        })?;
+        self.segments[loc.segment]
+            .state(state, loc.local)
+            .map(|s| s.to_vec())
+            .ok_or_else(|| Error::UnknownState {
+                name: state.to_string(),
+                available: self.book.segment_states(loc.segment),
+            })
     }
 
-    /// One step over every tensor. Lengths are checked before anything changes.
+    /// One step over every tensor in a group (one slice per arena tensor, in arena order).
+    /// Lengths are checked before anything changes.
     pub fn step<P: AsMut<[f32]>, G: AsRef<[f32]>>(
         &mut self,
         params: &mut [P],
@@ -62,79 +157,31 @@ impl<R: Rule> CpuOptimizer<R> {
             "params",
         )?;
         check_shapes(&self.lens, grads.iter().map(|g| g.as_ref().len()), "grads")?;
-        self.book.advance(&self.rule, &mut self.table);
-        let slots = self.state.len();
-        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            if self.book.frozen[i] {
-                continue;
-            }
-            let mut views: Vec<&mut [f32]> = Vec::with_capacity(slots);
-            for slot in self.state.iter_mut() {
-                match slot.get_mut(i) {
-                    Some(v) => views.push(v.as_mut_slice()),
-                    None => views.push(&mut []),
-                }
-            }
-            R::update(
-                &self.hyper,
-                &self.table[i],
-                p.as_mut(),
-                g.as_ref(),
-                &mut views,
-            );
+        self.book.advance();
+        let mut p: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut()).collect();
+        let g: Vec<&[f32]> = grads.iter().map(|g| g.as_ref()).collect();
+        for (s, seg) in self.segments.iter_mut().enumerate() {
+            seg.step(&self.book, s, &mut p, &g);
         }
         Ok(())
     }
 
-    /// Freezes or unfreezes tensor `i` (by index) for the following steps.
-    pub fn set_frozen_index(&mut self, i: usize, frozen: bool) -> Result<()> {
-        let n = self.lens.len();
-        *self
-            .book
-            .frozen
-            .get_mut(i)
-            .ok_or_else(|| Error::UnknownTensor(format!("#{i} of {n}")))? = frozen;
-        Ok(())
+    /// State `state` of every tensor, in arena order (empty for tensors without it).
+    pub fn read_state_all(&self, state: &str) -> Vec<Vec<f32>> {
+        (0..self.lens.len())
+            .map(|i| {
+                self.book
+                    .check_state(state, i)
+                    .and_then(|_| self.read_state_impl(state, i))
+                    .unwrap_or_default()
+            })
+            .collect()
     }
+}
 
-    /// Freezes or unfreezes a tensor by name.
-    pub fn set_frozen(&mut self, tensor: &str, frozen: bool) -> Result<()> {
-        let i = self.book.index_of(tensor)?;
-        self.book.frozen[i] = frozen;
-        Ok(())
-    }
-
-    /// One tensor's slice of a state buffer (PyTorch names).
-    pub fn state(&self, name: &str, tensor: usize) -> Result<&[f32]> {
-        let spec = self
-            .rule
-            .states()
-            .into_iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| Error::UnknownState {
-                name: name.to_string(),
-                available: self.rule.states().iter().map(|s| s.name).collect(),
-            })?;
-        self.state[spec.slot as usize]
-            .get(tensor)
-            .map(|v| v.as_slice())
-            .ok_or_else(|| Error::UnknownTensor(format!("#{tensor}")))
-    }
-
-    /// Steps tensor `i` has taken.
-    pub fn step_count(&self, i: usize) -> Option<u64> {
-        self.book.steps.get(i).copied()
-    }
-
-    /// Sets every group's learning rate.
-    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        self.book.set_lr(lr)
-    }
-
-    /// Replaces one group's hyperparameters.
-    pub fn set_group(&mut self, group: usize, h: GroupHyper) -> Result<()> {
-        self.book.set_group(group, h)
-    }
+/// The host layout of `specs` (no binding limits on the CPU).
+fn host_layout(specs: &[TensorSpec]) -> Result<ParamLayout> {
+    ParamLayout::new(specs, u64::MAX & !15, 16)
 }
 
 fn check_shapes(
@@ -159,56 +206,4 @@ fn check_shapes(
         }
     }
     Ok(())
-}
-
-/// Object-safe view of a CPU optimizer.
-pub trait DynCpuOptimizer {
-    /// Short name.
-    fn name(&self) -> &'static str;
-    /// The kernel the GPU twin runs.
-    fn kernel(&self) -> KernelId;
-    /// See [`CpuOptimizer::step`].
-    fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>]) -> Result<()>;
-    /// See [`CpuOptimizer::state`].
-    fn state(&self, name: &str, tensor: usize) -> Result<&[f32]>;
-    /// State names kept.
-    fn state_names(&self) -> Vec<&'static str>;
-    /// See [`CpuOptimizer::set_frozen_index`].
-    fn set_frozen_index(&mut self, i: usize, frozen: bool) -> Result<()>;
-    /// See [`CpuOptimizer::step_count`].
-    fn step_count(&self, i: usize) -> Option<u64>;
-    /// See [`CpuOptimizer::set_lr`].
-    fn set_lr(&mut self, lr: f64) -> Result<()>;
-    /// See [`CpuOptimizer::set_group`].
-    fn set_group(&mut self, group: usize, h: GroupHyper) -> Result<()>;
-}
-
-impl<R: Rule> DynCpuOptimizer for CpuOptimizer<R> {
-    fn name(&self) -> &'static str {
-        self.rule.name()
-    }
-    fn kernel(&self) -> KernelId {
-        R::KERNEL
-    }
-    fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>]) -> Result<()> {
-        CpuOptimizer::step(self, params, grads)
-    }
-    fn state(&self, name: &str, tensor: usize) -> Result<&[f32]> {
-        CpuOptimizer::state(self, name, tensor)
-    }
-    fn state_names(&self) -> Vec<&'static str> {
-        self.rule.states().iter().map(|s| s.name).collect()
-    }
-    fn set_frozen_index(&mut self, i: usize, frozen: bool) -> Result<()> {
-        CpuOptimizer::set_frozen_index(self, i, frozen)
-    }
-    fn step_count(&self, i: usize) -> Option<u64> {
-        CpuOptimizer::step_count(self, i)
-    }
-    fn set_lr(&mut self, lr: f64) -> Result<()> {
-        CpuOptimizer::set_lr(self, lr)
-    }
-    fn set_group(&mut self, group: usize, h: GroupHyper) -> Result<()> {
-        CpuOptimizer::set_group(self, group, h)
-    }
 }

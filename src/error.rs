@@ -51,13 +51,84 @@ pub enum Error {
         available: Vec<&'static str>,
     },
     /// A parameter group index out of range.
-    #[error("unknown parameter group {group}; the arena has {groups} group(s)")]
+    #[error("unknown parameter group {group}; there are {groups} group(s)")]
     UnknownGroup {
         /// Requested group.
         group: usize,
-        /// Number of groups in the arena.
+        /// Number of groups.
         groups: usize,
     },
+    /// A tensor was selected by two parameter groups of one optimizer.
+    #[error("tensor {tensor:?} is selected by parameter groups {first} and {second}; a tensor belongs to at most one")]
+    TensorInTwoGroups {
+        /// The tensor.
+        tensor: String,
+        /// The group that selected it first.
+        first: usize,
+        /// The group that selected it again.
+        second: usize,
+    },
+    /// A group's new configuration is for another algorithm than the group's segment runs.
+    #[error("parameter group {group} runs {expected}; a {got} configuration cannot replace it")]
+    RuleMismatch {
+        /// The group.
+        group: usize,
+        /// The algorithm family of the group.
+        expected: &'static str,
+        /// The algorithm family of the rejected configuration.
+        got: &'static str,
+    },
+    /// A count, index or size from the caller is over a limit of the library or the device.
+    #[error("{what} is {value}, over the limit of {limit} ({why})")]
+    LimitExceeded {
+        /// What was too large.
+        what: String,
+        /// The value given.
+        value: u64,
+        /// The largest accepted value.
+        limit: u64,
+        /// Which limit this is.
+        why: &'static str,
+    },
+    /// A tensor's shape does not multiply out to its length.
+    #[error("shape {shape:?} of tensor {tensor:?} has {product} elements, but the tensor has {len}")]
+    ShapeMismatch {
+        /// The tensor.
+        tensor: String,
+        /// The shape given.
+        shape: Vec<usize>,
+        /// The product of the shape (saturated at `u64::MAX`).
+        product: u64,
+        /// The tensor's length.
+        len: usize,
+    },
+    /// A read past the end of a buffer.
+    #[error("{what}: elements {offset}..{offset}+{len} are past the end ({available} elements)")]
+    OutOfBounds {
+        /// Which buffer.
+        what: String,
+        /// First element requested.
+        offset: u64,
+        /// Elements requested.
+        len: u64,
+        /// Elements the buffer holds.
+        available: u64,
+    },
+    /// The gradient norm was NaN or infinite and `error_if_nonfinite` is set; nothing was
+    /// updated and no step count advanced.
+    #[error("the total {norm_type} norm of the gradients is {norm}; clipping with error_if_nonfinite refused the step")]
+    NonFiniteNorm {
+        /// The norm (NaN or infinite).
+        norm: f32,
+        /// "L2" or "inf".
+        norm_type: &'static str,
+    },
+    /// The device was lost (or destroyed); every object built on it now returns this error.
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+    /// An option the call cannot honour, with the reason.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
     /// Host data does not match the tensor (or arena) length.
     #[error("length mismatch for {what}: expected {expected} elements, got {got}")]
     LengthMismatch {
@@ -81,8 +152,8 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
-    /// The optimizer was built for a different arena.
-    #[error("this optimizer was built for another arena (id {expected}), got arena id {got}")]
+    /// An object was used with an arena (or clipper) other than the one it was built for.
+    #[error("this object was built for arena id {expected}, got arena id {got}")]
     ArenaMismatch {
         /// Arena id the optimizer was built for.
         expected: u64,

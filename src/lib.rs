@@ -2,7 +2,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// Kernel sources are composed by a macro defined here, so this module comes first.
+#[macro_use]
+pub mod shaders;
+
 pub mod arena;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod context;
 pub mod cpu;
@@ -12,27 +17,13 @@ pub mod norm;
 pub mod optim;
 pub mod pipeline;
 pub mod readback;
-pub mod shaders;
 
-pub use arena::{ParamArena, ParamLayout, TensorInfo, TensorSpec};
+pub use arena::{ParamArena, ParamLayout, SegmentLayout, TensorInfo, TensorSpec};
 pub use context::{ContextOptions, GpuContext, ADAPTER_ENV};
-pub use cpu::{CpuOptimizer, DynCpuOptimizer};
+pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use norm::{GradClipper, NormReducer, NormType};
 pub use optim::{
-    AdagradConfig, AdamConfig, DynOptimizer, GroupHyper, LambConfig, LarsConfig, Optimizer,
-    OptimizerConfig, RmspropConfig, Rule, SgdConfig,
+    AdagradConfig, AdamConfig, LambConfig, LarsConfig, Optimizer, OptimizerConfig, ParamGroups,
+    Preset, RmspropConfig, Rule, Select, SgdConfig,
 };
-
-/// `torch.optim.SGD` on the GPU.
-pub type Sgd = Optimizer<SgdConfig>;
-/// `torch.optim.Adam` / `torch.optim.AdamW` on the GPU (see [`AdamConfig::adamw`]).
-pub type Adam = Optimizer<AdamConfig>;
-/// `torch.optim.RMSprop` on the GPU.
-pub type Rmsprop = Optimizer<RmspropConfig>;
-/// `torch.optim.Adagrad` on the GPU.
-pub type Adagrad = Optimizer<AdagradConfig>;
-/// LARS (timm's `Lars`) on the GPU.
-pub type Lars = Optimizer<LarsConfig>;
-/// LAMB (timm's `Lamb`) on the GPU.
-pub type Lamb = Optimizer<LambConfig>;

@@ -10,22 +10,23 @@
 //! [`GradClipper`] is a reducer over the gradients that also computes PyTorch's
 //! `clip_grad_norm_` coefficient `min(max_norm / (total + 1e-6), 1)` on the GPU. Attached to an
 //! optimizer ([`crate::Optimizer::set_grad_clip`]), the coefficient is applied inside the
-//! update kernel: no extra pass over the gradients, no host sync.
+//! update kernel: no extra pass over the gradients, no host sync. As `clip_grad_norm_`, a NaN
+//! or infinite gradient gives a NaN or infinite norm (also for the inf norm: the reductions
+//! propagate NaN explicitly), and the coefficient follows; with `error_if_nonfinite` the step
+//! is refused instead.
 //!
 //! The CPU twins ([`cpu_norms`], [`cpu_clip_grad_norm`]) accumulate in f64.
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::arena::{ArenaTables, ParamArena, ParamLayout};
+use crate::arena::{ArenaTables, ChunkRange, ParamArena, ParamLayout};
 use crate::context::GpuContext;
 use crate::dispatch;
 use crate::error::{Error, Result};
-use crate::optim::{
-    chunk_ranges, storage_buffer, table_bytes, tensor_specs, window_binding, ChunkRange,
-};
+use crate::optim::{storage_buffer, table_bytes, window_binding};
 use crate::pipeline::Kernel;
 use crate::readback;
-use crate::shaders::KernelId;
+use crate::shaders::{NORM_COMBINE, NORM_GLOBAL, NORM_PARTIALS};
 use std::sync::Arc;
 
 /// WGSL `NORM_HAS_B`.
@@ -62,10 +63,12 @@ pub struct NormHyper {
 /// Per-tensor and global norms of an arena-shaped buffer, computed on the GPU.
 #[derive(Debug)]
 pub struct NormReducer {
+    ctx: GpuContext,
     arena_id: u64,
     layout: Arc<ParamLayout>,
     kernels: [Arc<Kernel>; 3],
     hyper_buf: wgpu::Buffer,
+    range_buf: wgpu::Buffer,
     partials: wgpu::Buffer,
     out: wgpu::Buffer,
     bind_groups: Vec<wgpu::BindGroup>,
@@ -75,14 +78,20 @@ pub struct NormReducer {
 }
 
 impl NormReducer {
-    /// A reducer over `source`, which must be shaped like `arena` (its params, grads, or an
-    /// optimizer state buffer).
+    /// A reducer over `source`, which must be shaped like `arena` (its params or grads, or any
+    /// buffer of the arena's size and layout) and belong to the arena's device.
     pub fn new(
         ctx: &GpuContext,
         arena: &ParamArena,
         source: &wgpu::Buffer,
         norm_type: NormType,
     ) -> Result<Self> {
+        ctx.check_alive()?;
+        if ctx.id() != arena.context().id() {
+            return Err(Error::Unsupported(
+                "the arena was built on another GpuContext; build the reducer on the arena's",
+            ));
+        }
         let layout = arena.layout_arc();
         if source.size() < layout.buffer_bytes() {
             return Err(Error::LengthMismatch {
@@ -92,9 +101,9 @@ impl NormReducer {
             });
         }
         let kernels = [
-            ctx.pipelines().get(ctx, KernelId::NormPartials)?,
-            ctx.pipelines().get(ctx, KernelId::NormCombine)?,
-            ctx.pipelines().get(ctx, KernelId::NormGlobal)?,
+            ctx.pipelines().get(ctx, NORM_PARTIALS)?,
+            ctx.pipelines().get(ctx, NORM_COMBINE)?,
+            ctx.pipelines().get(ctx, NORM_GLOBAL)?,
         ];
         let n_tensors = layout.tensors().len();
         let n_chunks = layout.chunks().len();
@@ -122,12 +131,14 @@ impl NormReducer {
             ctx.queue()
                 .write_buffer(&hyper_buf, 0, bytemuck::bytes_of(&hyper));
             let windows = layout.windows();
-            let tables = ArenaTables::new(ctx, &layout, "norm");
-            let ranges = chunk_ranges(&tensor_specs(&layout));
+            let tables = ArenaTables::new(ctx, layout.all(), "norm");
+            let ranges = layout.all().ranges();
             let range_buf =
                 storage_buffer(ctx, "norm ranges", table_bytes::<ChunkRange>(n_tensors));
-            ctx.queue()
-                .write_buffer(&range_buf, 0, bytemuck::cast_slice(&ranges));
+            if !ranges.is_empty() {
+                ctx.queue()
+                    .write_buffer(&range_buf, 0, bytemuck::cast_slice(ranges));
+            }
             let partials = storage_buffer(
                 ctx,
                 "norm partials",
@@ -160,6 +171,7 @@ impl NormReducer {
                 })
                 .collect();
             Self {
+                ctx: ctx.clone(),
                 arena_id: arena.id(),
                 grids: windows
                     .iter()
@@ -169,6 +181,7 @@ impl NormReducer {
                 layout,
                 kernels,
                 hyper_buf,
+                range_buf,
                 partials,
                 out,
                 bind_groups,
@@ -205,22 +218,25 @@ impl NormReducer {
     }
 
     /// Computes the norms now: encodes, submits and waits; returns (per-tensor, global).
-    pub fn compute(&self, ctx: &GpuContext) -> Result<(Vec<f32>, f32)> {
-        let mut enc = ctx
+    pub fn compute(&self) -> Result<(Vec<f32>, f32)> {
+        self.ctx.check_alive()?;
+        let mut enc = self
+            .ctx
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("norm"),
             });
         self.encode(&mut enc);
-        ctx.queue().submit([enc.finish()]);
-        Ok((self.read_tensor_norms(ctx)?, self.read_total_norm(ctx)?))
+        self.ctx.queue().submit([enc.finish()]);
+        Ok((self.read_tensor_norms()?, self.read_total_norm()?))
     }
 
-    /// Per-tensor norms from the last encoded reduction.
-    pub fn read_tensor_norms(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+    /// Per-tensor norms from the last encoded reduction (0 for tensors an attached optimizer
+    /// left out of the last clip: frozen, or in no group).
+    pub fn read_tensor_norms(&self) -> Result<Vec<f32>> {
         let n = self.layout.tensors().len();
         let base = self.layout.chunks().len() as u64 * 4;
-        let raw = readback::read_f32(ctx, &self.partials, base, n * 4)?;
+        let raw = readback::read_f32(&self.ctx, &self.partials, base, n * 4)?;
         let inf = self.hyper.flags & NORM_INF != 0;
         Ok(raw
             .chunks_exact(4)
@@ -229,8 +245,8 @@ impl NormReducer {
     }
 
     /// The global norm from the last encoded reduction.
-    pub fn read_total_norm(&self, ctx: &GpuContext) -> Result<f32> {
-        Ok(readback::read_f32(ctx, &self.out, 0, 4)?[1])
+    pub fn read_total_norm(&self) -> Result<f32> {
+        Ok(readback::read_f32(&self.ctx, &self.out, 0, 4)?[1])
     }
 
     /// `out[0] = (clip coefficient, total norm, _, _)`: stays on the GPU for the next kernel.
@@ -244,10 +260,21 @@ impl NormReducer {
         &self.partials
     }
 
-    fn set_hyper(&mut self, ctx: &GpuContext, hyper: NormHyper) {
+    fn set_hyper(&mut self, hyper: NormHyper) {
         self.hyper = hyper;
-        ctx.queue()
+        self.ctx
+            .queue()
             .write_buffer(&self.hyper_buf, 0, bytemuck::bytes_of(&hyper));
+    }
+
+    /// Replaces the per-tensor chunk ranges the combine pass folds (a range with count 0
+    /// leaves its tensor out of the global norm).
+    fn write_ranges(&self, ranges: &[ChunkRange]) {
+        if !ranges.is_empty() {
+            self.ctx
+                .queue()
+                .write_buffer(&self.range_buf, 0, bytemuck::cast_slice(ranges));
+        }
     }
 }
 
@@ -257,6 +284,10 @@ impl NormReducer {
 pub struct GradClipper {
     reducer: NormReducer,
     max_norm: f64,
+    norm_type: NormType,
+    error_if_nonfinite: bool,
+    /// Preallocated readback of `out[0]`, for `error_if_nonfinite`'s per-step check.
+    staging: wgpu::Buffer,
 }
 
 impl GradClipper {
@@ -274,19 +305,48 @@ impl GradClipper {
             max_norm: max_norm as f32,
             ..reducer.hyper
         };
-        reducer.set_hyper(ctx, h);
-        Ok(Self { reducer, max_norm })
+        reducer.set_hyper(h);
+        let staging = ctx.scoped(|| {
+            ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("norm_global readback"),
+                size: 16,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        Ok(Self {
+            reducer,
+            max_norm,
+            norm_type,
+            error_if_nonfinite: false,
+            staging,
+        })
+    }
+
+    /// PyTorch's `error_if_nonfinite`: when set, [`crate::Optimizer::step`] waits for the norm
+    /// after the norm passes (one host round trip per step) and, if it is NaN or infinite,
+    /// returns [`Error::NonFiniteNorm`] without updating anything. `encode_step` refuses a
+    /// clipper with this set, since it cannot wait.
+    pub fn with_error_if_nonfinite(mut self, on: bool) -> Self {
+        self.error_if_nonfinite = on;
+        self
+    }
+
+    /// Whether `error_if_nonfinite` is set.
+    pub fn error_if_nonfinite(&self) -> bool {
+        self.error_if_nonfinite
     }
 
     /// Changes the threshold.
-    pub fn set_max_norm(&mut self, ctx: &GpuContext, max_norm: f64) -> Result<()> {
+    pub fn set_max_norm(&mut self, max_norm: f64) -> Result<()> {
+        self.reducer.ctx.check_alive()?;
         check_max_norm(max_norm)?;
         self.max_norm = max_norm;
         let h = NormHyper {
             max_norm: max_norm as f32,
             ..self.reducer.hyper
         };
-        self.reducer.set_hyper(ctx, h);
+        self.reducer.set_hyper(h);
         Ok(())
     }
 
@@ -305,20 +365,64 @@ impl GradClipper {
         self.reducer.encode(encoder);
     }
 
+    pub(crate) fn write_ranges(&self, ranges: &[ChunkRange]) {
+        self.reducer.write_ranges(ranges);
+    }
+
+    /// Waits for the submitted norm passes and checks the total norm is finite.
+    pub(crate) fn check_finite(&self) -> Result<()> {
+        let ctx = &self.reducer.ctx;
+        let mut enc = ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("norm_global readback"),
+            });
+        enc.copy_buffer_to_buffer(&self.reducer.out, 0, &self.staging, 0, 16);
+        ctx.queue().submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.staging
+            .map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+        ctx.wait()?;
+        rx.recv()
+            .map_err(|e| Error::Map(e.to_string()))?
+            .map_err(|e| Error::Map(e.to_string()))?;
+        let total = {
+            let view = self
+                .staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Map(e.to_string()))?;
+            bytemuck::cast_slice::<u8, f32>(&view)[1]
+        };
+        self.staging.unmap();
+        if total.is_finite() {
+            Ok(())
+        } else {
+            Err(Error::NonFiniteNorm {
+                norm: total,
+                norm_type: match self.norm_type {
+                    NormType::L2 => "L2",
+                    NormType::Inf => "inf",
+                },
+            })
+        }
+    }
+
     /// The pre-clip global gradient norm of the last step (what `clip_grad_norm_` returns).
     /// Reading it waits for the GPU; the step itself never does.
-    pub fn read_total_norm(&self, ctx: &GpuContext) -> Result<f32> {
-        self.reducer.read_total_norm(ctx)
+    pub fn read_total_norm(&self) -> Result<f32> {
+        self.reducer.read_total_norm()
     }
 
     /// The clip coefficient of the last step.
-    pub fn read_coefficient(&self, ctx: &GpuContext) -> Result<f32> {
-        Ok(readback::read_f32(ctx, self.reducer.out_buffer(), 0, 1)?[0])
+    pub fn read_coefficient(&self) -> Result<f32> {
+        Ok(readback::read_f32(&self.reducer.ctx, self.reducer.out_buffer(), 0, 1)?[0])
     }
 
-    /// Per-tensor pre-clip gradient norms of the last step.
-    pub fn read_tensor_norms(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
-        self.reducer.read_tensor_norms(ctx)
+    /// Per-tensor pre-clip gradient norms of the last step (0 for tensors left out).
+    pub fn read_tensor_norms(&self) -> Result<Vec<f32>> {
+        self.reducer.read_tensor_norms()
     }
 
     /// The buffer whose first f32 is the clip coefficient (bound as `aux` by the optimizers).
@@ -335,7 +439,17 @@ fn check_max_norm(max_norm: f64) -> Result<()> {
     }
 }
 
-/// Per-tensor norms and the global norm of host tensors, accumulated in f64.
+/// `max` that propagates NaN (f64::max drops it), as torch's inf norm does.
+fn max_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// Per-tensor norms and the global norm of host tensors, accumulated in f64 (a NaN anywhere
+/// gives NaN norms, for L2 and inf).
 pub fn cpu_norms<T: AsRef<[f32]>>(tensors: &[T], norm_type: NormType) -> (Vec<f64>, f64) {
     let per: Vec<f64> = tensors
         .iter()
@@ -347,13 +461,13 @@ pub fn cpu_norms<T: AsRef<[f32]>>(tensors: &[T], norm_type: NormType) -> (Vec<f6
                     .map(|&x| (x as f64) * (x as f64))
                     .sum::<f64>()
                     .sqrt(),
-                NormType::Inf => t.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs())),
+                NormType::Inf => t.iter().fold(0.0f64, |m, &x| max_nan(m, (x as f64).abs())),
             }
         })
         .collect();
     let total = match norm_type {
         NormType::L2 => per.iter().map(|n| n * n).sum::<f64>().sqrt(),
-        NormType::Inf => per.iter().fold(0.0f64, |m, &x| m.max(x)),
+        NormType::Inf => per.iter().fold(0.0f64, |m, &x| max_nan(m, x)),
     };
     (per, total)
 }
@@ -367,7 +481,9 @@ pub fn cpu_clip_grad_norm(
 ) -> Result<f64> {
     check_max_norm(max_norm)?;
     let (_, total) = cpu_norms(grads, norm_type);
-    let coef = (max_norm / (total + 1e-6)).min(1.0) as f32;
+    let c = max_norm / (total + 1e-6);
+    // torch.clamp(max=1) keeps NaN; f64::min would drop it.
+    let coef = if c.is_nan() { c } else { c.min(1.0) } as f32;
     for g in grads.iter_mut() {
         for x in g.iter_mut() {
             *x *= coef;

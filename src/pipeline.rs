@@ -1,13 +1,13 @@
-//! [`PipelineCache`]: one compute pipeline and explicit bind group layout per [`KernelId`],
-//! created on first use and shared by every optimizer on the context. Creation happens at
-//! optimizer construction, never per step.
+//! [`PipelineCache`]: one compute pipeline per (kernel, `override` constants) key, with explicit
+//! bind group layouts shared by kernels of one binding convention. Created on first use and
+//! shared by every object on the context; creation happens at construction, never per step.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::context::GpuContext;
 use crate::error::Result;
-use crate::shaders::{BindKind, KernelId};
+use crate::shaders::{BindKind, KernelDef};
 
 /// A ready-to-dispatch kernel.
 #[derive(Debug)]
@@ -18,37 +18,86 @@ pub struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
 }
 
-/// Kernel identity to pipeline; a `HashMap` behind a lock, double-checked.
+/// A pipeline's identity: the kernel and the values of its WGSL `override` constants
+/// (as f64 bits, so the key is hashable), in the order given.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PipelineKey {
+    /// The kernel.
+    pub kernel: KernelDef,
+    /// `(override name, value bits)`.
+    pub constants: Vec<(&'static str, u64)>,
+}
+
+impl PipelineKey {
+    /// The kernel with its source's default constants.
+    pub fn plain(kernel: KernelDef) -> Self {
+        Self {
+            kernel,
+            constants: Vec::new(),
+        }
+    }
+
+    /// The kernel with `override` constants set.
+    pub fn with_constants(kernel: KernelDef, constants: &[(&'static str, f64)]) -> Self {
+        Self {
+            kernel,
+            constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
+        }
+    }
+}
+
+/// Pipeline key to pipeline; a `HashMap` behind a lock, double-checked.
 #[derive(Debug, Default)]
 pub struct PipelineCache {
-    map: Mutex<HashMap<KernelId, Arc<Kernel>>>,
+    map: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
     /// Layouts by binding list, so the kernels of one family share one layout object and a
     /// bind group built for one serves them all.
     layouts: Mutex<HashMap<Vec<(u32, BindKind)>, wgpu::BindGroupLayout>>,
 }
 
 impl PipelineCache {
-    /// The kernel, compiled on first request.
-    pub fn get(&self, ctx: &GpuContext, id: KernelId) -> Result<Arc<Kernel>> {
-        if let Some(k) = self.lock().get(&id) {
+    /// The kernel with its default constants, compiled on first request.
+    pub fn get(&self, ctx: &GpuContext, kernel: KernelDef) -> Result<Arc<Kernel>> {
+        self.get_keyed(ctx, PipelineKey::plain(kernel))
+    }
+
+    /// The pipeline for `key`, compiled on first request.
+    pub fn get_keyed(&self, ctx: &GpuContext, key: PipelineKey) -> Result<Arc<Kernel>> {
+        if let Some(k) = self.lock().get(&key) {
             return Ok(k.clone());
         }
         // Build outside the lock: shader compilation can be slow, and a racing builder only
         // wastes work (the first insert wins).
-        let k = Arc::new(build(ctx, id, self)?);
-        Ok(self.lock().entry(id).or_insert(k).clone())
+        let k = Arc::new(build(ctx, &key, self)?);
+        Ok(self.lock().entry(key).or_insert(k).clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KernelId, Arc<Kernel>>> {
+    /// Pipelines compiled so far.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing has been compiled yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PipelineKey, Arc<Kernel>>> {
         // A panic while holding this lock cannot leave the map inconsistent (inserts are
         // atomic), so a poisoned lock is still safe to use.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-fn build(ctx: &GpuContext, id: KernelId, cache: &PipelineCache) -> Result<Kernel> {
+fn build(ctx: &GpuContext, key: &PipelineKey, cache: &PipelineCache) -> Result<Kernel> {
     let device = ctx.device();
-    let label = Some(id.entry_point());
+    let id = key.kernel;
+    let label = Some(id.entry);
+    let constants: Vec<(&str, f64)> = key
+        .constants
+        .iter()
+        .map(|&(n, bits)| (n, f64::from_bits(bits)))
+        .collect();
     ctx.scoped(|| {
         let bindings = id.bindings();
         let mut layouts = cache.layouts.lock().unwrap_or_else(|p| p.into_inner());
@@ -89,14 +138,17 @@ fn build(ctx: &GpuContext, id: KernelId, cache: &PipelineCache) -> Result<Kernel
         });
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label,
-            source: wgpu::ShaderSource::Wgsl(id.source().into()),
+            source: wgpu::ShaderSource::Wgsl(id.source.into()),
         });
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label,
             layout: Some(&pipeline_layout),
             module: &module,
-            entry_point: Some(id.entry_point()),
-            compilation_options: Default::default(),
+            entry_point: Some(id.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                ..Default::default()
+            },
             cache: None,
         });
         Kernel { layout, pipeline }

@@ -5,13 +5,28 @@
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 
-/// Reads `len` f32s starting at element `offset` of `buffer`.
+/// Reads `len` f32s starting at element `offset` of `buffer`. A range past the buffer's end
+/// (or one whose end overflows) is [`Error::OutOfBounds`], checked before anything is created.
 pub fn read_f32(
     ctx: &GpuContext,
     buffer: &wgpu::Buffer,
     offset: u64,
     len: usize,
 ) -> Result<Vec<f32>> {
+    ctx.check_alive()?;
+    let available = buffer.size() / 4;
+    let out_of_bounds = || Error::OutOfBounds {
+        what: buffer_label(buffer),
+        offset,
+        len: len as u64,
+        available,
+    };
+    let end = offset
+        .checked_add(len as u64)
+        .ok_or_else(out_of_bounds)?;
+    if end > available {
+        return Err(out_of_bounds());
+    }
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -45,4 +60,8 @@ pub fn read_f32(
     };
     staging.unmap();
     Ok(out)
+}
+
+fn buffer_label(buffer: &wgpu::Buffer) -> String {
+    format!("buffer of {} bytes", buffer.size())
 }

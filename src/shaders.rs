@@ -1,6 +1,10 @@
 //! Every WGSL kernel, embedded at compile time. Each kernel is `common.wgsl` followed by its
-//! family's file, joined with `concat!`: no build script, no runtime string work, no templating.
-//! The Rust twins of the WGSL constants live here; `tests/shaders.rs` checks they agree.
+//! family's file, joined with `concat!` ([`kernel_source!`]): no build script, no runtime
+//! string work, no templating. A kernel is described by a [`KernelDef`] that sits beside the
+//! Rust code that dispatches it (each optimizer module defines its own), and compiled once per
+//! context through the pipeline cache, keyed by the definition and its WGSL `override`
+//! constants. The Rust twins of the WGSL constants live here; `tests/shaders.rs` checks they
+//! agree.
 
 /// Invocations per workgroup (WGSL `WG_SIZE`).
 pub const WG_SIZE: u32 = 256;
@@ -17,24 +21,28 @@ pub const FLAG_GRAD_SCALE: u32 = 2;
 /// Workgroup size of the per-tensor reduction passes (WGSL `RED_SIZE` in reduce.wgsl).
 pub const RED_SIZE: u32 = 32;
 
-macro_rules! kernel {
+/// The composed source of a kernel file: `common.wgsl`, then (with `reduce`) `reduce.wgsl`,
+/// then `shaders/<file>`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! kernel_source {
     ($file:literal) => {
         concat!(
-            include_str!("../shaders/common.wgsl"),
-            include_str!(concat!("../shaders/", $file))
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
         )
     };
     (reduce $file:literal) => {
         concat!(
-            include_str!("../shaders/common.wgsl"),
-            include_str!("../shaders/reduce.wgsl"),
-            include_str!(concat!("../shaders/", $file))
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl")),
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
         )
     };
 }
 
 /// The common prelude on its own (for the constant-agreement test).
-pub const COMMON: &str = include_str!("../shaders/common.wgsl");
+pub const COMMON: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl"));
 
 /// How a binding is declared in a kernel's bind group layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,120 +55,97 @@ pub enum BindKind {
     ReadWrite,
 }
 
-/// Identity of one compute kernel (one entry point of one composed shader).
+/// Which binding convention a kernel follows (documented in common.wgsl, norm.wgsl and
+/// copy.wgsl). Kernels with equal layouts share one bind group layout object, so one bind
+/// group serves every pass of a family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KernelId {
-    /// `sgd_step` in sgd.wgsl
-    SgdStep,
-    /// `adam_step` in adam.wgsl
-    AdamStep,
-    /// `rmsprop_step` in rmsprop.wgsl
-    RmspropStep,
-    /// `adagrad_step` in adagrad.wgsl
-    AdagradStep,
-    /// `lars_norms` in lars.wgsl (per chunk)
-    LarsNorms,
-    /// `lars_ratio` in lars.wgsl (per tensor)
-    LarsRatio,
-    /// `lars_step` in lars.wgsl (per chunk)
-    LarsStep,
-    /// `lamb_moments` in lamb.wgsl (per chunk)
-    LambMoments,
-    /// `lamb_ratio` in lamb.wgsl (per tensor)
-    LambRatio,
-    /// `lamb_apply` in lamb.wgsl (per chunk)
-    LambApply,
-    /// `norm_partials` in norm.wgsl (per chunk)
-    NormPartials,
-    /// `norm_combine` in norm.wgsl (per tensor)
-    NormCombine,
-    /// `norm_global` in norm.wgsl (one workgroup)
-    NormGlobal,
+pub enum LayoutKind {
+    /// An optimizer pass: group hyperparameters, window, chunks, tensor table, aux, params,
+    /// grads, `state_slots` state buffers at 7.., and the reduction buffer at 10 when
+    /// `partials`.
+    Step {
+        /// State buffers bound at 7, 8, 9.
+        state_slots: u32,
+        /// Whether binding 10 (`partials`) is bound.
+        partials: bool,
+    },
+    /// The norm family (norm.wgsl).
+    Norm,
+    /// The streaming copy (copy.wgsl).
+    Copy,
 }
 
-impl KernelId {
-    /// Every kernel, for validation and warm-up.
-    pub const ALL: [KernelId; 13] = [
-        KernelId::SgdStep,
-        KernelId::AdamStep,
-        KernelId::RmspropStep,
-        KernelId::AdagradStep,
-        KernelId::LarsNorms,
-        KernelId::LarsRatio,
-        KernelId::LarsStep,
-        KernelId::LambMoments,
-        KernelId::LambRatio,
-        KernelId::LambApply,
-        KernelId::NormPartials,
-        KernelId::NormCombine,
-        KernelId::NormGlobal,
-    ];
-
+/// One compute kernel: one entry point of one composed shader.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelDef {
+    /// Entry point; unique across the library, and the label of every wgpu object made for
+    /// this kernel.
+    pub entry: &'static str,
     /// The composed WGSL source.
-    pub fn source(self) -> &'static str {
-        match self {
-            KernelId::SgdStep => kernel!("sgd.wgsl"),
-            KernelId::AdamStep => kernel!("adam.wgsl"),
-            KernelId::RmspropStep => kernel!("rmsprop.wgsl"),
-            KernelId::AdagradStep => kernel!("adagrad.wgsl"),
-            KernelId::LarsNorms | KernelId::LarsRatio | KernelId::LarsStep => {
-                kernel!(reduce "lars.wgsl")
-            }
-            KernelId::LambMoments | KernelId::LambRatio | KernelId::LambApply => {
-                kernel!(reduce "lamb.wgsl")
-            }
-            KernelId::NormPartials | KernelId::NormCombine | KernelId::NormGlobal => {
-                kernel!(reduce "norm.wgsl")
-            }
+    pub source: &'static str,
+    /// Its binding convention.
+    pub layout: LayoutKind,
+}
+
+impl PartialEq for KernelDef {
+    fn eq(&self, other: &Self) -> bool {
+        self.entry == other.entry
+    }
+}
+impl Eq for KernelDef {}
+impl std::hash::Hash for KernelDef {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.entry.hash(h)
+    }
+}
+
+impl KernelDef {
+    /// An optimizer pass with `state_slots` state buffers and no reduction buffer.
+    pub const fn step(entry: &'static str, source: &'static str, state_slots: u32) -> Self {
+        Self {
+            entry,
+            source,
+            layout: LayoutKind::Step {
+                state_slots,
+                partials: false,
+            },
         }
     }
 
-    /// Entry point name; also the label of every wgpu object made for this kernel.
-    pub fn entry_point(self) -> &'static str {
-        match self {
-            KernelId::SgdStep => "sgd_step",
-            KernelId::AdamStep => "adam_step",
-            KernelId::RmspropStep => "rmsprop_step",
-            KernelId::AdagradStep => "adagrad_step",
-            KernelId::LarsNorms => "lars_norms",
-            KernelId::LarsRatio => "lars_ratio",
-            KernelId::LarsStep => "lars_step",
-            KernelId::LambMoments => "lamb_moments",
-            KernelId::LambRatio => "lamb_ratio",
-            KernelId::LambApply => "lamb_apply",
-            KernelId::NormPartials => "norm_partials",
-            KernelId::NormCombine => "norm_combine",
-            KernelId::NormGlobal => "norm_global",
+    /// An optimizer pass of a family that reduces (LARS, LAMB): binds `partials` too.
+    pub const fn reducing(entry: &'static str, source: &'static str, state_slots: u32) -> Self {
+        Self {
+            entry,
+            source,
+            layout: LayoutKind::Step {
+                state_slots,
+                partials: true,
+            },
         }
     }
 
-    /// Number of optimizer state buffers the kernel binds at 7.. (unused ones get a dummy).
-    pub fn state_slots(self) -> u32 {
-        match self {
-            KernelId::SgdStep | KernelId::AdagradStep => 1,
-            KernelId::LarsNorms | KernelId::LarsRatio | KernelId::LarsStep => 1,
-            KernelId::LambMoments | KernelId::LambRatio | KernelId::LambApply => 2,
-            KernelId::AdamStep | KernelId::RmspropStep => 3,
-            KernelId::NormPartials | KernelId::NormCombine | KernelId::NormGlobal => 0,
+    /// Entry point name.
+    pub fn entry_point(&self) -> &'static str {
+        self.entry
+    }
+
+    /// State buffers bound at 7.. (0 for non-optimizer kernels).
+    pub fn state_slots(&self) -> u32 {
+        match self.layout {
+            LayoutKind::Step { state_slots, .. } => state_slots,
+            _ => 0,
         }
     }
 
-    /// Whether the kernel's family uses the reduction buffer `partials` (binding 10).
-    pub fn uses_partials(self) -> bool {
-        !matches!(
-            self,
-            KernelId::SgdStep | KernelId::AdamStep | KernelId::RmspropStep | KernelId::AdagradStep
-        )
+    /// Whether the kernel binds the reduction buffer `partials` (binding 10).
+    pub fn uses_partials(&self) -> bool {
+        matches!(self.layout, LayoutKind::Step { partials: true, .. })
     }
 
-    /// The bind group layout, following the convention documented in common.wgsl. Kernels of
-    /// one family (LARS, LAMB, norms) share one layout, so one bind group serves every pass.
-    pub fn bindings(self) -> Vec<(u32, BindKind)> {
-        if matches!(
-            self,
-            KernelId::NormPartials | KernelId::NormCombine | KernelId::NormGlobal
-        ) {
-            return vec![
+    /// The bind group layout entries, following the kernel's convention.
+    pub fn bindings(&self) -> Vec<(u32, BindKind)> {
+        match self.layout {
+            LayoutKind::Norm => vec![
                 (0, BindKind::Uniform),
                 (1, BindKind::Uniform),
                 (2, BindKind::Read),
@@ -169,21 +154,69 @@ impl KernelId {
                 (6, BindKind::Read),
                 (10, BindKind::ReadWrite),
                 (12, BindKind::ReadWrite),
-            ];
+            ],
+            LayoutKind::Copy => vec![
+                (0, BindKind::Uniform),
+                (1, BindKind::Read),
+                (2, BindKind::ReadWrite),
+            ],
+            LayoutKind::Step {
+                state_slots,
+                partials,
+            } => {
+                let mut b = vec![
+                    (0, BindKind::Read),
+                    (1, BindKind::Uniform),
+                    (2, BindKind::Read),
+                    (3, BindKind::Read),
+                    (4, BindKind::Read),
+                    (5, BindKind::ReadWrite),
+                    (6, BindKind::Read),
+                ];
+                b.extend((0..state_slots).map(|i| (7 + i, BindKind::ReadWrite)));
+                if partials {
+                    b.push((10, BindKind::ReadWrite));
+                }
+                b
+            }
         }
-        let mut b = vec![
-            (0, BindKind::Uniform),
-            (1, BindKind::Uniform),
-            (2, BindKind::Read),
-            (3, BindKind::Read),
-            (4, BindKind::Read),
-            (5, BindKind::ReadWrite),
-            (6, BindKind::Read),
-        ];
-        b.extend((0..self.state_slots()).map(|i| (7 + i, BindKind::ReadWrite)));
-        if self.uses_partials() {
-            b.push((10, BindKind::ReadWrite));
-        }
-        b
     }
+}
+
+/// `norm_partials` in norm.wgsl (per chunk).
+pub const NORM_PARTIALS: KernelDef = KernelDef {
+    entry: "norm_partials",
+    source: kernel_source!(reduce "norm.wgsl"),
+    layout: LayoutKind::Norm,
+};
+/// `norm_combine` in norm.wgsl (per tensor).
+pub const NORM_COMBINE: KernelDef = KernelDef {
+    entry: "norm_combine",
+    source: kernel_source!(reduce "norm.wgsl"),
+    layout: LayoutKind::Norm,
+};
+/// `norm_global` in norm.wgsl (one workgroup).
+pub const NORM_GLOBAL: KernelDef = KernelDef {
+    entry: "norm_global",
+    source: kernel_source!(reduce "norm.wgsl"),
+    layout: LayoutKind::Norm,
+};
+/// `copy_vec4` in copy.wgsl: the streaming-copy baseline (its shape comes from `override`
+/// constants in the pipeline key).
+pub const COPY: KernelDef = KernelDef {
+    entry: "copy_vec4",
+    source: include_str!("../shaders/copy.wgsl"),
+    layout: LayoutKind::Copy,
+};
+
+/// Every kernel of the library: the norm family, the copy kernel, and every pass of every
+/// optimizer in the table ([`crate::optim::OptimizerConfig::kernels_of_all`]).
+pub fn all_kernels() -> Vec<KernelDef> {
+    let mut out = vec![NORM_PARTIALS, NORM_COMBINE, NORM_GLOBAL, COPY];
+    for k in crate::optim::OptimizerConfig::kernels_of_all() {
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    out
 }

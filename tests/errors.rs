@@ -5,7 +5,7 @@ mod common;
 
 use common::{gpu, randn};
 use wgpu_optim::{
-    AdagradConfig, AdamConfig, ContextOptions, CpuOptimizer, Error, GpuContext, GroupHyper,
+    AdagradConfig, AdamConfig, ContextOptions, CpuOptimizer, Error, GpuContext, Optimizer,
     LambConfig, LarsConfig, OptimizerConfig, ParamArena, RmspropConfig, SgdConfig, TensorSpec,
 };
 
@@ -234,8 +234,7 @@ fn bad_configs() -> Vec<(OptimizerConfig, &'static str)> {
 fn invalid_hyperparameters_are_rejected_by_name_on_cpu() {
     let specs = [TensorSpec::new("w", 4)];
     for (cfg, field) in bad_configs() {
-        let e = cfg
-            .build_cpu(&specs)
+        let e = CpuOptimizer::new(cfg.clone(), &specs)
             .err()
             .unwrap_or_else(|| panic!("{cfg:?} accepted"));
         assert_eq!(hyper_name(&e), field, "{cfg:?}");
@@ -289,8 +288,7 @@ fn invalid_hyperparameters_are_rejected_on_gpu() {
     let Some(ctx) = gpu() else { return };
     let arena = ParamArena::new(&ctx, &[TensorSpec::new("w", 4)]).unwrap();
     for (cfg, field) in bad_configs() {
-        let e = cfg
-            .build(&ctx, &arena)
+        let e = Optimizer::new(&ctx, &arena, cfg.clone())
             .err()
             .unwrap_or_else(|| panic!("{cfg:?} accepted"));
         assert_eq!(hyper_name(&e), field);
@@ -312,34 +310,38 @@ fn bad_calls_mid_training_leave_params_and_state_untouched() {
     let run = |bad: bool| {
         let arena = ParamArena::new(&ctx, &specs).unwrap();
         let other = ParamArena::new(&ctx, &specs).unwrap();
-        arena.write_all_params(&ctx, &init).unwrap();
-        arena.write_all_grads(&ctx, &grads).unwrap();
-        let mut opt = wgpu_optim::Adam::new(&ctx, &arena, AdamConfig::default()).unwrap();
-        opt.step(&ctx, &arena).unwrap();
+        arena.write_all_params(&init).unwrap();
+        arena.write_all_grads(&grads).unwrap();
+        let mut opt = wgpu_optim::Optimizer::new(&ctx, &arena, AdamConfig::default()).unwrap();
+        opt.step(&arena).unwrap();
         if bad {
             let e = opt.set_lr(f64::NAN).unwrap_err();
             assert_eq!(hyper_name(&e), "lr");
             let e = opt.set_lr(-1.0).unwrap_err();
             assert_eq!(hyper_name(&e), "lr");
             let e = opt
-                .set_group(
+                .set_group_config(
                     1,
-                    GroupHyper {
-                        lr: 0.1,
+                    AdamConfig {
                         weight_decay: -1.0,
+                        ..AdamConfig::default()
                     },
                 )
                 .unwrap_err();
             assert_eq!(hyper_name(&e), "weight_decay");
+            let e = opt.set_group_config(1, SgdConfig::default()).unwrap_err();
+            assert!(matches!(e, Error::RuleMismatch { group: 1, .. }), "{e:?}");
             let e = opt
-                .set_group(
-                    5,
-                    GroupHyper {
-                        lr: 0.1,
-                        weight_decay: 0.0,
+                .set_group_config(
+                    1,
+                    AdamConfig {
+                        amsgrad: true,
+                        ..AdamConfig::default()
                     },
                 )
                 .unwrap_err();
+            assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+            let e = opt.set_group_lr(5, 0.1).unwrap_err();
             assert_eq!(
                 e,
                 Error::UnknownGroup {
@@ -349,9 +351,9 @@ fn bad_calls_mid_training_leave_params_and_state_untouched() {
             );
             let e = opt.set_frozen("nope", true).unwrap_err();
             assert_eq!(e, Error::UnknownTensor("nope".into()));
-            let e = opt.step(&ctx, &other).unwrap_err();
+            let e = opt.step(&other).unwrap_err();
             assert!(matches!(e, Error::ArenaMismatch { .. }), "{e:?}");
-            let e = arena.write_params(&ctx, "w", &[1.0; 299]).unwrap_err();
+            let e = arena.write_params("w", &[1.0; 299]).unwrap_err();
             assert_eq!(
                 e,
                 Error::LengthMismatch {
@@ -360,11 +362,11 @@ fn bad_calls_mid_training_leave_params_and_state_untouched() {
                     got: 299
                 }
             );
-            let e = arena.write_grads(&ctx, "missing", &[1.0]).unwrap_err();
+            let e = arena.write_grads("missing", &[1.0]).unwrap_err();
             assert_eq!(e, Error::UnknownTensor("missing".into()));
-            let e = arena.write_all_grads(&ctx, &[vec![0.0; 300]]).unwrap_err();
+            let e = arena.write_all_grads(&[vec![0.0; 300]]).unwrap_err();
             assert!(matches!(e, Error::LengthMismatch { .. }), "{e:?}");
-            let e = opt.read_state(&ctx, "momentum_buffer", "w").unwrap_err();
+            let e = opt.read_state("momentum_buffer", "w").unwrap_err();
             assert!(matches!(e, Error::UnknownState { .. }), "{e:?}");
             assert!(e.to_string().contains("exp_avg"), "lists what exists: {e}");
             assert_eq!(
@@ -373,11 +375,11 @@ fn bad_calls_mid_training_leave_params_and_state_untouched() {
                 "a refused step must not count"
             );
         }
-        opt.step(&ctx, &arena).unwrap();
-        let p = arena.read_params_image(&ctx).unwrap();
-        let m = opt.read_state_image(&ctx, "exp_avg").unwrap();
-        let v = opt.read_state_image(&ctx, "exp_avg_sq").unwrap();
-        (p, m, v, opt.lr())
+        opt.step(&arena).unwrap();
+        let p = arena.read_params_image().unwrap();
+        let m = opt.read_state_image("exp_avg").unwrap();
+        let v = opt.read_state_image("exp_avg_sq").unwrap();
+        (p, m, v, opt.group_lr(0).unwrap(), opt.group_lr(1).unwrap())
     };
     let clean = run(false);
     let with_bad = run(true);
@@ -385,7 +387,7 @@ fn bad_calls_mid_training_leave_params_and_state_untouched() {
     assert_eq!(bits(&clean.0), bits(&with_bad.0), "params");
     assert_eq!(bits(&clean.1), bits(&with_bad.1), "exp_avg");
     assert_eq!(bits(&clean.2), bits(&with_bad.2), "exp_avg_sq");
-    assert_eq!(clean.3, with_bad.3, "lr");
+    assert_eq!((clean.3, clean.4), (with_bad.3, with_bad.4), "lr");
 }
 
 #[test]
@@ -412,9 +414,9 @@ fn cpu_step_with_wrong_shapes_changes_nothing() {
     let e = opt.step(&mut params, &[vec![0.1f32; 3]]).unwrap_err();
     assert!(matches!(e, Error::LengthMismatch { .. }));
     assert_eq!(params, before);
-    assert_eq!(opt.step_count(0), Some(0));
+    assert_eq!(opt.step_count("a").unwrap(), 0);
     assert!(opt
-        .state("momentum_buffer", 0)
+        .read_state("momentum_buffer", "a")
         .unwrap()
         .iter()
         .all(|&x| x == 0.0));

@@ -13,10 +13,12 @@
 
 mod common;
 
-use common::{assert_close, f32s, fixtures, gpu, gpu_with, randn, ATOL, RTOL};
+use common::{
+    assert_close, f32s, fixtures, gpu, gpu_with, randn, variants_of, with_lr_wd, ATOL, RTOL,
+};
 use wgpu_optim::{
-    AdagradConfig, AdamConfig, ContextOptions, GpuContext, GroupHyper, LambConfig, LarsConfig,
-    OptimizerConfig, ParamArena, RmspropConfig, SgdConfig, TensorSpec,
+    AdamConfig, ContextOptions, CpuOptimizer, Error, GpuContext, Optimizer, OptimizerConfig,
+    ParamArena, SgdConfig, TensorSpec,
 };
 
 const STEPS: usize = 7;
@@ -39,89 +41,135 @@ fn frozen(step: usize, tensor: usize) -> bool {
 fn trial(ctx: &GpuContext, cfg: &OptimizerConfig, lens: &[usize], seed: u64) {
     let specs = specs(lens);
     let arena = ParamArena::new(ctx, &specs).unwrap();
-    let mut gpu = cfg.build(ctx, &arena).unwrap();
-    let mut cpu = cfg.build_cpu(&specs).unwrap();
-    // Group 1 gets its own lr and weight decay (biases / norm layers in a real model).
-    let base = GroupHyper {
-        lr: cfg.lr(),
-        weight_decay: 0.0,
-    };
-    if arena.layout().groups() > 1 {
-        let g1 = GroupHyper {
-            lr: base.lr * 0.5,
-            weight_decay: 0.0,
-        };
-        gpu.set_group(1, g1).unwrap();
-        cpu.set_group(1, g1).unwrap();
+    let mut gpu = Optimizer::new(ctx, &arena, cfg.clone()).unwrap();
+    let mut cpu = CpuOptimizer::new(cfg.clone(), &specs).unwrap();
+    // Group 1 gets its own lr and no weight decay (biases / norm layers in a real model).
+    if gpu.groups() > 1 {
+        let g1 = with_lr_wd(cfg, cfg.lr() * 0.5, 0.0);
+        gpu.set_group_config(1, g1.clone()).unwrap();
+        cpu.set_group_config(1, g1).unwrap();
     }
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
-    arena.write_all_params(ctx, &params).unwrap();
-    let names = gpu.state_names();
-    let mut prev_gpu = params.clone();
-    let mut prev_state: Vec<Vec<Vec<f32>>> = names
-        .iter()
-        .map(|n| {
-            arena
-                .layout()
-                .unpack(&gpu.read_state_image(ctx, n).unwrap())
-        })
-        .collect();
+    let params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    arena.write_all_params(&params).unwrap();
     let what = if lens.len() <= 10 {
         format!("{} {lens:?}", cfg.name())
     } else {
         format!("{} over {} tensors", cfg.name(), lens.len())
     };
-    for k in 0..STEPS {
-        let grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 0.5)).collect();
-        arena.write_all_grads(ctx, &grads).unwrap();
-        for i in 0..lens.len() {
-            let fz = frozen(k, i);
-            gpu.set_frozen(&format!("t{i}"), fz).unwrap();
-            cpu.set_frozen_index(i, fz).unwrap();
-        }
+    run_side_by_side(&arena, &mut gpu, &mut cpu, params, &what, &mut rng, |k, _| {
         if k == 4 {
-            // An LR change mid-run (what a scheduler does) reaches both paths.
-            gpu.set_lr(base.lr * 0.7).unwrap();
-            cpu.set_lr(base.lr * 0.7).unwrap();
+            // An lr change mid-run (what a scheduler does) reaches both paths.
+            Some(cfg.lr() * 0.7)
+        } else {
+            None
         }
-        gpu.step(ctx, &arena).unwrap();
+    });
+}
+
+/// Steps `gpu` and `cpu` side by side for STEPS steps on fresh random gradients, with the
+/// frozen pattern, and compares params and every state buffer of every tensor after every
+/// step; `lr_at(k, groups)` may set every group's lr before step k. Frozen tensors must stay
+/// bit-identical, step counts must match, and each segment's state padding stays zero.
+fn run_side_by_side(
+    arena: &ParamArena,
+    gpu: &mut Optimizer,
+    cpu: &mut CpuOptimizer,
+    mut params: Vec<Vec<f32>>,
+    what: &str,
+    rng: &mut fastrand::Rng,
+    lr_at: impl Fn(usize, usize) -> Option<f64>,
+) {
+    let names: Vec<String> = arena
+        .layout()
+        .tensors()
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    let lens: Vec<usize> = arena.layout().tensors().iter().map(|t| t.len).collect();
+    let states = gpu.state_names();
+    let read_states = |gpu: &Optimizer| -> Vec<Vec<Vec<f32>>> {
+        states
+            .iter()
+            .map(|n| {
+                arena
+                    .layout()
+                    .unpack(&gpu.read_state_image(n).unwrap())
+                    .unwrap()
+            })
+            .collect()
+    };
+    let mut prev_gpu = params.clone();
+    let mut prev_state = read_states(gpu);
+    for k in 0..STEPS {
+        let grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(rng, n, 0.5)).collect();
+        arena.write_all_grads(&grads).unwrap();
+        for (i, name) in names.iter().enumerate() {
+            let fz = frozen(k, i);
+            gpu.set_frozen(name, fz).unwrap();
+            cpu.set_frozen(name, fz).unwrap();
+        }
+        if let Some(lr) = lr_at(k, gpu.groups()) {
+            gpu.set_lr(lr).unwrap();
+            cpu.set_lr(lr).unwrap();
+        }
+        gpu.step(arena).unwrap();
         cpu.step(&mut params, &grads).unwrap();
 
-        let got = arena.read_all_params(ctx).unwrap();
-        let mut states = Vec::new();
-        for name in &names {
-            let img = gpu.read_state_image(ctx, name).unwrap();
-            states.push(arena.layout().unpack(&img));
-        }
-        for i in 0..lens.len() {
+        let got = arena.read_all_params().unwrap();
+        let states_now = read_states(gpu);
+        for (i, name) in names.iter().enumerate() {
             let w = format!("{what} step {k} tensor {i}");
             assert_close(&format!("{w} param"), &got[i], &params[i], ATOL, RTOL);
-            for (s, name) in names.iter().enumerate() {
-                let want = cpu.state(name, i).unwrap();
-                assert_close(&format!("{w} {name}"), &states[s][i], want, ATOL, RTOL);
+            let kept = cpu.tensor_state_names(name).unwrap();
+            assert_eq!(gpu.tensor_state_names(name).unwrap(), kept, "{w}");
+            for (s, st) in states.iter().enumerate() {
+                if kept.contains(st) {
+                    let want = cpu.read_state(st, name).unwrap();
+                    assert_close(&format!("{w} {st}"), &states_now[s][i], &want, ATOL, RTOL);
+                } else {
+                    assert!(
+                        matches!(cpu.read_state(st, name), Err(Error::UnknownState { .. })),
+                        "{w}: {st} should not exist"
+                    );
+                }
             }
             if frozen(k, i) {
                 // A frozen tensor is untouched, bit for bit.
                 assert!(bits_eq(&got[i], &prev_gpu[i]), "{w}: frozen param changed");
-                for (st, prev) in states.iter().zip(&prev_state) {
+                for (st, prev) in states_now.iter().zip(&prev_state) {
                     assert!(bits_eq(&st[i], &prev[i]), "{w}: frozen state changed");
                 }
             }
-        }
-        for i in 0..lens.len() {
-            let steps_taken = (0..=k).filter(|&s| !frozen(s, i)).count() as u64;
-            assert_eq!(gpu.step_count(&format!("t{i}")).unwrap(), steps_taken);
+            let in_group = gpu.group_of(name).unwrap().is_some();
+            let steps_taken = if in_group {
+                (0..=k).filter(|&s| !frozen(s, i)).count() as u64
+            } else {
+                0
+            };
+            assert_eq!(gpu.step_count(name).unwrap(), steps_taken, "{w}");
+            assert_eq!(cpu.step_count(name).unwrap(), steps_taken, "{w}");
         }
         prev_gpu = got;
-        prev_state = states;
+        prev_state = states_now;
     }
-    // Padding between tensors is still zero in params and every state buffer.
-    let image = arena.read_params_image(ctx).unwrap();
-    assert_padding_zero(&arena, &image, &format!("{what} params"));
-    for name in &names {
-        let img = gpu.read_state_image(ctx, name).unwrap();
-        assert_padding_zero(&arena, &img, &format!("{what} {name}"));
+    // Padding between tensors is still zero in params and in every segment's state buffers.
+    let image = arena.read_params_image().unwrap();
+    assert_padding_zero(arena, &image, &format!("{what} params"));
+    for s in 0..gpu.segments() {
+        let l = gpu.segment_layout(s).unwrap().clone();
+        for st in &states {
+            let Ok(img) = gpu.read_segment_state_image(s, st) else {
+                continue;
+            };
+            let mut inside = vec![false; img.len()];
+            for (&i, &off) in l.members().iter().zip(l.state_offsets()) {
+                inside[off..off + lens[i]].fill(true);
+            }
+            for (j, (&v, &ins)) in img.iter().zip(&inside).enumerate() {
+                assert!(ins || v == 0.0, "{what} segment {s} {st}: padding {j} is {v}");
+            }
+        }
     }
 }
 
@@ -140,125 +188,25 @@ fn assert_padding_zero(arena: &ParamArena, image: &[f32], what: &str) {
 }
 
 fn sgd_configs() -> Vec<OptimizerConfig> {
-    let mut out = Vec::new();
-    for (momentum, dampening, nesterov) in [
-        (0.0, 0.0, false),
-        (0.9, 0.0, false),
-        (0.9, 0.3, false),
-        (0.9, 0.0, true),
-    ] {
-        for weight_decay in [0.0, 1e-2] {
-            for maximize in [false, true] {
-                out.push(OptimizerConfig::Sgd(SgdConfig {
-                    lr: 0.01,
-                    momentum,
-                    dampening,
-                    weight_decay,
-                    nesterov,
-                    maximize,
-                }));
-            }
-        }
-    }
-    out
+    variants_of("sgd")
 }
 
 fn adam_configs() -> Vec<OptimizerConfig> {
-    let mut out = Vec::new();
-    for decoupled in [false, true] {
-        for amsgrad in [false, true] {
-            for weight_decay in [0.0, 1e-2] {
-                for maximize in [false, true] {
-                    out.push(OptimizerConfig::Adam(AdamConfig {
-                        lr: 0.01,
-                        weight_decay,
-                        amsgrad,
-                        maximize,
-                        decoupled_weight_decay: decoupled,
-                        ..AdamConfig::default()
-                    }));
-                }
-            }
-        }
-    }
-    // beta1 = 0 exercises torch.lerp's second branch (weight >= 0.5).
-    out.push(OptimizerConfig::Adam(AdamConfig {
-        beta1: 0.0,
-        beta2: 0.9,
-        eps: 1e-3,
-        ..AdamConfig::adamw()
-    }));
-    out
+    variants_of("adam")
 }
 
 fn rmsprop_configs() -> Vec<OptimizerConfig> {
-    let mut out = Vec::new();
-    for centered in [false, true] {
-        for momentum in [0.0, 0.9] {
-            for weight_decay in [0.0, 1e-2] {
-                for maximize in [false, true] {
-                    out.push(OptimizerConfig::Rmsprop(RmspropConfig {
-                        centered,
-                        momentum,
-                        weight_decay,
-                        maximize,
-                        ..RmspropConfig::default()
-                    }));
-                }
-            }
-        }
-    }
-    out
+    variants_of("rmsprop")
 }
 
 fn adagrad_configs() -> Vec<OptimizerConfig> {
-    let mut out = Vec::new();
-    for lr_decay in [0.0, 0.05] {
-        for initial_accumulator_value in [0.0, 0.1] {
-            for weight_decay in [0.0, 1e-2] {
-                for maximize in [false, true] {
-                    out.push(OptimizerConfig::Adagrad(AdagradConfig {
-                        lr_decay,
-                        initial_accumulator_value,
-                        weight_decay,
-                        maximize,
-                        ..AdagradConfig::default()
-                    }));
-                }
-            }
-        }
-    }
-    out
+    variants_of("adagrad")
 }
 
 /// LARS and LAMB: momentum, Nesterov, LARC clipping, trust clipping, always_adapt. Group 1 of
 /// every trial arena has weight decay 0, so it is excluded from adaptation (timm's opt-out).
 fn lars_lamb_configs() -> Vec<OptimizerConfig> {
-    let mut out = Vec::new();
-    for (momentum, nesterov, trust_clip, always_adapt) in [
-        (0.0, false, false, false),
-        (0.9, false, false, false),
-        (0.9, true, false, true),
-        (0.9, false, true, false),
-    ] {
-        out.push(OptimizerConfig::Lars(LarsConfig {
-            lr: 0.1,
-            momentum,
-            nesterov,
-            weight_decay: 1e-4,
-            trust_clip,
-            always_adapt,
-            ..LarsConfig::default()
-        }));
-    }
-    for (trust_clip, always_adapt) in [(false, false), (true, false), (false, true)] {
-        out.push(OptimizerConfig::Lamb(LambConfig {
-            trust_clip,
-            always_adapt,
-            ..LambConfig::default()
-        }));
-    }
-    out
+    [variants_of("lars"), variants_of("lamb")].concat()
 }
 
 const ODD: [usize; 6] = [1, 255, 257, 278_011, 0, 3];
@@ -364,18 +312,18 @@ fn gpu_matches_pytorch_fixtures() {
     let Some(ctx) = gpu() else { return };
     for (ci, case) in fixtures().iter().enumerate() {
         let arena = ParamArena::new(&ctx, &case.specs()).unwrap();
-        let mut opt = case.config().build(&ctx, &arena).unwrap();
+        let mut opt = Optimizer::new(&ctx, &arena, case.config()).unwrap();
         let init: Vec<Vec<f32>> = case.init.iter().map(|v| f32s(v)).collect();
-        arena.write_all_params(&ctx, &init).unwrap();
+        arena.write_all_params(&init).unwrap();
         for k in 0..case.steps {
             for (i, &fz) in case.frozen[k].iter().enumerate() {
                 opt.set_frozen(&format!("t{i}"), fz).unwrap();
             }
-            arena.write_all_grads(&ctx, &case.grads_at(k)).unwrap();
-            opt.step(&ctx, &arena).unwrap();
+            arena.write_all_grads(&case.grads_at(k)).unwrap();
+            opt.step(&arena).unwrap();
         }
         let what = format!("case {ci} ({} {:?})", case.optimizer, case.hyper);
-        let got = arena.read_all_params(&ctx).unwrap();
+        let got = arena.read_all_params().unwrap();
         for (i, want) in case.expected.params.iter().enumerate() {
             assert_close(
                 &format!("{what} param {i}"),
@@ -387,7 +335,7 @@ fn gpu_matches_pytorch_fixtures() {
         }
         for (key, want) in &case.expected.state {
             let (i, name) = key.split_once('.').unwrap();
-            let got = opt.read_state(&ctx, name, &format!("t{i}")).unwrap();
+            let got = opt.read_state(name, &format!("t{i}")).unwrap();
             assert_close(
                 &format!("{what} state {key}"),
                 &got,
@@ -411,7 +359,9 @@ fn gpu_matches_pytorch_fixtures() {
 fn thousand_tensors_take_one_dispatch() {
     let Some(ctx) = gpu() else { return };
     let arena = ParamArena::new(&ctx, &specs(&many_lengths(7))).unwrap();
-    let opt = wgpu_optim::Adam::new(&ctx, &arena, AdamConfig::default()).unwrap();
+    let opt = Optimizer::new(&ctx, &arena, AdamConfig::default()).unwrap();
+    // Two arena groups, one segment: still one dispatch.
+    assert_eq!(opt.groups(), 2);
     assert_eq!(opt.dispatches_per_step(), 1);
 }
 
@@ -424,22 +374,24 @@ fn padding_stays_zero_even_with_garbage_gradient_padding() {
     let arena = ParamArena::new(&ctx, &specs(&lens)).unwrap();
     let mut rng = fastrand::Rng::with_seed(11);
     let params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
-    arena.write_all_params(&ctx, &params).unwrap();
+    arena.write_all_params(&params).unwrap();
     let total = arena.layout().total_elements() as usize;
     let garbage: Vec<f32> = (0..total).map(|i| 1000.0 + i as f32).collect();
     ctx.queue()
         .write_buffer(arena.grads_buffer(), 0, bytemuck::cast_slice(&garbage));
-    let mut opt = wgpu_optim::Adam::new(&ctx, &arena, AdamConfig::adamw()).unwrap();
+    let mut opt = wgpu_optim::Optimizer::new(&ctx, &arena, AdamConfig::adamw()).unwrap();
     for _ in 0..3 {
-        opt.step(&ctx, &arena).unwrap();
+        opt.step(&arena).unwrap();
     }
-    let image = arena.read_params_image(&ctx).unwrap();
+    let image = arena.read_params_image().unwrap();
     assert_padding_zero(&arena, &image, "params");
     for s in opt.state_names() {
-        assert_padding_zero(&arena, &opt.read_state_image(&ctx, s).unwrap(), s);
+        let img = opt.read_segment_state_image(0, s).unwrap();
+        // One segment over every tensor: its state layout is the arena's.
+        assert_padding_zero(&arena, &img, s);
     }
     // The tensors themselves did move.
-    assert_ne!(arena.read_all_params(&ctx).unwrap(), params);
+    assert_ne!(arena.read_all_params().unwrap(), params);
 }
 
 /// `encode_step` records into the caller's encoder: zero grads, write grads with a copy (as a
@@ -453,7 +405,7 @@ fn encode_step_into_callers_encoder() {
     let mut rng = fastrand::Rng::with_seed(5);
     let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
     let grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
-    arena.write_all_params(&ctx, &params).unwrap();
+    arena.write_all_params(&params).unwrap();
     // The "backward pass" output lives in the caller's own buffer.
     let image = arena.layout().pack(&grads).unwrap();
     let src = ctx.device().create_buffer(&wgpu::BufferDescriptor {
@@ -469,7 +421,7 @@ fn encode_step_into_callers_encoder() {
         momentum: 0.9,
         ..SgdConfig::default()
     };
-    let mut opt = wgpu_optim::Sgd::new(&ctx, &arena, cfg.clone()).unwrap();
+    let mut opt = wgpu_optim::Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
     let mut cpu = wgpu_optim::CpuOptimizer::new(cfg, &specs).unwrap();
     for _ in 0..3 {
         let mut enc = ctx
@@ -485,11 +437,11 @@ fn encode_step_into_callers_encoder() {
             0,
             Some((image.len() * 4) as u64),
         );
-        opt.encode_step(&ctx, &mut enc, &arena).unwrap();
+        opt.encode_step(&mut enc, &arena).unwrap();
         ctx.queue().submit([enc.finish()]);
         cpu.step(&mut params, &grads).unwrap();
     }
-    let got = arena.read_all_params(&ctx).unwrap();
+    let got = arena.read_all_params().unwrap();
     for i in 0..lens.len() {
         assert_close(&format!("tensor {i}"), &got[i], &params[i], ATOL, RTOL);
     }

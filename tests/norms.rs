@@ -10,11 +10,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_close, gpu, randn, ATOL, RTOL};
+use common::{assert_close, gpu, randn, with_lr_wd, ATOL, RTOL};
 use wgpu_optim::norm::{cpu_clip_grad_norm, cpu_norms};
 use wgpu_optim::{
-    AdamConfig, Error, GpuContext, GradClipper, LambConfig, NormReducer, NormType, OptimizerConfig,
-    ParamArena, SgdConfig, TensorSpec,
+    AdamConfig, CpuOptimizer, Error, GpuContext, GradClipper, LambConfig, NormReducer, NormType,
+    Optimizer, OptimizerConfig, ParamArena, SgdConfig, TensorSpec,
 };
 
 const NORM_RTOL: f64 = 1e-5;
@@ -30,10 +30,10 @@ fn check_norms(ctx: &GpuContext, lens: &[usize], seed: u64) {
     let arena = ParamArena::new(ctx, &specs(lens)).unwrap();
     let mut rng = fastrand::Rng::with_seed(seed);
     let data: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
-    arena.write_all_params(ctx, &data).unwrap();
+    arena.write_all_params(&data).unwrap();
     for norm_type in [NormType::L2, NormType::Inf] {
         let r = NormReducer::new(ctx, &arena, arena.params_buffer(), norm_type).unwrap();
-        let (per, total) = r.compute(ctx).unwrap();
+        let (per, total) = r.compute().unwrap();
         let (want_per, want_total) = cpu_norms(&data, norm_type);
         for (i, (&g, &w)) in per.iter().zip(&want_per).enumerate() {
             let err = (g as f64 - w).abs();
@@ -95,9 +95,9 @@ fn clip_trial(
     let arena = ParamArena::new(ctx, &specs).unwrap();
     let mut rng = fastrand::Rng::with_seed(9);
     let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
-    arena.write_all_params(ctx, &params).unwrap();
-    let mut gpu = cfg.build(ctx, &arena).unwrap();
-    let mut cpu = cfg.build_cpu(&specs).unwrap();
+    arena.write_all_params(&params).unwrap();
+    let mut gpu = Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
+    let mut cpu = CpuOptimizer::new(cfg.clone(), &specs).unwrap();
     for step in 0..7 {
         let grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, scale)).collect();
         let (_, total) = cpu_norms(&grads, norm_type);
@@ -105,25 +105,25 @@ fn clip_trial(
         let max = max_norm.unwrap_or(total);
         let clipper = Arc::new(GradClipper::new(ctx, &arena, max, norm_type).unwrap());
         // Re-attaching each step is allowed (bind groups are rebuilt outside the hot path).
-        set_clip(&mut *gpu, ctx, clipper.clone());
-        arena.write_all_grads(ctx, &grads).unwrap();
-        gpu.step(ctx, &arena).unwrap();
+        gpu.set_grad_clip(Some(clipper.clone())).unwrap();
+        arena.write_all_grads(&grads).unwrap();
+        gpu.step(&arena).unwrap();
         let mut clipped = grads.clone();
         let want_total = cpu_clip_grad_norm(&mut clipped, max, norm_type).unwrap();
         cpu.step(&mut params, &clipped).unwrap();
-        let got_total = clipper.read_total_norm(ctx).unwrap() as f64;
+        let got_total = clipper.read_total_norm().unwrap() as f64;
         assert!(
             (got_total - want_total).abs() <= 1e-5 * want_total,
             "step {step}: pre-clip norm {got_total} vs {want_total}"
         );
-        let coef = clipper.read_coefficient(ctx).unwrap() as f64;
+        let coef = clipper.read_coefficient().unwrap() as f64;
         let want_coef = (max / (want_total + 1e-6)).min(1.0);
         // The GPU forms the coefficient in f32 from an f32 norm: a few ulp (1 ulp = 6e-8).
         assert!(
             (coef - want_coef).abs() <= 2e-6 * want_coef,
             "coef {coef} vs {want_coef}"
         );
-        let got = arena.read_all_params(ctx).unwrap();
+        let got = arena.read_all_params().unwrap();
         for i in 0..lens.len() {
             assert_close(
                 &format!("{} step {step} tensor {i}", cfg.name()),
@@ -133,23 +133,19 @@ fn clip_trial(
                 RTOL,
             );
             for name in gpu.state_names() {
-                let s = gpu.read_state(ctx, name, &format!("t{i}")).unwrap();
+                let s = gpu.read_state(name, &format!("t{i}")).unwrap();
                 assert_close(
                     &format!("{name} {i}"),
                     &s,
-                    cpu.state(name, i).unwrap(),
+                    &cpu.read_state(name, &specs[i].name).unwrap(),
                     ATOL,
                     RTOL,
                 );
             }
         }
         // The gradients themselves are not modified on the GPU.
-        assert_eq!(arena.read_grads(ctx, "t0").unwrap(), grads[0]);
+        assert_eq!(arena.read_grads("t0").unwrap(), grads[0]);
     }
-}
-
-fn set_clip(opt: &mut dyn wgpu_optim::DynOptimizer, ctx: &GpuContext, c: Arc<GradClipper>) {
-    opt.set_grad_clip(ctx, Some(c)).unwrap();
 }
 
 #[test]
@@ -219,15 +215,12 @@ fn trust_ratio_edge_cases_match_cpu() {
             randn(&mut rng, 300, 1.0),
             randn(&mut rng, 40, 1.0),
         ];
-        arena.write_all_params(&ctx, &params).unwrap();
-        let mut gpu = cfg.build(&ctx, &arena).unwrap();
-        let mut cpu = cfg.build_cpu(&specs).unwrap();
-        let no_decay = wgpu_optim::GroupHyper {
-            lr: cfg.lr(),
-            weight_decay: 0.0,
-        };
-        gpu.set_group(1, no_decay).unwrap();
-        cpu.set_group(1, no_decay).unwrap();
+        arena.write_all_params(&params).unwrap();
+        let mut gpu = Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
+        let mut cpu = CpuOptimizer::new(cfg.clone(), &specs).unwrap();
+        let no_decay = with_lr_wd(&cfg, cfg.lr(), 0.0);
+        gpu.set_group_config(1, no_decay.clone()).unwrap();
+        cpu.set_group_config(1, no_decay).unwrap();
         for step in 0..7 {
             let grads = vec![
                 randn(&mut rng, 300, 1.0),
@@ -235,25 +228,25 @@ fn trust_ratio_edge_cases_match_cpu() {
                 randn(&mut rng, 300, 1.0),
                 randn(&mut rng, 40, 1.0),
             ];
-            arena.write_all_grads(&ctx, &grads).unwrap();
-            gpu.step(&ctx, &arena).unwrap();
+            arena.write_all_grads(&grads).unwrap();
+            gpu.step(&arena).unwrap();
             cpu.step(&mut params, &grads).unwrap();
-            let got = arena.read_all_params(&ctx).unwrap();
+            let got = arena.read_all_params().unwrap();
             for i in 0..specs.len() {
                 let w = format!("{} step {step} {}", cfg.name(), specs[i].name);
                 assert_close(&w, &got[i], &params[i], ATOL, RTOL);
                 for name in gpu.state_names() {
-                    let s = gpu.read_state(&ctx, name, &specs[i].name).unwrap();
+                    let s = gpu.read_state(name, &specs[i].name).unwrap();
                     assert_close(
                         &format!("{w} {name}"),
                         &s,
-                        cpu.state(name, i).unwrap(),
+                        &cpu.read_state(name, &specs[i].name).unwrap(),
                         ATOL,
                         RTOL,
                     );
                 }
             }
-            let ratios = gpu.read_trust_ratios(&ctx).unwrap().unwrap();
+            let ratios = gpu.read_trust_ratios().unwrap().unwrap();
             // The excluded group does not adapt.
             assert_eq!(ratios[3], 1.0, "{}: bias group ratio", cfg.name());
             if let OptimizerConfig::Lars(_) = cfg {
@@ -285,21 +278,21 @@ fn reductions_and_multi_pass_steps_are_deterministic() {
     let grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
     let run = || {
         let arena = ParamArena::new(&ctx, &specs).unwrap();
-        arena.write_all_params(&ctx, &params).unwrap();
-        arena.write_all_grads(&ctx, &grads).unwrap();
+        arena.write_all_params(&params).unwrap();
+        arena.write_all_grads(&grads).unwrap();
         let clipper = Arc::new(GradClipper::new(&ctx, &arena, 1.0, NormType::L2).unwrap());
-        let mut opt = wgpu_optim::Lamb::new(&ctx, &arena, LambConfig::default()).unwrap();
-        opt.set_grad_clip(&ctx, Some(clipper.clone())).unwrap();
-        opt.step(&ctx, &arena).unwrap();
-        opt.step(&ctx, &arena).unwrap();
+        let mut opt = wgpu_optim::Optimizer::new(&ctx, &arena, LambConfig::default()).unwrap();
+        opt.set_grad_clip(Some(clipper.clone())).unwrap();
+        opt.step(&arena).unwrap();
+        opt.step(&arena).unwrap();
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
         (
-            bits(arena.read_params_image(&ctx).unwrap()),
-            bits(opt.read_state_image(&ctx, "exp_avg").unwrap()),
-            bits(opt.read_state_image(&ctx, "exp_avg_sq").unwrap()),
-            bits(opt.read_trust_ratios(&ctx).unwrap().unwrap()),
-            bits(clipper.read_tensor_norms(&ctx).unwrap()),
-            clipper.read_total_norm(&ctx).unwrap().to_bits(),
+            bits(arena.read_params_image().unwrap()),
+            bits(opt.read_state_image("exp_avg").unwrap()),
+            bits(opt.read_state_image("exp_avg_sq").unwrap()),
+            bits(opt.read_trust_ratios().unwrap().unwrap()),
+            bits(clipper.read_tensor_norms().unwrap()),
+            clipper.read_total_norm().unwrap().to_bits(),
         )
     };
     let first = run();
@@ -327,10 +320,10 @@ fn clipper_rejects_bad_thresholds_and_other_arenas() {
         );
     }
     let mut c = GradClipper::new(&ctx, &arena, 1.0, NormType::L2).unwrap();
-    assert!(c.set_max_norm(&ctx, -2.0).is_err());
+    assert!(c.set_max_norm(-2.0).is_err());
     assert_eq!(c.max_norm(), 1.0);
-    let mut opt = wgpu_optim::Adam::new(&ctx, &other, AdamConfig::default()).unwrap();
-    let e = opt.set_grad_clip(&ctx, Some(Arc::new(c))).unwrap_err();
+    let mut opt = wgpu_optim::Optimizer::new(&ctx, &other, AdamConfig::default()).unwrap();
+    let e = opt.set_grad_clip(Some(Arc::new(c))).unwrap_err();
     assert!(matches!(e, Error::ArenaMismatch { .. }), "{e:?}");
     assert!(opt.grad_clip().is_none());
     let small = ctx.device().create_buffer(&wgpu::BufferDescriptor {
@@ -352,17 +345,17 @@ fn arena_of_empty_tensors() {
     let Some(ctx) = gpu() else { return };
     let arena = ParamArena::new(&ctx, &specs(&[0, 0])).unwrap();
     let r = NormReducer::new(&ctx, &arena, arena.grads_buffer(), NormType::L2).unwrap();
-    assert_eq!(r.compute(&ctx).unwrap(), (vec![0.0, 0.0], 0.0));
+    assert_eq!(r.compute().unwrap(), (vec![0.0, 0.0], 0.0));
     for cfg in [
         OptimizerConfig::Lamb(LambConfig::default()),
         OptimizerConfig::Adam(AdamConfig::default()),
     ] {
-        let mut opt = cfg.build(&ctx, &arena).unwrap();
+        let mut opt = Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
         let clip = Arc::new(GradClipper::new(&ctx, &arena, 1.0, NormType::L2).unwrap());
-        opt.set_grad_clip(&ctx, Some(clip.clone())).unwrap();
-        opt.step(&ctx, &arena).unwrap();
-        opt.step(&ctx, &arena).unwrap();
+        opt.set_grad_clip(Some(clip.clone())).unwrap();
+        opt.step(&arena).unwrap();
+        opt.step(&arena).unwrap();
         assert_eq!(opt.step_count("t1").unwrap(), 2);
-        assert_eq!(clip.read_total_norm(&ctx).unwrap(), 0.0);
+        assert_eq!(clip.read_total_norm().unwrap(), 0.0);
     }
 }

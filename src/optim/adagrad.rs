@@ -12,9 +12,13 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{maximize_flag, ChunkRange, GroupHyper, HyperCtx, Rule, StateSpec};
+use super::{OptimizerConfig, maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
 use crate::error::{check_non_negative, Result};
-use crate::shaders::{KernelId, FLAG_MAXIMIZE};
+use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
+
+/// `adagrad_step` in adagrad.wgsl.
+pub const ADAGRAD_STEP: KernelDef =
+    KernelDef::step("adagrad_step", crate::kernel_source!("adagrad.wgsl"), 1);
 
 /// Adagrad hyperparameters; `Default` is PyTorch's.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,18 +68,18 @@ pub struct AdagradHyper {
 pub struct AdagradTensor {
     /// 1 when the tensor steps this time.
     pub live: u32,
+    /// The tensor's group among its segment's groups (indexes the per-group table).
+    pub group: u32,
     /// -lr / (1 + (t - 1) * lr_decay).
     pub neg_clr: f32,
     /// Weight decay of the group.
     pub weight_decay: f32,
-    /// Padding.
-    pub pad: u32,
 }
 
 impl Rule for AdagradConfig {
     type Hyper = AdagradHyper;
     type TensorStep = AdagradTensor;
-    const KERNEL: KernelId = KernelId::AdagradStep;
+    const KERNEL: KernelDef = ADAGRAD_STEP;
 
     fn name(&self) -> &'static str {
         "adagrad"
@@ -93,8 +97,12 @@ impl Rule for AdagradConfig {
         self.lr
     }
 
-    fn weight_decay(&self) -> f64 {
-        self.weight_decay
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn of(c: &OptimizerConfig) -> Option<&Self> {
+        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {
@@ -113,13 +121,13 @@ impl Rule for AdagradConfig {
         }
     }
 
-    fn tensor_step(&self, group: &GroupHyper, t: u64, _chunks: ChunkRange) -> AdagradTensor {
-        let clr = group.lr / (1.0 + (t as f64 - 1.0) * self.lr_decay);
+    fn tensor_step(&self, t: u64, group: u32, _chunks: ChunkRange) -> AdagradTensor {
+        let clr = self.lr / (1.0 + (t as f64 - 1.0) * self.lr_decay);
         AdagradTensor {
             live: 1,
+            group,
             neg_clr: (-clr) as f32,
-            weight_decay: group.weight_decay as f32,
-            pad: 0,
+            weight_decay: self.weight_decay as f32,
         }
     }
 
@@ -146,5 +154,29 @@ impl Rule for AdagradConfig {
 
     fn bytes_per_element(&self) -> u64 {
         20
+    }
+
+    fn presets() -> Vec<(&'static str, Self)> {
+        vec![("adagrad", AdagradConfig::default())]
+    }
+
+    fn variants() -> Vec<Self> {
+        let mut out = Vec::new();
+        for lr_decay in [0.0, 0.05] {
+            for initial_accumulator_value in [0.0, 0.1] {
+                for weight_decay in [0.0, 1e-2] {
+                    for maximize in [false, true] {
+                        out.push(AdagradConfig {
+                            lr_decay,
+                            initial_accumulator_value,
+                            weight_decay,
+                            maximize,
+                            ..AdagradConfig::default()
+                        });
+                    }
+                }
+            }
+        }
+        out
     }
 }

@@ -17,9 +17,13 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{lerp_torch, maximize_flag, ChunkRange, GroupHyper, HyperCtx, Rule, StateSpec};
+use super::{OptimizerConfig, lerp_torch, maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
-use crate::shaders::{KernelId, FLAG_MAXIMIZE};
+use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
+
+/// `adam_step` in adam.wgsl.
+pub const ADAM_STEP: KernelDef =
+    KernelDef::step("adam_step", crate::kernel_source!("adam.wgsl"), 3);
 
 /// WGSL `ADAM_AMSGRAD`.
 pub const ADAM_AMSGRAD: u32 = 256;
@@ -99,6 +103,8 @@ pub struct AdamHyper {
 pub struct AdamTensor {
     /// 1 when the tensor steps this time.
     pub live: u32,
+    /// The tensor's group among its segment's groups (indexes the per-group table).
+    pub group: u32,
     /// -lr / (1 - beta1^t).
     pub neg_step_size: f32,
     /// sqrt(1 - beta2^t).
@@ -108,7 +114,7 @@ pub struct AdamTensor {
     /// 1 - lr * weight_decay (decoupled decay).
     pub decay_factor: f32,
     /// Padding to 32 bytes.
-    pub pad: [u32; 3],
+    pub pad: [u32; 2],
 }
 
 /// `exp_avg` and `exp_avg_sq`, zero-initialised in slots 0 and 1 (shared with LAMB).
@@ -130,7 +136,7 @@ pub(crate) fn moment_states() -> Vec<StateSpec> {
 impl Rule for AdamConfig {
     type Hyper = AdamHyper;
     type TensorStep = AdamTensor;
-    const KERNEL: KernelId = KernelId::AdamStep;
+    const KERNEL: KernelDef = ADAM_STEP;
 
     fn name(&self) -> &'static str {
         match (self.decoupled_weight_decay, self.amsgrad) {
@@ -153,8 +159,12 @@ impl Rule for AdamConfig {
         self.lr
     }
 
-    fn weight_decay(&self) -> f64 {
-        self.weight_decay
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn of(c: &OptimizerConfig) -> Option<&Self> {
+        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {
@@ -187,18 +197,19 @@ impl Rule for AdamConfig {
         }
     }
 
-    fn tensor_step(&self, group: &GroupHyper, t: u64, _chunks: ChunkRange) -> AdamTensor {
+    fn tensor_step(&self, t: u64, group: u32, _chunks: ChunkRange) -> AdamTensor {
         // As torch's for-loop: Python floats (f64), `beta ** step` with a float step.
         let t = t as f64;
         let bias_correction1 = 1.0 - self.beta1.powf(t);
         let bias_correction2 = 1.0 - self.beta2.powf(t);
         AdamTensor {
             live: 1,
-            neg_step_size: (-(group.lr / bias_correction1)) as f32,
+            group,
+            neg_step_size: (-(self.lr / bias_correction1)) as f32,
             bias_correction2_sqrt: bias_correction2.sqrt() as f32,
-            weight_decay: group.weight_decay as f32,
-            decay_factor: (1.0 - group.lr * group.weight_decay) as f32,
-            pad: [0; 3],
+            weight_decay: self.weight_decay as f32,
+            decay_factor: (1.0 - self.lr * self.weight_decay) as f32,
+            pad: [0; 2],
         }
     }
 
@@ -239,5 +250,54 @@ impl Rule for AdamConfig {
         } else {
             28
         }
+    }
+
+    fn presets() -> Vec<(&'static str, Self)> {
+        vec![
+            ("adam", AdamConfig::default()),
+            ("adamw", AdamConfig::adamw()),
+            (
+                "adam-amsgrad",
+                AdamConfig {
+                    amsgrad: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                "adamw-amsgrad",
+                AdamConfig {
+                    amsgrad: true,
+                    ..AdamConfig::adamw()
+                },
+            ),
+        ]
+    }
+
+    fn variants() -> Vec<Self> {
+        let mut out = Vec::new();
+        for decoupled in [false, true] {
+            for amsgrad in [false, true] {
+                for weight_decay in [0.0, 1e-2] {
+                    for maximize in [false, true] {
+                        out.push(AdamConfig {
+                            lr: 0.01,
+                            weight_decay,
+                            amsgrad,
+                            maximize,
+                            decoupled_weight_decay: decoupled,
+                            ..AdamConfig::default()
+                        });
+                    }
+                }
+            }
+        }
+        // beta1 = 0 exercises torch.lerp's second branch (weight >= 0.5).
+        out.push(AdamConfig {
+            beta1: 0.0,
+            beta2: 0.9,
+            eps: 1e-3,
+            ..AdamConfig::adamw()
+        });
+        out
     }
 }

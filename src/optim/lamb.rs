@@ -18,9 +18,17 @@ use bytemuck::{Pod, Zeroable};
 
 use super::adam::moment_states;
 use super::lars::norm_f64;
-use super::{ChunkRange, GroupHyper, HyperCtx, Pass, Rule, StateSpec};
+use super::{OptimizerConfig, ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
-use crate::shaders::{KernelId, FLAG_MAXIMIZE};
+use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
+
+const LAMB_WGSL: &str = crate::kernel_source!(reduce "lamb.wgsl");
+/// `lamb_moments` in lamb.wgsl (per chunk).
+pub const LAMB_MOMENTS: KernelDef = KernelDef::reducing("lamb_moments", LAMB_WGSL, 2);
+/// `lamb_ratio` in lamb.wgsl (per tensor).
+pub const LAMB_RATIO: KernelDef = KernelDef::reducing("lamb_ratio", LAMB_WGSL, 2);
+/// `lamb_apply` in lamb.wgsl (per chunk).
+pub const LAMB_APPLY: KernelDef = KernelDef::reducing("lamb_apply", LAMB_WGSL, 2);
 
 /// WGSL `LAMB_TRUST_CLIP`.
 pub const LAMB_TRUST_CLIP: u32 = 256;
@@ -74,10 +82,8 @@ pub struct LambHyper {
     pub one_minus_beta2: f32,
     /// eps.
     pub eps: f32,
-    /// Tensors in the arena.
-    pub n_tensors: u32,
-    /// Padding.
-    pub pad: u32,
+    /// Padding to 32 bytes.
+    pub pad: [u32; 2],
 }
 
 /// Mirrors `LambTensor` in lamb.wgsl.
@@ -86,6 +92,8 @@ pub struct LambHyper {
 pub struct LambTensor {
     /// 1 when the tensor steps this time.
     pub live: u32,
+    /// The tensor's group among its segment's groups (indexes the per-group table).
+    pub group: u32,
     /// First chunk of the tensor.
     pub first_chunk: u32,
     /// Chunks of the tensor.
@@ -114,7 +122,7 @@ fn direction(m: f32, v: f32, p: f32, h: &LambHyper, ts: &LambTensor) -> f32 {
 impl Rule for LambConfig {
     type Hyper = LambHyper;
     type TensorStep = LambTensor;
-    const KERNEL: KernelId = KernelId::LambApply;
+    const KERNEL: KernelDef = LAMB_APPLY;
 
     fn name(&self) -> &'static str {
         "lamb"
@@ -132,8 +140,12 @@ impl Rule for LambConfig {
         self.lr
     }
 
-    fn weight_decay(&self) -> f64 {
-        self.weight_decay
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn of(c: &OptimizerConfig) -> Option<&Self> {
+        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {
@@ -142,9 +154,9 @@ impl Rule for LambConfig {
 
     fn passes() -> Vec<Pass> {
         vec![
-            Pass::Chunks(KernelId::LambMoments),
-            Pass::Tensors(KernelId::LambRatio),
-            Pass::Chunks(KernelId::LambApply),
+            Pass::Chunks(LAMB_MOMENTS),
+            Pass::Tensors(LAMB_RATIO),
+            Pass::Chunks(LAMB_APPLY),
         ]
     }
 
@@ -156,22 +168,22 @@ impl Rule for LambConfig {
             beta2: self.beta2 as f32,
             one_minus_beta2: (1.0 - self.beta2) as f32,
             eps: self.eps as f32,
-            n_tensors: ctx.n_tensors,
-            pad: 0,
+            pad: [0; 2],
         }
     }
 
-    fn tensor_step(&self, group: &GroupHyper, t: u64, chunks: ChunkRange) -> LambTensor {
+    fn tensor_step(&self, t: u64, group: u32, chunks: ChunkRange) -> LambTensor {
         let t = t as f64;
         LambTensor {
             live: 1,
+            group,
             first_chunk: chunks.first,
             chunk_count: chunks.count,
-            adapt: (group.weight_decay != 0.0 || self.always_adapt) as u32,
-            neg_lr: (-group.lr) as f32,
+            adapt: (self.weight_decay != 0.0 || self.always_adapt) as u32,
+            neg_lr: (-self.lr) as f32,
             bias_correction1: (1.0 - self.beta1.powf(t)) as f32,
             bias_correction2_sqrt: (1.0 - self.beta2.powf(t)).sqrt() as f32,
-            weight_decay: group.weight_decay as f32,
+            weight_decay: self.weight_decay as f32,
         }
     }
 
@@ -202,5 +214,20 @@ impl Rule for LambConfig {
     fn bytes_per_element(&self) -> u64 {
         // pass 1 reads p, g, m, v and writes m, v; pass 3 reads p, m, v and writes p.
         40
+    }
+
+    fn presets() -> Vec<(&'static str, Self)> {
+        vec![("lamb", LambConfig::default())]
+    }
+
+    fn variants() -> Vec<Self> {
+        [(false, false), (true, false), (false, true)]
+            .into_iter()
+            .map(|(trust_clip, always_adapt)| LambConfig {
+                trust_clip,
+                always_adapt,
+                ..LambConfig::default()
+            })
+            .collect()
     }
 }

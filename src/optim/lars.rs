@@ -19,9 +19,17 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::sgd::{check_nesterov, momentum_states, sgd_momentum};
-use super::{ChunkRange, GroupHyper, HyperCtx, Pass, Rule, StateSpec};
+use super::{OptimizerConfig, ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Result};
-use crate::shaders::{KernelId, FLAG_MAXIMIZE};
+use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
+
+const LARS_WGSL: &str = crate::kernel_source!(reduce "lars.wgsl");
+/// `lars_norms` in lars.wgsl (per chunk).
+pub const LARS_NORMS: KernelDef = KernelDef::reducing("lars_norms", LARS_WGSL, 1);
+/// `lars_ratio` in lars.wgsl (per tensor).
+pub const LARS_RATIO: KernelDef = KernelDef::reducing("lars_ratio", LARS_WGSL, 1);
+/// `lars_step` in lars.wgsl (per chunk).
+pub const LARS_STEP: KernelDef = KernelDef::reducing("lars_step", LARS_WGSL, 1);
 
 /// WGSL `LARS_MOMENTUM`.
 pub const LARS_MOMENTUM: u32 = 256;
@@ -83,10 +91,8 @@ pub struct LarsHyper {
     pub trust_coefficient: f32,
     /// eps.
     pub eps: f32,
-    /// Tensors in the arena.
-    pub n_tensors: u32,
     /// Padding to 32 bytes.
-    pub pad: [u32; 2],
+    pub pad: [u32; 3],
 }
 
 /// Mirrors `LarsTensor` in lars.wgsl.
@@ -95,6 +101,8 @@ pub struct LarsHyper {
 pub struct LarsTensor {
     /// 1 when the tensor steps this time.
     pub live: u32,
+    /// The tensor's group among its segment's groups (indexes the per-group table).
+    pub group: u32,
     /// 1 on the tensor's first step (momentum buffer = gradient).
     pub first: u32,
     /// First chunk of the tensor.
@@ -122,7 +130,7 @@ pub(crate) fn norm_f64(x: &[f32]) -> f64 {
 impl Rule for LarsConfig {
     type Hyper = LarsHyper;
     type TensorStep = LarsTensor;
-    const KERNEL: KernelId = KernelId::LarsStep;
+    const KERNEL: KernelDef = LARS_STEP;
 
     fn name(&self) -> &'static str {
         if self.trust_clip {
@@ -146,8 +154,12 @@ impl Rule for LarsConfig {
         self.lr
     }
 
-    fn weight_decay(&self) -> f64 {
-        self.weight_decay
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn of(c: &OptimizerConfig) -> Option<&Self> {
+        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {
@@ -156,9 +168,9 @@ impl Rule for LarsConfig {
 
     fn passes() -> Vec<Pass> {
         vec![
-            Pass::Chunks(KernelId::LarsNorms),
-            Pass::Tensors(KernelId::LarsRatio),
-            Pass::Chunks(KernelId::LarsStep),
+            Pass::Chunks(LARS_NORMS),
+            Pass::Tensors(LARS_RATIO),
+            Pass::Chunks(LARS_STEP),
         ]
     }
 
@@ -179,21 +191,21 @@ impl Rule for LarsConfig {
             one_minus_dampening: (1.0 - self.dampening) as f32,
             trust_coefficient: self.trust_coefficient as f32,
             eps: self.eps as f32,
-            n_tensors: ctx.n_tensors,
-            pad: [0; 2],
+            pad: [0; 3],
         }
     }
 
-    fn tensor_step(&self, group: &GroupHyper, t: u64, chunks: ChunkRange) -> LarsTensor {
+    fn tensor_step(&self, t: u64, group: u32, chunks: ChunkRange) -> LarsTensor {
         LarsTensor {
             live: 1,
+            group,
             first: (t == 1) as u32,
             first_chunk: chunks.first,
             chunk_count: chunks.count,
-            adapt: (group.weight_decay != 0.0 || self.always_adapt) as u32,
-            neg_lr: (-group.lr) as f32,
-            lr: group.lr as f32,
-            weight_decay: group.weight_decay as f32,
+            adapt: (self.weight_decay != 0.0 || self.always_adapt) as u32,
+            neg_lr: (-self.lr) as f32,
+            lr: self.lr as f32,
+            weight_decay: self.weight_decay as f32,
         }
     }
 
@@ -240,5 +252,38 @@ impl Rule for LarsConfig {
     fn bytes_per_element(&self) -> u64 {
         // norm pass reads p and g; the update is SGD's.
         8 + if self.momentum != 0.0 { 20 } else { 12 }
+    }
+
+    fn presets() -> Vec<(&'static str, Self)> {
+        // Weight decay on, so every tensor adapts (timm adapts only decayed groups).
+        vec![(
+            "lars",
+            LarsConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 1e-4,
+                ..Default::default()
+            },
+        )]
+    }
+
+    fn variants() -> Vec<Self> {
+        [
+            (0.0, false, false, false),
+            (0.9, false, false, false),
+            (0.9, true, false, true),
+            (0.9, false, true, false),
+        ]
+        .into_iter()
+        .map(|(momentum, nesterov, trust_clip, always_adapt)| LarsConfig {
+            lr: 0.1,
+            momentum,
+            nesterov,
+            weight_decay: 1e-4,
+            trust_clip,
+            always_adapt,
+            ..LarsConfig::default()
+        })
+        .collect()
     }
 }

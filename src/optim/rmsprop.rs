@@ -15,9 +15,13 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{lerp_torch, maximize_flag, ChunkRange, GroupHyper, HyperCtx, Rule, StateSpec};
+use super::{OptimizerConfig, lerp_torch, maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
 use crate::error::{check_non_negative, Result};
-use crate::shaders::{KernelId, FLAG_MAXIMIZE};
+use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
+
+/// `rmsprop_step` in rmsprop.wgsl.
+pub const RMSPROP_STEP: KernelDef =
+    KernelDef::step("rmsprop_step", crate::kernel_source!("rmsprop.wgsl"), 3);
 
 /// WGSL `RMS_CENTERED`.
 pub const RMS_CENTERED: u32 = 256;
@@ -81,18 +85,18 @@ pub struct RmspropHyper {
 pub struct RmspropTensor {
     /// 1 when the tensor steps this time.
     pub live: u32,
+    /// The tensor's group among its segment's groups (indexes the per-group table).
+    pub group: u32,
     /// -lr of the group.
     pub neg_lr: f32,
     /// Weight decay of the group.
     pub weight_decay: f32,
-    /// Padding.
-    pub pad: u32,
 }
 
 impl Rule for RmspropConfig {
     type Hyper = RmspropHyper;
     type TensorStep = RmspropTensor;
-    const KERNEL: KernelId = KernelId::RmspropStep;
+    const KERNEL: KernelDef = RMSPROP_STEP;
 
     fn name(&self) -> &'static str {
         match (self.centered, self.momentum > 0.0) {
@@ -115,8 +119,12 @@ impl Rule for RmspropConfig {
         self.lr
     }
 
-    fn weight_decay(&self) -> f64 {
-        self.weight_decay
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn of(c: &OptimizerConfig) -> Option<&Self> {
+        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {
@@ -160,12 +168,12 @@ impl Rule for RmspropConfig {
         }
     }
 
-    fn tensor_step(&self, group: &GroupHyper, _t: u64, _chunks: ChunkRange) -> RmspropTensor {
+    fn tensor_step(&self, _t: u64, group: u32, _chunks: ChunkRange) -> RmspropTensor {
         RmspropTensor {
             live: 1,
-            neg_lr: (-group.lr) as f32,
-            weight_decay: group.weight_decay as f32,
-            pad: 0,
+            group,
+            neg_lr: (-self.lr) as f32,
+            weight_decay: self.weight_decay as f32,
         }
     }
 
@@ -208,5 +216,54 @@ impl Rule for RmspropConfig {
 
     fn bytes_per_element(&self) -> u64 {
         20 + if self.momentum > 0.0 { 8 } else { 0 } + if self.centered { 8 } else { 0 }
+    }
+
+    fn presets() -> Vec<(&'static str, Self)> {
+        let rms = RmspropConfig::default();
+        vec![
+            ("rmsprop", rms.clone()),
+            (
+                "rmsprop-momentum",
+                RmspropConfig {
+                    momentum: 0.9,
+                    ..rms.clone()
+                },
+            ),
+            (
+                "rmsprop-centered",
+                RmspropConfig {
+                    centered: true,
+                    ..rms.clone()
+                },
+            ),
+            (
+                "rmsprop-centered-momentum",
+                RmspropConfig {
+                    centered: true,
+                    momentum: 0.9,
+                    ..rms
+                },
+            ),
+        ]
+    }
+
+    fn variants() -> Vec<Self> {
+        let mut out = Vec::new();
+        for centered in [false, true] {
+            for momentum in [0.0, 0.9] {
+                for weight_decay in [0.0, 1e-2] {
+                    for maximize in [false, true] {
+                        out.push(RmspropConfig {
+                            centered,
+                            momentum,
+                            weight_decay,
+                            maximize,
+                            ..RmspropConfig::default()
+                        });
+                    }
+                }
+            }
+        }
+        out
     }
 }

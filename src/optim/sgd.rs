@@ -13,9 +13,12 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{maximize_flag, ChunkRange, GroupHyper, HyperCtx, Rule, StateSpec};
+use super::{OptimizerConfig, maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Error, Result};
-use crate::shaders::{KernelId, FLAG_MAXIMIZE};
+use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
+
+/// `sgd_step` in sgd.wgsl.
+pub const SGD_STEP: KernelDef = KernelDef::step("sgd_step", crate::kernel_source!("sgd.wgsl"), 1);
 
 /// WGSL `SGD_MOMENTUM`.
 pub const SGD_MOMENTUM: u32 = 256;
@@ -72,6 +75,8 @@ pub struct SgdHyper {
 pub struct SgdTensor {
     /// 1 when the tensor steps this time.
     pub live: u32,
+    /// The tensor's group among its segment's groups (indexes the per-group table).
+    pub group: u32,
     /// 1 on the tensor's first step (momentum buffer = gradient).
     pub first: u32,
     /// -lr of the tensor's group.
@@ -131,7 +136,7 @@ pub(crate) fn check_nesterov(nesterov: bool, momentum: f64, dampening: f64) -> R
 impl Rule for SgdConfig {
     type Hyper = SgdHyper;
     type TensorStep = SgdTensor;
-    const KERNEL: KernelId = KernelId::SgdStep;
+    const KERNEL: KernelDef = SGD_STEP;
 
     fn name(&self) -> &'static str {
         match (self.momentum != 0.0, self.nesterov) {
@@ -153,8 +158,12 @@ impl Rule for SgdConfig {
         self.lr
     }
 
-    fn weight_decay(&self) -> f64 {
-        self.weight_decay
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn of(c: &OptimizerConfig) -> Option<&Self> {
+        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {
@@ -177,12 +186,13 @@ impl Rule for SgdConfig {
         }
     }
 
-    fn tensor_step(&self, group: &GroupHyper, t: u64, _chunks: ChunkRange) -> SgdTensor {
+    fn tensor_step(&self, t: u64, group: u32, _chunks: ChunkRange) -> SgdTensor {
         SgdTensor {
             live: 1,
+            group,
             first: (t == 1) as u32,
-            neg_lr: (-group.lr) as f32,
-            weight_decay: group.weight_decay as f32,
+            neg_lr: (-self.lr) as f32,
+            weight_decay: self.weight_decay as f32,
         }
     }
 
@@ -218,5 +228,54 @@ impl Rule for SgdConfig {
         } else {
             12
         }
+    }
+
+    fn presets() -> Vec<(&'static str, Self)> {
+        let sgd = SgdConfig {
+            lr: 1e-2,
+            ..Default::default()
+        };
+        vec![
+            ("sgd", sgd.clone()),
+            (
+                "sgd-momentum",
+                SgdConfig {
+                    momentum: 0.9,
+                    ..sgd.clone()
+                },
+            ),
+            (
+                "sgd-nesterov",
+                SgdConfig {
+                    momentum: 0.9,
+                    nesterov: true,
+                    ..sgd
+                },
+            ),
+        ]
+    }
+
+    fn variants() -> Vec<Self> {
+        let mut out = Vec::new();
+        for (momentum, dampening, nesterov) in [
+            (0.0, 0.0, false),
+            (0.9, 0.0, false),
+            (0.9, 0.3, false),
+            (0.9, 0.0, true),
+        ] {
+            for weight_decay in [0.0, 1e-2] {
+                for maximize in [false, true] {
+                    out.push(SgdConfig {
+                        lr: 0.01,
+                        momentum,
+                        dampening,
+                        weight_decay,
+                        nesterov,
+                        maximize,
+                    });
+                }
+            }
+        }
+        out
     }
 }

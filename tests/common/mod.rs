@@ -7,6 +7,29 @@ use wgpu_optim::{
     SgdConfig,
 };
 
+/// `cfg` with another lr and weight decay (what a second parameter group typically changes).
+pub fn with_lr_wd(cfg: &OptimizerConfig, lr: f64, weight_decay: f64) -> OptimizerConfig {
+    let mut c = cfg.clone();
+    match &mut c {
+        OptimizerConfig::Sgd(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::Adam(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::Rmsprop(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::Adagrad(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::Lars(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::Lamb(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+    }
+    c
+}
+
+/// The library's table of flag combinations for one family.
+pub fn variants_of(family: &str) -> Vec<OptimizerConfig> {
+    OptimizerConfig::variants()
+        .into_iter()
+        .filter(|c| c.family() == family)
+        .collect()
+}
+
+
 /// PyTorch's fp32 `assert_close` defaults.
 pub const RTOL: f32 = 1.3e-6;
 /// PyTorch's fp32 `assert_close` defaults.

@@ -1,0 +1,425 @@
+//! Host bookkeeping shared by the GPU and CPU optimizers: which tensor is in which parameter
+//! group and segment, each group's configuration and base lr, per-tensor step counts and
+//! frozen flags. Pure data; the engines read it when they build a step.
+
+use std::collections::HashMap;
+
+use crate::arena::{ParamLayout, TensorInfo, MAX_GROUP};
+use crate::error::{check_non_negative, Error, Result};
+use crate::optim::{OptimizerConfig, StateSpec, TensorFilter};
+
+/// Which tensors a parameter group takes.
+#[derive(Clone)]
+pub enum Select {
+    /// Every tensor of the arena.
+    All,
+    /// These tensors, by name (an unknown name is [`Error::UnknownTensor`]).
+    Names(Vec<String>),
+    /// The tensors whose [`crate::TensorSpec::group`] is this index.
+    ArenaGroup(usize),
+    /// The tensors for which the predicate holds (for example 2-D weights:
+    /// `|t| t.shape.as_ref().is_some_and(|s| s.len() == 2)`).
+    Matching(TensorFilter),
+    /// Every tensor no other group selects (at most one group may use it).
+    Rest,
+}
+
+impl std::fmt::Debug for Select {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Select::All => write!(f, "All"),
+            Select::Names(n) => f.debug_tuple("Names").field(n).finish(),
+            Select::ArenaGroup(g) => f.debug_tuple("ArenaGroup").field(g).finish(),
+            Select::Matching(_) => write!(f, "Matching(..)"),
+            Select::Rest => write!(f, "Rest"),
+        }
+    }
+}
+
+impl Select {
+    /// [`Select::Names`] from anything string-like.
+    pub fn names<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Self {
+        Select::Names(names.into_iter().map(Into::into).collect())
+    }
+
+    /// [`Select::Matching`] from a closure.
+    pub fn matching(f: impl Fn(&TensorInfo) -> bool + Send + Sync + 'static) -> Self {
+        Select::Matching(std::sync::Arc::new(f))
+    }
+
+    /// Tensors with a 2-D shape (the hidden weight matrices that LARS, LAMB-style trust ratios
+    /// or Muon are meant for).
+    pub fn matrices() -> Self {
+        Self::matching(|t| t.shape.as_ref().is_some_and(|s| s.len() == 2))
+    }
+}
+
+/// The parameter groups of an optimizer, in order (PyTorch's `param_groups`): each a tensor
+/// selection and a complete configuration. Groups of one algorithm family share a segment.
+#[derive(Debug, Clone, Default)]
+pub struct ParamGroups {
+    groups: Vec<(Select, OptimizerConfig)>,
+}
+
+impl ParamGroups {
+    /// No groups yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a group: `select`'s tensors, updated by `config`.
+    pub fn group(mut self, select: Select, config: impl Into<OptimizerConfig>) -> Self {
+        self.groups.push((select, config.into()));
+        self
+    }
+
+    /// One group per arena group index (`TensorSpec::group`), each with a copy of `config`:
+    /// the one-rule shorthand.
+    pub fn per_arena_group(layout: &ParamLayout, config: impl Into<OptimizerConfig>) -> Self {
+        let config = config.into();
+        let mut g = Self::new();
+        for i in 0..layout.groups() {
+            g = g.group(Select::ArenaGroup(i), config.clone());
+        }
+        g
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Whether there are no groups.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
+
+/// One parameter group at run time.
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    /// Its current configuration.
+    pub config: OptimizerConfig,
+    /// The lr it was built with.
+    pub base_lr: f64,
+    /// Its segment.
+    pub segment: usize,
+    /// Its index among the segment's groups (the kernels' `group` field).
+    pub local: usize,
+}
+
+/// Where a tensor is optimized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    /// Parameter group.
+    pub group: usize,
+    /// Segment.
+    pub segment: usize,
+    /// Index among the segment's members.
+    pub local: usize,
+}
+
+/// The groups of one segment and its tensors.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentPlan {
+    /// Algorithm family.
+    pub family: &'static str,
+    /// Parameter groups, in group order (local index = position).
+    pub groups: Vec<usize>,
+    /// Arena tensor indices, ascending.
+    pub members: Vec<usize>,
+    /// The state buffers the segment allocates: the union of its groups' states, with each
+    /// slot's initial value taken from the segment's first group (PyTorch seeds state from the
+    /// constructor's defaults; e.g. Adagrad's `initial_accumulator_value`).
+    pub states: Vec<StateSpec>,
+}
+
+/// Host bookkeeping of an optimizer.
+#[derive(Debug, Clone)]
+pub(crate) struct Book {
+    index: HashMap<String, usize>,
+    /// The groups.
+    pub groups: Vec<Group>,
+    /// The segments.
+    pub segments: Vec<SegmentPlan>,
+    /// Per arena tensor: where it is optimized.
+    pub loc: Vec<Option<Loc>>,
+    /// Per arena tensor: steps taken.
+    pub steps: Vec<u64>,
+    /// Per arena tensor: frozen for the next steps.
+    pub frozen: Vec<bool>,
+}
+
+impl Book {
+    /// Resolves `groups` over `layout`: validates every configuration, assigns every selected
+    /// tensor to exactly one group, and groups the groups into segments by family.
+    pub fn new(layout: &ParamLayout, groups: &ParamGroups) -> Result<Self> {
+        if groups.is_empty() {
+            return Err(Error::InvalidConfig("an optimizer needs at least one parameter group"));
+        }
+        if groups.len() > MAX_GROUP + 1 {
+            return Err(Error::LimitExceeded {
+                what: "number of parameter groups".into(),
+                value: groups.len() as u64,
+                limit: MAX_GROUP as u64 + 1,
+                why: "wgpu_optim::arena::MAX_GROUP",
+            });
+        }
+        for (_, c) in &groups.groups {
+            c.validate()?;
+        }
+        if groups
+            .groups
+            .iter()
+            .filter(|(s, _)| matches!(s, Select::Rest))
+            .count()
+            > 1
+        {
+            return Err(Error::InvalidConfig("at most one parameter group may select the rest"));
+        }
+        let tensors = layout.tensors();
+        let n = tensors.len();
+        let mut owner: Vec<Option<usize>> = vec![None; n];
+        let take = |owner: &mut Vec<Option<usize>>, i: usize, g: usize| -> Result<()> {
+            match owner[i] {
+                Some(first) if first != g => Err(Error::TensorInTwoGroups {
+                    tensor: tensors[i].name.clone(),
+                    first,
+                    second: g,
+                }),
+                _ => {
+                    owner[i] = Some(g);
+                    Ok(())
+                }
+            }
+        };
+        for (g, (sel, _)) in groups.groups.iter().enumerate() {
+            match sel {
+                Select::All => (0..n).try_for_each(|i| take(&mut owner, i, g))?,
+                Select::Names(names) => {
+                    for name in names {
+                        let i = layout.index_of(name)?;
+                        take(&mut owner, i, g)?;
+                    }
+                }
+                Select::ArenaGroup(a) => (0..n)
+                    .filter(|&i| tensors[i].group == *a)
+                    .try_for_each(|i| take(&mut owner, i, g))?,
+                Select::Matching(f) => (0..n)
+                    .filter(|&i| f(&tensors[i]))
+                    .try_for_each(|i| take(&mut owner, i, g))?,
+                Select::Rest => {}
+            }
+        }
+        if let Some(g) = groups
+            .groups
+            .iter()
+            .position(|(s, _)| matches!(s, Select::Rest))
+        {
+            for o in owner.iter_mut().filter(|o| o.is_none()) {
+                *o = Some(g);
+            }
+        }
+        // Segments by family, in order of first appearance.
+        let mut segments: Vec<SegmentPlan> = Vec::new();
+        let mut out_groups = Vec::with_capacity(groups.len());
+        for (_, c) in &groups.groups {
+            let family = c.family();
+            let s = match segments.iter().position(|s| s.family == family) {
+                Some(s) => s,
+                None => {
+                    segments.push(SegmentPlan {
+                        family,
+                        groups: Vec::new(),
+                        members: Vec::new(),
+                        states: Vec::new(),
+                    });
+                    segments.len() - 1
+                }
+            };
+            let g = out_groups.len();
+            out_groups.push(Group {
+                config: c.clone(),
+                base_lr: c.lr(),
+                segment: s,
+                local: segments[s].groups.len(),
+            });
+            segments[s].groups.push(g);
+            for st in c.states() {
+                if !segments[s].states.iter().any(|x| x.slot == st.slot) {
+                    segments[s].states.push(st);
+                }
+            }
+        }
+        for s in &mut segments {
+            s.states.sort_by_key(|x| x.slot);
+        }
+        let mut loc = vec![None; n];
+        for (i, o) in owner.iter().enumerate() {
+            if let Some(g) = *o {
+                let s = out_groups[g].segment;
+                loc[i] = Some(Loc {
+                    group: g,
+                    segment: s,
+                    local: segments[s].members.len(),
+                });
+                segments[s].members.push(i);
+            }
+        }
+        Ok(Self {
+            index: tensors
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.name.clone(), i))
+                .collect(),
+            groups: out_groups,
+            segments,
+            loc,
+            steps: vec![0; n],
+            frozen: vec![false; n],
+        })
+    }
+
+    /// Arena index of a tensor.
+    pub fn index_of(&self, name: &str) -> Result<usize> {
+        self.index
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::UnknownTensor(name.to_string()))
+    }
+
+    /// A group.
+    pub fn group(&self, group: usize) -> Result<&Group> {
+        self.groups.get(group).ok_or(Error::UnknownGroup {
+            group,
+            groups: self.groups.len(),
+        })
+    }
+
+    /// Whether tensor `i` steps this time: in a group and not frozen.
+    pub fn live(&self, i: usize) -> bool {
+        self.loc[i].is_some() && !self.frozen[i]
+    }
+
+    /// Advances the step count of every live tensor (call once per step, after every check).
+    pub fn advance(&mut self) {
+        for i in 0..self.steps.len() {
+            if self.live(i) {
+                self.steps[i] += 1;
+            }
+        }
+    }
+
+    pub(crate) fn set_group_config(
+        &mut self,
+        group: usize,
+        config: OptimizerConfig,
+        allowed_states: &[&'static str],
+    ) -> Result<()> {
+        let g = self.group(group)?;
+        if g.config.family() != config.family() {
+            return Err(Error::RuleMismatch {
+                group,
+                expected: g.config.family(),
+                got: config.family(),
+            });
+        }
+        config.validate()?;
+        if config
+            .states()
+            .iter()
+            .any(|s| !allowed_states.contains(&s.name))
+        {
+            return Err(Error::Unsupported(
+                "the new configuration keeps a state buffer its segment did not allocate \
+                 (build the optimizer with that option on in one of the segment's groups)",
+            ));
+        }
+        let g = &mut self.groups[group];
+        g.base_lr = config.lr();
+        g.config = config;
+        Ok(())
+    }
+
+    pub(crate) fn set_group_lr(&mut self, group: usize, lr: f64) -> Result<()> {
+        check_non_negative("lr", lr)?;
+        let groups = self.groups.len();
+        self.groups
+            .get_mut(group)
+            .ok_or(Error::UnknownGroup { group, groups })?
+            .config
+            .set_lr(lr);
+        Ok(())
+    }
+
+    pub(crate) fn set_lr(&mut self, lr: f64) -> Result<()> {
+        check_non_negative("lr", lr)?;
+        for g in &mut self.groups {
+            g.config.set_lr(lr);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_lr_factor(&mut self, factor: f64) -> Result<()> {
+        check_non_negative("lr factor", factor)?;
+        // Checked for every group before any changes.
+        for g in &self.groups {
+            check_non_negative("lr", g.base_lr * factor)?;
+        }
+        for g in &mut self.groups {
+            let lr = g.base_lr * factor;
+            g.config.set_lr(lr);
+        }
+        Ok(())
+    }
+
+    /// The states PyTorch keeps for tensor `i` (its group's configuration's).
+    pub fn tensor_states(&self, i: usize) -> Vec<StateSpec> {
+        match self.loc[i] {
+            Some(l) => self.groups[l.group].config.states(),
+            None => Vec::new(),
+        }
+    }
+
+    /// `Ok` when tensor `i` keeps state `state`.
+    pub fn check_state(&self, state: &str, i: usize) -> Result<()> {
+        let states = self.tensor_states(i);
+        if states.iter().any(|s| s.name == state) {
+            Ok(())
+        } else {
+            Err(Error::UnknownState {
+                name: state.to_string(),
+                available: states.iter().map(|s| s.name).collect(),
+            })
+        }
+    }
+
+    /// Union of every segment's state names, in slot order, without repeats.
+    pub fn all_state_names(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for s in &self.segments {
+            for st in &s.states {
+                if !out.contains(&st.name) {
+                    out.push(st.name);
+                }
+            }
+        }
+        out
+    }
+
+    /// The state names segment `s` allocates.
+    pub fn segment_states(&self, s: usize) -> Vec<&'static str> {
+        self.segments[s].states.iter().map(|x| x.name).collect()
+    }
+
+    /// Names of the groups' configurations, joined by `+` where they differ.
+    pub fn name(&self) -> String {
+        let mut names: Vec<&'static str> = Vec::new();
+        for g in &self.groups {
+            if !names.contains(&g.config.name()) {
+                names.push(g.config.name());
+            }
+        }
+        names.join("+")
+    }
+}
