@@ -470,3 +470,222 @@ fn context_from_callers_device() {
         77,
     );
 }
+
+/// Lengths for the multi-segment trials: the awkward sizes, each twice, so every segment gets
+/// some of them (and an empty tensor).
+const SEG_LENS: [usize; 10] = [1, 255, 257, 278_011, 0, 3, 1, 255, 257, 4099];
+
+fn seg_specs(lens: &[usize]) -> Vec<TensorSpec> {
+    lens.iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            // Every third tensor is a "matrix" (for Select::matrices); the rest are flat.
+            if i % 3 == 0 && n > 0 {
+                TensorSpec::new(format!("t{i}"), n).with_shape(&[1, n])
+            } else {
+                TensorSpec::new(format!("t{i}"), n)
+            }
+        })
+        .collect()
+}
+
+/// The configurations of the multi-segment trials: one of each family, with flags on.
+fn seg_rules() -> Vec<OptimizerConfig> {
+    OptimizerConfig::variants()
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c.name(),
+                "lars" | "adamw-amsgrad" | "sgd-nesterov" | "rmsprop-centered-momentum" | "lamb"
+            )
+        })
+        .fold(Vec::new(), |mut out: Vec<OptimizerConfig>, c| {
+            if !out.iter().any(|o| o.name() == c.name()) {
+                out.push(c);
+            }
+            out
+        })
+}
+
+fn names_where(lens: &[usize], f: impl Fn(usize) -> bool) -> Vec<String> {
+    (0..lens.len())
+        .filter(|&i| f(i))
+        .map(|i| format!("t{i}"))
+        .collect()
+}
+
+/// Two and three segments with different rules in one optimizer: params and every state
+/// buffer equal the CPU reference after every step, with frozen tensors, a tensor in no group,
+/// and one submission per step.
+#[test]
+fn two_and_three_segments_match_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let rules = seg_rules();
+    assert_eq!(rules.len(), 5, "{:?}", rules.iter().map(|r| r.name()).collect::<Vec<_>>());
+    let specs = seg_specs(&SEG_LENS);
+    for (j, pair) in rules.windows(3).enumerate() {
+        // Two segments: a rule on the matrices, another on the rest.
+        let two = wgpu_optim::ParamGroups::new()
+            .group(wgpu_optim::Select::matrices(), pair[0].clone())
+            .group(wgpu_optim::Select::Rest, pair[1].clone());
+        // Three segments (four groups): the third rule on two tensors, the second rule in
+        // two groups with different lrs, and t5 in no group at all.
+        let three = wgpu_optim::ParamGroups::new()
+            .group(wgpu_optim::Select::matrices(), pair[0].clone())
+            .group(wgpu_optim::Select::names(["t1", "t2"]), pair[2].clone())
+            .group(wgpu_optim::Select::names(["t4", "t7"]), pair[1].clone())
+            .group(
+                wgpu_optim::Select::names(names_where(&SEG_LENS, |i| i == 8)),
+                with_lr_wd(&pair[1], pair[1].lr() * 0.5, 0.0),
+            );
+        for (k, groups) in [two, three].into_iter().enumerate() {
+            let arena = ParamArena::new(&ctx, &specs).unwrap();
+            let mut gpu = Optimizer::with_groups(&ctx, &arena, groups.clone()).unwrap();
+            let mut cpu = CpuOptimizer::with_groups(&specs, groups).unwrap();
+            assert_eq!(gpu.segments(), 2 + k);
+            let passes = |c: &OptimizerConfig| c.passes().len();
+            let want = passes(&pair[0]) + passes(&pair[1]) + k * passes(&pair[2]);
+            // One window: one dispatch per segment and pass, all in one submission.
+            assert_eq!(gpu.dispatches_per_step(), want, "{}", gpu.name());
+            let mut rng = fastrand::Rng::with_seed(1000 + j as u64 * 10 + k as u64);
+            let params: Vec<Vec<f32>> = SEG_LENS.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+            arena.write_all_params(&params).unwrap();
+            let what = format!("{} ({} segments)", gpu.name(), 2 + k);
+            run_side_by_side(&arena, &mut gpu, &mut cpu, params, &what, &mut rng, |s, _| {
+                (s == 4).then_some(1e-3)
+            });
+            if k == 1 {
+                assert_eq!(gpu.group_of("t5").unwrap(), None);
+                assert_eq!(gpu.step_count("t5").unwrap(), 0);
+            }
+        }
+    }
+}
+
+/// A multi-segment optimizer gives, bit for bit, what each rule alone gives on its tensors.
+#[test]
+fn segments_equal_each_rule_alone() {
+    let Some(ctx) = gpu() else { return };
+    let rules = seg_rules();
+    let specs = seg_specs(&SEG_LENS);
+    let a = names_where(&SEG_LENS, |i| i % 3 == 0);
+    let b = names_where(&SEG_LENS, |i| i % 3 != 0);
+    let mut rng = fastrand::Rng::with_seed(77);
+    let init: Vec<Vec<f32>> = SEG_LENS.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..STEPS)
+        .map(|_| SEG_LENS.iter().map(|&n| randn(&mut rng, n, 0.5)).collect())
+        .collect();
+    let run = |groups: wgpu_optim::ParamGroups| {
+        let arena = ParamArena::new(&ctx, &specs).unwrap();
+        arena.write_all_params(&init).unwrap();
+        let mut opt = Optimizer::with_groups(&ctx, &arena, groups).unwrap();
+        for (k, g) in grads.iter().enumerate() {
+            arena.write_all_grads(g).unwrap();
+            for i in 0..SEG_LENS.len() {
+                opt.set_frozen(&format!("t{i}"), frozen(k, i)).unwrap();
+            }
+            opt.step(&arena).unwrap();
+        }
+        let params = arena.read_all_params().unwrap();
+        let mut state = std::collections::BTreeMap::new();
+        for i in 0..SEG_LENS.len() {
+            let t = format!("t{i}");
+            for s in opt.tensor_state_names(&t).unwrap() {
+                state.insert((t.clone(), s), opt.read_state(s, &t).unwrap());
+            }
+        }
+        (params, state)
+    };
+    for pair in rules.windows(2) {
+        let sel = |names: &[String]| wgpu_optim::Select::names(names.iter().cloned());
+        let (both_p, both_s) = run(
+            wgpu_optim::ParamGroups::new()
+                .group(sel(&a), pair[0].clone())
+                .group(sel(&b), pair[1].clone()),
+        );
+        let (a_p, a_s) = run(wgpu_optim::ParamGroups::new().group(sel(&a), pair[0].clone()));
+        let (b_p, b_s) = run(wgpu_optim::ParamGroups::new().group(sel(&b), pair[1].clone()));
+        for i in 0..SEG_LENS.len() {
+            let alone = if i % 3 == 0 { &a_p[i] } else { &b_p[i] };
+            assert!(
+                bits_eq(&both_p[i], alone),
+                "{}+{} tensor {i}",
+                pair[0].name(),
+                pair[1].name()
+            );
+            // The tensors the other rule alone did not select stayed at their initial values.
+            let other = if i % 3 == 0 { &b_p[i] } else { &a_p[i] };
+            assert!(bits_eq(other, &init[i]), "unselected tensor {i} moved");
+        }
+        let mut alone_s = a_s;
+        alone_s.extend(b_s);
+        assert_eq!(both_s.len(), alone_s.len());
+        for (key, v) in &both_s {
+            assert!(bits_eq(v, &alone_s[key]), "{key:?}");
+        }
+    }
+}
+
+/// State memory is proportional to what a segment optimizes: AdamW on 1% of the elements
+/// allocates about 1% of the arena per AdamW state buffer.
+#[test]
+fn state_memory_follows_the_segment() {
+    let Some(ctx) = gpu() else { return };
+    // 100 tensors of 10 000 elements; AdamW on one of them, SGD without momentum (no state)
+    // on the rest.
+    let specs: Vec<TensorSpec> = (0..100)
+        .map(|i| TensorSpec::new(format!("t{i}"), 10_000))
+        .collect();
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let arena_bytes = arena.layout().buffer_bytes();
+    let groups = wgpu_optim::ParamGroups::new()
+        .group(wgpu_optim::Select::names(["t42"]), AdamConfig::adamw())
+        .group(wgpu_optim::Select::Rest, SgdConfig::default());
+    let opt = Optimizer::with_groups(&ctx, &arena, groups).unwrap();
+    let adam = opt.segment_layout(0).unwrap();
+    assert_eq!(adam.members(), &[42]);
+    let per_state = adam.state_bytes();
+    assert_eq!(per_state, 10_000 * 4);
+    assert_eq!(per_state * 100, arena_bytes);
+    // exp_avg and exp_avg_sq: 2% of one arena buffer in all; SGD keeps nothing.
+    assert_eq!(opt.state_bytes(), 2 * per_state);
+    println!(
+        "AdamW on 1% of a {arena_bytes}-byte arena: {per_state} bytes per state buffer \
+         (an arena-sized buffer would be {arena_bytes})"
+    );
+    // Whole-arena AdamW for comparison: each state buffer is the arena's size.
+    let full = Optimizer::new(&ctx, &arena, AdamConfig::adamw()).unwrap();
+    assert_eq!(full.state_bytes(), 2 * arena_bytes);
+}
+
+/// Segments over an arena processed in many 64 KiB binding windows: each segment's params
+/// windows skip the other segment's tensors, and its state windows are its own.
+#[test]
+fn windowed_segments_match_cpu() {
+    let Some(ctx) = gpu_with(ContextOptions {
+        max_binding_bytes: Some(64 * 1024),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let lens = [257, 5000, 1, 70_000, 0, 16_385, 3, 40_000, 9];
+    let specs = seg_specs(&lens);
+    for pair in seg_rules().windows(2) {
+        let groups = wgpu_optim::ParamGroups::new()
+            .group(wgpu_optim::Select::matrices(), pair[0].clone())
+            .group(wgpu_optim::Select::Rest, pair[1].clone());
+        let arena = ParamArena::new(&ctx, &specs).unwrap();
+        let mut gpu = Optimizer::with_groups(&ctx, &arena, groups.clone()).unwrap();
+        let mut cpu = CpuOptimizer::with_groups(&specs, groups).unwrap();
+        assert!(
+            gpu.segment_layout(0).unwrap().windows().len() > 1
+                && gpu.segment_layout(1).unwrap().windows().len() > 1,
+            "windowing path not exercised"
+        );
+        let mut rng = fastrand::Rng::with_seed(4242);
+        let params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+        arena.write_all_params(&params).unwrap();
+        let what = format!("windowed {}", gpu.name());
+        run_side_by_side(&arena, &mut gpu, &mut cpu, params, &what, &mut rng, |_, _| None);
+    }
+}

@@ -359,3 +359,111 @@ fn arena_of_empty_tensors() {
         assert_eq!(clip.read_total_norm().unwrap(), 0.0);
     }
 }
+
+/// Frozen tensors keep stale gradients in the grads buffer; the clip must leave them out, as
+/// `clip_grad_norm_` only sees tensors with a gradient. Tensors in no group are left out too.
+#[test]
+fn clip_ignores_frozen_and_unselected_tensors() {
+    let Some(ctx) = gpu() else { return };
+    let lens = [257, 1000, 33, 4];
+    let specs = specs(&lens);
+    let cfg = OptimizerConfig::Sgd(SgdConfig {
+        lr: 0.05,
+        momentum: 0.9,
+        ..SgdConfig::default()
+    });
+    let groups = wgpu_optim::ParamGroups::new().group(
+        wgpu_optim::Select::names(["t0", "t1", "t2"]),
+        cfg.clone(),
+    );
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let mut rng = fastrand::Rng::with_seed(31);
+    let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    arena.write_all_params(&params).unwrap();
+    let mut gpu = Optimizer::with_groups(&ctx, &arena, groups.clone()).unwrap();
+    let mut cpu = CpuOptimizer::with_groups(&specs, groups).unwrap();
+    let clipper = Arc::new(GradClipper::new(&ctx, &arena, 0.5, NormType::L2).unwrap());
+    gpu.set_grad_clip(Some(clipper.clone())).unwrap();
+    for step in 0..5 {
+        // Large stale gradients on the frozen tensor (t1 on odd steps) and on t3 (no group):
+        // counted, they would dominate the norm.
+        let mut grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 0.5)).collect();
+        let t1_frozen = step % 2 == 1;
+        if t1_frozen {
+            grads[1] = vec![100.0; 1000];
+        }
+        grads[3] = vec![1e4; 4];
+        gpu.set_frozen("t1", t1_frozen).unwrap();
+        cpu.set_frozen("t1", t1_frozen).unwrap();
+        arena.write_all_grads(&grads).unwrap();
+        gpu.step(&arena).unwrap();
+        // The reference: clip_grad_norm_ over the live tensors only, then the step.
+        let live: Vec<usize> = (0..3).filter(|&i| !(i == 1 && t1_frozen)).collect();
+        let mut live_grads: Vec<Vec<f32>> = live.iter().map(|&i| grads[i].clone()).collect();
+        let want_total = cpu_clip_grad_norm(&mut live_grads, 0.5, NormType::L2).unwrap();
+        let mut clipped = grads.clone();
+        for (k, &i) in live.iter().enumerate() {
+            clipped[i] = live_grads[k].clone();
+        }
+        cpu.step(&mut params, &clipped).unwrap();
+        let got_total = clipper.read_total_norm().unwrap() as f64;
+        assert!(
+            (got_total - want_total).abs() <= 1e-5 * want_total,
+            "step {step}: norm {got_total} vs live-only {want_total}"
+        );
+        let got = arena.read_all_params().unwrap();
+        for i in 0..lens.len() {
+            assert_close(
+                &format!("step {step} tensor {i}"),
+                &got[i],
+                &params[i],
+                ATOL,
+                RTOL,
+            );
+        }
+        let per = clipper.read_tensor_norms().unwrap();
+        assert_eq!(per[3], 0.0, "unselected tensor counted");
+        if t1_frozen {
+            assert_eq!(per[1], 0.0, "frozen tensor counted");
+        }
+    }
+}
+
+/// A NaN in one gradient element gives a NaN norm for L2 and inf (WGSL's max would drop it),
+/// and the clip coefficient is NaN, as torch's clamp keeps it: every clipped gradient, and so
+/// every updated parameter, becomes NaN, exactly as `clip_grad_norm_` then `step` does.
+#[test]
+fn nan_gradient_gives_nan_norm_and_clip() {
+    let Some(ctx) = gpu() else { return };
+    let lens = [300, 5000, 7];
+    let arena = ParamArena::new(&ctx, &specs(&lens)).unwrap();
+    let mut rng = fastrand::Rng::with_seed(8);
+    for norm_type in [NormType::L2, NormType::Inf] {
+        for nan_at in [0usize, 4999] {
+            let mut grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+            grads[1][nan_at] = f32::NAN;
+            arena.write_all_grads(&grads).unwrap();
+            let r = NormReducer::new(&ctx, &arena, arena.grads_buffer(), norm_type).unwrap();
+            let (per, total) = r.compute().unwrap();
+            assert!(total.is_nan(), "{norm_type:?}: total {total}");
+            assert!(per[1].is_nan() && !per[0].is_nan() && !per[2].is_nan(), "{per:?}");
+            let (cpu_per, cpu_total) = cpu_norms(&grads, norm_type);
+            assert!(cpu_total.is_nan() && cpu_per[1].is_nan());
+
+            arena
+                .write_all_params(&lens.iter().map(|&n| vec![1.0f32; n]).collect::<Vec<_>>())
+                .unwrap();
+            let clip = Arc::new(GradClipper::new(&ctx, &arena, 1.0, norm_type).unwrap());
+            let mut opt = Optimizer::new(&ctx, &arena, SgdConfig::default()).unwrap();
+            opt.set_grad_clip(Some(clip.clone())).unwrap();
+            opt.step(&arena).unwrap();
+            assert!(clip.read_total_norm().unwrap().is_nan());
+            assert!(clip.read_coefficient().unwrap().is_nan());
+            let mut clipped = grads.clone();
+            assert!(cpu_clip_grad_norm(&mut clipped, 1.0, norm_type).unwrap().is_nan());
+            assert!(clipped.iter().flatten().all(|g| g.is_nan()));
+            let got = arena.read_all_params().unwrap();
+            assert!(got.iter().flatten().all(|p| p.is_nan()), "{norm_type:?}");
+        }
+    }
+}
