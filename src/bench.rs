@@ -1,7 +1,10 @@
-//! Measurement tools for `optbench` and `benches/step.rs`: the streaming-copy baseline kernel
+//! Measurement tools for `optbench`: the streaming-copy baseline kernel
 //! ([`CopyKernel`], `shaders/copy.wgsl`), a step timer that uses GPU timestamp queries when the
 //! device has them and host wall clock around a queue wait otherwise ([`StepTimer`]), order
 //! statistics ([`Summary`]) and the host memcpy bandwidth ([`host_memcpy`]).
+//!
+//! Only with the `bench` cargo feature (off by default; it adds serde for the `Serialize`
+//! derives), which optbench turns on.
 //!
 //! Everything here allocates at construction only: timing a batch creates command encoders
 //! (one per submission, as any training loop does) and nothing else.

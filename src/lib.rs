@@ -3,6 +3,8 @@
 #![warn(missing_docs)]
 
 pub mod arena;
+// Measurement tools for optbench; only with the `bench` feature (see src/bench.rs's docs).
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod context;
 pub mod cpu;

@@ -3,6 +3,8 @@
 //! writes PNG and SVG files. These need an adapter: they print SKIP without one unless
 //! REQUIRE_GPU=1. No wall-clock thresholds: numbers are only checked to be positive.
 
+// The library's test helpers (REQUIRE_GPU handling, seeded data), shared rather than copied.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::{Command, Output};
