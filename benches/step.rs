@@ -80,12 +80,8 @@ fn gpu_steps(c: &mut Criterion) {
         configure(&mut group, n);
         let specs = [TensorSpec::new("w", n)];
         let arena = ParamArena::new(&ctx, &specs).expect("arena");
-        arena
-            .write_params("w", &data(n, 1))
-            .expect("params upload");
-        arena
-            .write_grads("w", &data(n, 2))
-            .expect("grads upload");
+        arena.write_params("w", &data(n, 1)).expect("params upload");
+        arena.write_grads("w", &data(n, 2)).expect("grads upload");
         for (name, cfg) in optimizers() {
             let mut opt = Optimizer::new(&ctx, &arena, cfg.clone()).expect("optimizer");
             // First dispatch compiles the shader on lavapipe; keep it out of the samples.

@@ -255,7 +255,9 @@ impl SegmentLayout {
         let mut ranges = Vec::with_capacity(members.len());
         let mut next = 0usize;
         for (local, &i) in members.iter().enumerate() {
-            let t = tensors.get(i).ok_or_else(|| Error::UnknownTensor(format!("#{i}")))?;
+            let t = tensors
+                .get(i)
+                .ok_or_else(|| Error::UnknownTensor(format!("#{i}")))?;
             let first = chunks.len() as u32;
             let mut done = 0usize;
             while done < t.len {
@@ -877,7 +879,10 @@ mod tests {
         assert_eq!(img.len() as u64, l.total_elements());
         assert_eq!(img[3], 0.0);
         assert_eq!(l.unpack(&img).unwrap(), data);
-        assert!(matches!(l.unpack(&img[..3]), Err(Error::LengthMismatch { .. })));
+        assert!(matches!(
+            l.unpack(&img[..3]),
+            Err(Error::LengthMismatch { .. })
+        ));
         let bad = vec![vec![1.0], vec![], vec![4.0; 5]];
         assert!(matches!(l.pack(&bad), Err(Error::LengthMismatch { .. })));
     }

@@ -1,7 +1,10 @@
-//! Measurement tools for `optbench` and `benches/step.rs`: the streaming-copy baseline kernel
+//! Measurement tools for `optbench`: the streaming-copy baseline kernel
 //! ([`CopyKernel`], `shaders/copy.wgsl`), a step timer that uses GPU timestamp queries when the
 //! device has them and host wall clock around a queue wait otherwise ([`StepTimer`]), order
 //! statistics ([`Summary`]) and the host memcpy bandwidth ([`host_memcpy`]).
+//!
+//! Only with the `bench` cargo feature (off by default; it adds serde for the `Serialize`
+//! derives), which optbench turns on.
 //!
 //! Everything here allocates at construction only: timing a batch creates command encoders
 //! (one per submission, as any training loop does) and nothing else.
@@ -10,9 +13,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use crate::context::GpuContext;
 use crate::dispatch;
 use crate::error::{Error, Result};
+use crate::pipeline::{Kernel, PipelineKey};
 
 /// The copy kernel's WGSL source (`shaders/copy.wgsl`).
 pub const COPY_WGSL: &str = include_str!("../shaders/copy.wgsl");
@@ -87,8 +93,7 @@ struct CopyWindowUniform {
 #[derive(Debug)]
 pub struct CopyKernel {
     config: CopyConfig,
-    layout: wgpu::BindGroupLayout,
-    pipeline: wgpu::ComputePipeline,
+    kernel: Arc<Kernel>,
 }
 
 impl CopyKernel {
@@ -113,66 +118,17 @@ impl CopyKernel {
                 "copy vec4s per invocation must be >= 1",
             ));
         }
-        let device = ctx.device();
-        let label = Some(COPY_ENTRY);
-        let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        };
-        ctx.scoped(|| {
-            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label,
-                entries: &[
-                    wgpu::BindGroupLayoutEntry {
-                        binding: 0,
-                        visibility: wgpu::ShaderStages::COMPUTE,
-                        ty: wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Uniform,
-                            has_dynamic_offset: false,
-                            min_binding_size: None,
-                        },
-                        count: None,
-                    },
-                    storage(1, true),
-                    storage(2, false),
-                ],
-            });
-            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label,
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label,
-                source: wgpu::ShaderSource::Wgsl(COPY_WGSL.into()),
-            });
-            let constants = [
+        // Through the context's pipeline cache, keyed by the kernel and its override
+        // constants, like every other kernel.
+        let key = PipelineKey::with_constants(
+            crate::shaders::COPY,
+            &[
                 ("WG_SIZE", config.workgroup_size as f64),
                 ("VEC_PER_INV", config.vec4_per_invocation as f64),
-            ];
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label,
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(COPY_ENTRY),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
-            Self {
-                config,
-                layout,
-                pipeline,
-            }
-        })
+            ],
+        );
+        let kernel = ctx.pipelines().get_keyed(ctx, key)?;
+        Ok(Self { config, kernel })
     }
 
     /// The work split.
@@ -249,7 +205,7 @@ impl CopyKernel {
                 };
                 bind_groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(COPY_ENTRY),
-                    layout: &self.layout,
+                    layout: &self.kernel.layout,
                     entries: &[
                         wgpu::BindGroupEntry {
                             binding: 0,
@@ -273,7 +229,7 @@ impl CopyKernel {
                 grids.push(dispatch::grid(groups, ctx.max_workgroups_per_dim()));
             }
             CopyJob {
-                pipeline: self.pipeline.clone(),
+                pipeline: self.kernel.pipeline.clone(),
                 _uniform: uniform,
                 bind_groups,
                 grids,

@@ -279,8 +279,12 @@ impl GpuContext {
     /// [`Error`] instead of wgpu's default panic. Used around object creation, never per step.
     pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         self.check_alive()?;
-        let oom = self.device().push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let val = self.device().push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self
+            .device()
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self
+            .device()
+            .push_error_scope(wgpu::ErrorFilter::Validation);
         let out = f();
         let val_err = pollster::block_on(val.pop());
         let oom_err = pollster::block_on(oom.pop());

@@ -116,8 +116,11 @@ impl CpuOptimizer {
             .segments
             .iter()
             .map(|plan| {
-                let configs: Vec<&OptimizerConfig> =
-                    plan.groups.iter().map(|&g| &book.groups[g].config).collect();
+                let configs: Vec<&OptimizerConfig> = plan
+                    .groups
+                    .iter()
+                    .map(|&g| &book.groups[g].config)
+                    .collect();
                 OptimizerConfig::visit(&configs, BuildSegment { plan, lens: &lens })
             })
             .collect();
@@ -179,9 +182,9 @@ impl CpuOptimizer {
     }
 }
 
-/// The host layout of `specs` (no binding limits on the CPU).
+/// The host layout of `specs` (no binding limit on the CPU: the largest multiple of 16).
 fn host_layout(specs: &[TensorSpec]) -> Result<ParamLayout> {
-    ParamLayout::new(specs, u64::MAX & !15, 16)
+    ParamLayout::new(specs, !15, 16)
 }
 
 fn check_shapes(

@@ -91,7 +91,9 @@ pub enum Error {
         why: &'static str,
     },
     /// A tensor's shape does not multiply out to its length.
-    #[error("shape {shape:?} of tensor {tensor:?} has {product} elements, but the tensor has {len}")]
+    #[error(
+        "shape {shape:?} of tensor {tensor:?} has {product} elements, but the tensor has {len}"
+    )]
     ShapeMismatch {
         /// The tensor.
         tensor: String,

@@ -7,6 +7,7 @@
 pub mod shaders;
 
 pub mod arena;
+// Measurement tools for optbench; only with the `bench` feature (see src/bench.rs's docs).
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod context;

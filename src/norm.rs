@@ -380,10 +380,9 @@ impl GradClipper {
         enc.copy_buffer_to_buffer(&self.reducer.out, 0, &self.staging, 0, 16);
         ctx.queue().submit([enc.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
-        self.staging
-            .map_async(wgpu::MapMode::Read, .., move |r| {
-                let _ = tx.send(r);
-            });
+        self.staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
         ctx.wait()?;
         rx.recv()
             .map_err(|e| Error::Map(e.to_string()))?

@@ -21,9 +21,7 @@ pub fn read_f32(
         len: len as u64,
         available,
     };
-    let end = offset
-        .checked_add(len as u64)
-        .ok_or_else(out_of_bounds)?;
+    let end = offset.checked_add(len as u64).ok_or_else(out_of_bounds)?;
     if end > available {
         return Err(out_of_bounds());
     }

@@ -37,7 +37,13 @@ fn cpu_reference_matches_pytorch_fixtures() {
         for (key, want) in &case.expected.state {
             let (i, name) = key.split_once('.').unwrap();
             let got = opt.read_state(name, &format!("t{i}")).unwrap();
-            assert_close(&format!("{what} state {key}"), &got, &f32s(want), ATOL, RTOL);
+            assert_close(
+                &format!("{what} state {key}"),
+                &got,
+                &f32s(want),
+                ATOL,
+                RTOL,
+            );
         }
         // Every state buffer PyTorch keeps we keep too, and no more.
         let mut names: Vec<&str> = case

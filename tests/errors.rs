@@ -5,8 +5,8 @@ mod common;
 
 use common::{gpu, randn};
 use wgpu_optim::{
-    AdagradConfig, AdamConfig, ContextOptions, CpuOptimizer, Error, GpuContext, Optimizer,
-    LambConfig, LarsConfig, OptimizerConfig, ParamArena, RmspropConfig, SgdConfig, TensorSpec,
+    AdagradConfig, AdamConfig, ContextOptions, CpuOptimizer, Error, GpuContext, LambConfig,
+    LarsConfig, Optimizer, OptimizerConfig, ParamArena, RmspropConfig, SgdConfig, TensorSpec,
 };
 
 fn hyper_name(e: &Error) -> &'static str {

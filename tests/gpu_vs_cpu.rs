@@ -57,14 +57,22 @@ fn trial(ctx: &GpuContext, cfg: &OptimizerConfig, lens: &[usize], seed: u64) {
     } else {
         format!("{} over {} tensors", cfg.name(), lens.len())
     };
-    run_side_by_side(&arena, &mut gpu, &mut cpu, params, &what, &mut rng, |k, _| {
-        if k == 4 {
-            // An lr change mid-run (what a scheduler does) reaches both paths.
-            Some(cfg.lr() * 0.7)
-        } else {
-            None
-        }
-    });
+    run_side_by_side(
+        &arena,
+        &mut gpu,
+        &mut cpu,
+        params,
+        &what,
+        &mut rng,
+        |k, _| {
+            if k == 4 {
+                // An lr change mid-run (what a scheduler does) reaches both paths.
+                Some(cfg.lr() * 0.7)
+            } else {
+                None
+            }
+        },
+    );
 }
 
 /// Steps `gpu` and `cpu` side by side for STEPS steps on fresh random gradients, with the
@@ -167,7 +175,10 @@ fn run_side_by_side(
                 inside[off..off + lens[i]].fill(true);
             }
             for (j, (&v, &ins)) in img.iter().zip(&inside).enumerate() {
-                assert!(ins || v == 0.0, "{what} segment {s} {st}: padding {j} is {v}");
+                assert!(
+                    ins || v == 0.0,
+                    "{what} segment {s} {st}: padding {j} is {v}"
+                );
             }
         }
     }
@@ -521,7 +532,12 @@ fn names_where(lens: &[usize], f: impl Fn(usize) -> bool) -> Vec<String> {
 fn two_and_three_segments_match_cpu() {
     let Some(ctx) = gpu() else { return };
     let rules = seg_rules();
-    assert_eq!(rules.len(), 5, "{:?}", rules.iter().map(|r| r.name()).collect::<Vec<_>>());
+    assert_eq!(
+        rules.len(),
+        5,
+        "{:?}",
+        rules.iter().map(|r| r.name()).collect::<Vec<_>>()
+    );
     let specs = seg_specs(&SEG_LENS);
     for (j, pair) in rules.windows(3).enumerate() {
         // Two segments: a rule on the matrices, another on the rest.
@@ -551,9 +567,15 @@ fn two_and_three_segments_match_cpu() {
             let params: Vec<Vec<f32>> = SEG_LENS.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
             arena.write_all_params(&params).unwrap();
             let what = format!("{} ({} segments)", gpu.name(), 2 + k);
-            run_side_by_side(&arena, &mut gpu, &mut cpu, params, &what, &mut rng, |s, _| {
-                (s == 4).then_some(1e-3)
-            });
+            run_side_by_side(
+                &arena,
+                &mut gpu,
+                &mut cpu,
+                params,
+                &what,
+                &mut rng,
+                |s, _| (s == 4).then_some(1e-3),
+            );
             if k == 1 {
                 assert_eq!(gpu.group_of("t5").unwrap(), None);
                 assert_eq!(gpu.step_count("t5").unwrap(), 0);
@@ -598,11 +620,9 @@ fn segments_equal_each_rule_alone() {
     };
     for pair in rules.windows(2) {
         let sel = |names: &[String]| wgpu_optim::Select::names(names.iter().cloned());
-        let (both_p, both_s) = run(
-            wgpu_optim::ParamGroups::new()
-                .group(sel(&a), pair[0].clone())
-                .group(sel(&b), pair[1].clone()),
-        );
+        let (both_p, both_s) = run(wgpu_optim::ParamGroups::new()
+            .group(sel(&a), pair[0].clone())
+            .group(sel(&b), pair[1].clone()));
         let (a_p, a_s) = run(wgpu_optim::ParamGroups::new().group(sel(&a), pair[0].clone()));
         let (b_p, b_s) = run(wgpu_optim::ParamGroups::new().group(sel(&b), pair[1].clone()));
         for i in 0..SEG_LENS.len() {
@@ -686,6 +706,14 @@ fn windowed_segments_match_cpu() {
         let params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
         arena.write_all_params(&params).unwrap();
         let what = format!("windowed {}", gpu.name());
-        run_side_by_side(&arena, &mut gpu, &mut cpu, params, &what, &mut rng, |_, _| None);
+        run_side_by_side(
+            &arena,
+            &mut gpu,
+            &mut cpu,
+            params,
+            &what,
+            &mut rng,
+            |_, _| None,
+        );
     }
 }

@@ -96,7 +96,7 @@ fn clip_trial(
     let mut rng = fastrand::Rng::with_seed(9);
     let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
     arena.write_all_params(&params).unwrap();
-    let mut gpu = Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
+    let mut gpu = Optimizer::new(ctx, &arena, cfg.clone()).unwrap();
     let mut cpu = CpuOptimizer::new(cfg.clone(), &specs).unwrap();
     for step in 0..7 {
         let grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, scale)).collect();
@@ -372,10 +372,8 @@ fn clip_ignores_frozen_and_unselected_tensors() {
         momentum: 0.9,
         ..SgdConfig::default()
     });
-    let groups = wgpu_optim::ParamGroups::new().group(
-        wgpu_optim::Select::names(["t0", "t1", "t2"]),
-        cfg.clone(),
-    );
+    let groups = wgpu_optim::ParamGroups::new()
+        .group(wgpu_optim::Select::names(["t0", "t1", "t2"]), cfg.clone());
     let arena = ParamArena::new(&ctx, &specs).unwrap();
     let mut rng = fastrand::Rng::with_seed(31);
     let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
@@ -446,7 +444,10 @@ fn nan_gradient_gives_nan_norm_and_clip() {
             let r = NormReducer::new(&ctx, &arena, arena.grads_buffer(), norm_type).unwrap();
             let (per, total) = r.compute().unwrap();
             assert!(total.is_nan(), "{norm_type:?}: total {total}");
-            assert!(per[1].is_nan() && !per[0].is_nan() && !per[2].is_nan(), "{per:?}");
+            assert!(
+                per[1].is_nan() && !per[0].is_nan() && !per[2].is_nan(),
+                "{per:?}"
+            );
             let (cpu_per, cpu_total) = cpu_norms(&grads, norm_type);
             assert!(cpu_total.is_nan() && cpu_per[1].is_nan());
 
@@ -460,7 +461,9 @@ fn nan_gradient_gives_nan_norm_and_clip() {
             assert!(clip.read_total_norm().unwrap().is_nan());
             assert!(clip.read_coefficient().unwrap().is_nan());
             let mut clipped = grads.clone();
-            assert!(cpu_clip_grad_norm(&mut clipped, 1.0, norm_type).unwrap().is_nan());
+            assert!(cpu_clip_grad_norm(&mut clipped, 1.0, norm_type)
+                .unwrap()
+                .is_nan());
             assert!(clipped.iter().flatten().all(|g| g.is_nan()));
             let got = arena.read_all_params().unwrap();
             assert!(got.iter().flatten().all(|p| p.is_nan()), "{norm_type:?}");

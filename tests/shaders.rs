@@ -92,21 +92,9 @@ fn uniform_structs_have_the_wgsl_sizes() {
     // Sizes naga computes for the WGSL structs must equal the Rust mirrors.
     use wgpu_optim::optim::{lamb, lars};
     let cases: [(KernelDef, &str, usize); 16] = [
-        (
-            lars::LARS_STEP,
-            "LarsHyper",
-            size_of::<lars::LarsHyper>(),
-        ),
-        (
-            lars::LARS_STEP,
-            "LarsTensor",
-            size_of::<lars::LarsTensor>(),
-        ),
-        (
-            lamb::LAMB_APPLY,
-            "LambHyper",
-            size_of::<lamb::LambHyper>(),
-        ),
+        (lars::LARS_STEP, "LarsHyper", size_of::<lars::LarsHyper>()),
+        (lars::LARS_STEP, "LarsTensor", size_of::<lars::LarsTensor>()),
+        (lamb::LAMB_APPLY, "LambHyper", size_of::<lamb::LambHyper>()),
         (
             lamb::LAMB_APPLY,
             "LambTensor",
@@ -134,16 +122,8 @@ fn uniform_structs_have_the_wgsl_sizes() {
         ),
         (sgd::SGD_STEP, "SgdHyper", size_of::<sgd::SgdHyper>()),
         (sgd::SGD_STEP, "SgdTensor", size_of::<sgd::SgdTensor>()),
-        (
-            adam::ADAM_STEP,
-            "AdamHyper",
-            size_of::<adam::AdamHyper>(),
-        ),
-        (
-            adam::ADAM_STEP,
-            "AdamTensor",
-            size_of::<adam::AdamTensor>(),
-        ),
+        (adam::ADAM_STEP, "AdamHyper", size_of::<adam::AdamHyper>()),
+        (adam::ADAM_STEP, "AdamTensor", size_of::<adam::AdamTensor>()),
         (
             rmsprop::RMSPROP_STEP,
             "RmspropHyper",

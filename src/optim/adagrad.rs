@@ -12,7 +12,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{OptimizerConfig, maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
+use super::{maximize_flag, ChunkRange, HyperCtx, OptimizerConfig, Rule, StateSpec};
 use crate::error::{check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 

@@ -17,7 +17,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{OptimizerConfig, lerp_torch, maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
+use super::{lerp_torch, maximize_flag, ChunkRange, HyperCtx, OptimizerConfig, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 

@@ -155,7 +155,9 @@ impl Book {
     /// tensor to exactly one group, and groups the groups into segments by family.
     pub fn new(layout: &ParamLayout, groups: &ParamGroups) -> Result<Self> {
         if groups.is_empty() {
-            return Err(Error::InvalidConfig("an optimizer needs at least one parameter group"));
+            return Err(Error::InvalidConfig(
+                "an optimizer needs at least one parameter group",
+            ));
         }
         if groups.len() > MAX_GROUP + 1 {
             return Err(Error::LimitExceeded {
@@ -175,7 +177,9 @@ impl Book {
             .count()
             > 1
         {
-            return Err(Error::InvalidConfig("at most one parameter group may select the rest"));
+            return Err(Error::InvalidConfig(
+                "at most one parameter group may select the rest",
+            ));
         }
         let tensors = layout.tensors();
         let n = tensors.len();

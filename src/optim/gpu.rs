@@ -377,8 +377,11 @@ impl Optimizer {
         })?;
         let mut segments = Vec::with_capacity(book.segments.len());
         for plan in &book.segments {
-            let configs: Vec<&OptimizerConfig> =
-                plan.groups.iter().map(|&g| &book.groups[g].config).collect();
+            let configs: Vec<&OptimizerConfig> = plan
+                .groups
+                .iter()
+                .map(|&g| &book.groups[g].config)
+                .collect();
             segments.push(OptimizerConfig::visit(
                 &configs,
                 BuildSegment {
@@ -522,7 +525,11 @@ impl Optimizer {
         arena: &ParamArena,
     ) -> Result<()> {
         self.check_arena(arena)?;
-        if self.clipper.as_ref().is_some_and(|c| c.error_if_nonfinite()) {
+        if self
+            .clipper
+            .as_ref()
+            .is_some_and(|c| c.error_if_nonfinite())
+        {
             return Err(Error::Unsupported(
                 "error_if_nonfinite waits for the norm on the host; use step(), not encode_step()",
             ));

@@ -19,7 +19,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::sgd::{check_nesterov, momentum_states, sgd_momentum};
-use super::{OptimizerConfig, ChunkRange, HyperCtx, Pass, Rule, StateSpec};
+use super::{ChunkRange, HyperCtx, OptimizerConfig, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -275,15 +275,17 @@ impl Rule for LarsConfig {
             (0.9, false, true, false),
         ]
         .into_iter()
-        .map(|(momentum, nesterov, trust_clip, always_adapt)| LarsConfig {
-            lr: 0.1,
-            momentum,
-            nesterov,
-            weight_decay: 1e-4,
-            trust_clip,
-            always_adapt,
-            ..LarsConfig::default()
-        })
+        .map(
+            |(momentum, nesterov, trust_clip, always_adapt)| LarsConfig {
+                lr: 0.1,
+                momentum,
+                nesterov,
+                weight_decay: 1e-4,
+                trust_clip,
+                always_adapt,
+                ..LarsConfig::default()
+            },
+        )
         .collect()
     }
 }

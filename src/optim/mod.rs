@@ -92,7 +92,9 @@ pub struct HyperCtx {
 ///
 /// `update` is the definition the GPU kernel is checked against; it must perform the same f32
 /// operations in the same order as the kernel.
-pub trait Rule: Clone + Debug + PartialEq + Send + Sync + 'static + Into<OptimizerConfig> {
+pub trait Rule:
+    Clone + Debug + Default + PartialEq + Send + Sync + 'static + Into<OptimizerConfig>
+{
     /// Per-group scalars and flags, mirrored field by field by the kernel's `<Kernel>Hyper`.
     type Hyper: Pod + Debug + Send + Sync;
     /// Per-tensor scalars for one step, mirrored by the kernel's `<Kernel>Tensor`.
@@ -185,6 +187,17 @@ macro_rules! optimizer_table {
             /// Short name of the configuration.
             pub fn name(&self) -> &'static str {
                 match self { $(OptimizerConfig::$variant(c) => c.name(),)* }
+            }
+
+            /// The name and every field that differs from the family's `Default` (PyTorch's),
+            /// e.g. `"sgd-momentum lr=0.01 momentum=0.9 maximize=true"`: a readable label
+            /// for tables.
+            pub fn describe(&self) -> String {
+                match self {
+                    $(OptimizerConfig::$variant(c) => {
+                        describe_fields(c.name(), &format!("{c:?}"), &format!("{:?}", $config::default()))
+                    })*
+                }
             }
 
             /// Bytes moved per element per step (SPEC §5).
@@ -280,6 +293,12 @@ optimizer_table! {
 }
 
 impl OptimizerConfig {
+    /// The same configuration with another lr (checked when an optimizer is built with it).
+    pub fn with_lr(mut self, lr: f64) -> Self {
+        self.set_lr(lr);
+        self
+    }
+
     /// A preset by name.
     pub fn preset(name: &str) -> Option<OptimizerConfig> {
         Self::presets()
@@ -287,6 +306,24 @@ impl OptimizerConfig {
             .find(|p| p.name == name)
             .map(|p| p.config)
     }
+}
+
+/// `name` followed by the `field=value` pairs of `debug` (a struct's `Debug` text) that differ
+/// from `default_debug`.
+fn describe_fields(name: &str, debug: &str, default_debug: &str) -> String {
+    let fields = |s: &str| -> Vec<String> {
+        let inner = s.split_once('{').map_or("", |x| x.1).trim_end_matches('}');
+        inner.split(", ").map(|f| f.trim().to_string()).collect()
+    };
+    let defaults = fields(default_debug);
+    let mut out = name.to_string();
+    for f in fields(debug) {
+        if !defaults.contains(&f) && !f.is_empty() {
+            out.push(' ');
+            out.push_str(&f.replacen(": ", "=", 1));
+        }
+    }
+    out
 }
 
 /// A predicate over tensors, for [`Select::matching`].

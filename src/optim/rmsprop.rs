@@ -15,7 +15,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{OptimizerConfig, lerp_torch, maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
+use super::{lerp_torch, maximize_flag, ChunkRange, HyperCtx, OptimizerConfig, Rule, StateSpec};
 use crate::error::{check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 

@@ -13,7 +13,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{OptimizerConfig, maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
+use super::{maximize_flag, ChunkRange, HyperCtx, OptimizerConfig, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Error, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 

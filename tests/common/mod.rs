@@ -29,7 +29,6 @@ pub fn variants_of(family: &str) -> Vec<OptimizerConfig> {
         .collect()
 }
 
-
 /// PyTorch's fp32 `assert_close` defaults.
 pub const RTOL: f32 = 1.3e-6;
 /// PyTorch's fp32 `assert_close` defaults.

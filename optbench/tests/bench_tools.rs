@@ -3,6 +3,8 @@
 //! and on 2-D grids, and the step timer returns positive per-step times with either timer.
 //! GPU tests print SKIP without an adapter unless REQUIRE_GPU=1.
 
+// The library's test helpers (REQUIRE_GPU handling, seeded data), shared rather than copied.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::{gpu, gpu_with, randn};

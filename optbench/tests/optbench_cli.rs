@@ -3,6 +3,8 @@
 //! writes PNG and SVG files. These need an adapter: they print SKIP without one unless
 //! REQUIRE_GPU=1. No wall-clock thresholds: numbers are only checked to be positive.
 
+// The library's test helpers (REQUIRE_GPU handling, seeded data), shared rather than copied.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::{Command, Output};
@@ -211,4 +213,42 @@ fn bad_arguments_fail_cleanly() {
     let o = optbench(&["bench", "--sizes", "12q"]);
     assert!(!o.status.success());
     assert!(text(&o).1.contains("bad size"), "{}", text(&o).1);
+}
+
+/// Impossible counts and sizes are errors that say what is wrong, before anything is
+/// allocated (a 100-billion-element case used to abort the process on a failed allocation).
+#[test]
+fn impossible_counts_and_sizes_are_errors() {
+    for (args, want) in [
+        (&["bench", "--iters", "0"][..], "--iters 0"),
+        (&["bench", "--warmup", "0"][..], "--warmup 0"),
+        (&["bench", "--tensors", "0"][..], "must be positive"),
+        (
+            &["bench", "--tensors", "99999999999"][..],
+            "--tensors 99999999999",
+        ),
+        (&["bench", "--optimizers", "nope"][..], "unknown optimizer"),
+    ] {
+        let o = optbench(args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(text(&o).1.contains(want), "{args:?}: {}", text(&o).1);
+    }
+    // Needs the adapter's limit, so it runs on the GPU (or is a clear no-adapter error).
+    let o = optbench(&[
+        "bench",
+        "--sizes",
+        "99999999999",
+        "--no-cpu",
+        "--no-baseline",
+    ]);
+    assert!(!o.status.success());
+    let err = text(&o).1;
+    assert!(
+        err.contains("max_buffer_size") || err.contains("no GPU adapter"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("memory allocation"),
+        "{err}"
+    );
 }

@@ -1,0 +1,391 @@
+//! `optbench verify`: every optimizer variant, with and without gradient clipping, and the
+//! norms, on the GPU against the CPU reference.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use wgpu_optim::norm::{cpu_clip_grad_norm, cpu_norms};
+use wgpu_optim::{
+    CpuOptimizer, GpuContext, GradClipper, NormReducer, NormType, Optimizer, OptimizerConfig,
+    ParamArena, ParamGroups, Select, TensorSpec,
+};
+
+use crate::tables::table;
+use crate::util::{progress, randn};
+use crate::Opts;
+
+/// PyTorch's fp32 `assert_close` tolerance: `|got - want| <= ATOL + RTOL * |want|`.
+const ATOL: f64 = 1e-5;
+/// See [`ATOL`].
+const RTOL: f64 = 1.3e-6;
+
+/// Every variant `verify` checks: the library's table of flag combinations (each flag of each
+/// optimizer at least once), as (label, one configuration per arena group). Group 1 (the odd
+/// tensors) runs at half the lr.
+fn verify_variants() -> Vec<(String, Vec<OptimizerConfig>)> {
+    let mut out: Vec<(String, Vec<OptimizerConfig>)> = OptimizerConfig::variants()
+        .into_iter()
+        .map(|c| {
+            let half = c.clone().with_lr(c.lr() * 0.5);
+            (c.describe(), vec![c, half])
+        })
+        .collect();
+    // Two segments in one optimizer: LARS on group 0 and AdamW on group 1, one step each.
+    let lars = OptimizerConfig::preset("lars").expect("lars preset");
+    let adamw = OptimizerConfig::preset("adamw").expect("adamw preset");
+    out.push(("lars + adamw (two segments)".into(), vec![lars, adamw]));
+    out
+}
+
+/// Tensor lengths `verify` uses: odd sizes, a single element, an empty tensor.
+const VERIFY_LENS: [usize; 8] = [1, 257, 100_003, 0, 4_099, 64, 1_000, 3];
+
+fn frozen(step: usize, tensor: usize) -> bool {
+    (step * 7 + tensor * 3) % 5 == 0
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub(crate) struct VerifyRow {
+    optimizer: String,
+    buffer: String,
+    elements: usize,
+    max_abs_err: f64,
+    max_rel_err: f64,
+    pub(crate) pass: bool,
+}
+
+#[derive(Serialize, Debug)]
+pub(crate) struct VerifyReport {
+    atol: f64,
+    rtol: f64,
+    steps: usize,
+    lengths: Vec<usize>,
+    fault_injected: bool,
+    pub(crate) rows: Vec<VerifyRow>,
+    pub(crate) passed: bool,
+}
+
+/// Norms against the f64 reference: per-tensor and global, L2 and inf, relative error.
+fn verify_norms(ctx: &GpuContext, rng: &mut fastrand::Rng) -> Result<Vec<VerifyRow>> {
+    let mut lens: Vec<usize> = VERIFY_LENS.to_vec();
+    lens.extend((0..1000).map(|_| rng.usize(0..300)));
+    let specs: Vec<TensorSpec> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| TensorSpec::new(format!("t{i}"), n))
+        .collect();
+    let arena = ParamArena::new(ctx, &specs)?;
+    let data: Vec<Vec<f32>> = lens.iter().map(|&n| randn(rng, n, 1.0)).collect();
+    arena.write_all_params(&data)?;
+    let mut rows = Vec::new();
+    for (norm_type, name) in [(NormType::L2, "l2"), (NormType::Inf, "inf")] {
+        let r = NormReducer::new(ctx, &arena, arena.params_buffer(), norm_type)?;
+        let (per, total) = r.compute()?;
+        let (want_per, want_total) = cpu_norms(&data, norm_type);
+        let mut c = Cmp::default();
+        for (&g, &w) in per.iter().zip(&want_per) {
+            c.add_rel(g as f64, w);
+        }
+        rows.push(c.row(
+            &format!("norm {name}"),
+            "per-tensor norms",
+            lens.iter().sum(),
+        ));
+        let mut c = Cmp::default();
+        c.add_rel(total as f64, want_total);
+        rows.push(c.row(&format!("norm {name}"), "global norm", lens.iter().sum()));
+    }
+    Ok(rows)
+}
+
+/// Norms are compared by relative error alone: the f32 tree sums are within NORM_RTOL of the
+/// exact value (bound derived in shaders/reduce.wgsl).
+const NORM_RTOL: f64 = 1e-5;
+
+/// Running comparison of one buffer.
+#[derive(Default)]
+struct Cmp {
+    elements: usize,
+    max_abs: f64,
+    max_rel: f64,
+    fail: bool,
+}
+
+impl Cmp {
+    /// One norm, by relative error (`NORM_RTOL`).
+    fn add_rel(&mut self, got: f64, want: f64) {
+        let d = (got - want).abs();
+        self.elements += 1;
+        self.max_abs = self.max_abs.max(d);
+        let rel = if want == 0.0 { d } else { d / want.abs() };
+        self.max_rel = self.max_rel.max(rel);
+        if rel.is_nan() || rel > NORM_RTOL {
+            self.fail = true;
+        }
+    }
+
+    fn row(&self, optimizer: &str, buffer: &str, elements: usize) -> VerifyRow {
+        VerifyRow {
+            optimizer: optimizer.to_string(),
+            buffer: buffer.to_string(),
+            elements,
+            max_abs_err: self.max_abs,
+            max_rel_err: self.max_rel,
+            pass: !self.fail,
+        }
+    }
+
+    fn add(&mut self, got: &[f32], want: &[f32]) {
+        if got.len() != want.len() {
+            self.fail = true;
+            return;
+        }
+        self.elements = self.elements.max(got.len());
+        for (&g, &w) in got.iter().zip(want) {
+            let (g, w) = (g as f64, w as f64);
+            let d = (g - w).abs();
+            if d.is_nan() && !(g.is_nan() && w.is_nan()) {
+                self.fail = true;
+                self.max_abs = f64::INFINITY;
+                continue;
+            }
+            if d.is_nan() {
+                continue;
+            }
+            self.max_abs = self.max_abs.max(d);
+            if w != 0.0 {
+                self.max_rel = self.max_rel.max(d / w.abs());
+            }
+            if d > ATOL + RTOL * w.abs() {
+                self.fail = true;
+            }
+        }
+    }
+}
+
+/// A `verify` case: label, one configuration per arena group, and the (max_norm, norm) of
+/// attached clipping.
+type VerifyVariant = (String, Vec<OptimizerConfig>, Option<(f64, NormType)>);
+
+/// Variants checked with global-norm clipping attached: (label, configs, max_norm, norm).
+fn clip_variants() -> Vec<(String, Vec<OptimizerConfig>, f64, NormType)> {
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    for (label, cfgs) in verify_variants() {
+        let clip = match cfgs[0].name() {
+            "adam" | "lamb" | "lars" => (1.0, NormType::L2),
+            "sgd-momentum" => (0.1, NormType::Inf),
+            _ => continue,
+        };
+        // The first variant of each of these, and the two-segment one.
+        if seen.contains(&cfgs[0].name()) && cfgs[0].family() == cfgs[1].family() {
+            continue;
+        }
+        seen.push(cfgs[0].name());
+        let kind = if clip.1 == NormType::L2 { "l2" } else { "inf" };
+        out.push((
+            format!("{label} + clip_grad_norm({}, {kind})", clip.0),
+            cfgs,
+            clip.0,
+            clip.1,
+        ));
+    }
+    out
+}
+
+pub(crate) fn verify(
+    ctx: &GpuContext,
+    opts: &Opts,
+    steps: usize,
+    inject_fault: bool,
+) -> Result<VerifyReport> {
+    let variants: Vec<VerifyVariant> = verify_variants()
+        .into_iter()
+        .map(|(l, c)| (l, c, None))
+        .chain(
+            clip_variants()
+                .into_iter()
+                .map(|(l, c, m, n)| (l, c, Some((m, n)))),
+        )
+        .filter(|(label, cfgs, _)| {
+            opts.optimizers.is_empty()
+                || opts
+                    .optimizers
+                    .iter()
+                    .any(|f| label.starts_with(f.as_str()) || cfgs.iter().any(|c| c.name() == f))
+        })
+        .collect();
+    if variants.is_empty() {
+        bail!(
+            "--optimizers {:?} matches no verify variant",
+            opts.optimizers
+        );
+    }
+    let lens = VERIFY_LENS;
+    let specs: Vec<TensorSpec> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| TensorSpec::new(format!("t{i}"), n).in_group(i % 2))
+        .collect();
+    let pb = progress(variants.len() as u64, "verify");
+    let mut rows = Vec::new();
+    let mut rng = fastrand::Rng::with_seed(opts.seed);
+    for (vi, (label, cfgs, clip)) in variants.iter().enumerate() {
+        pb.set_message(label.clone());
+        let arena = ParamArena::new(ctx, &specs)?;
+        let groups = cfgs
+            .iter()
+            .enumerate()
+            .fold(ParamGroups::new(), |g, (i, c)| {
+                g.group(Select::ArenaGroup(i), c.clone())
+            });
+        let mut gpu = Optimizer::with_groups(ctx, &arena, groups.clone())?;
+        let mut cpu = CpuOptimizer::with_groups(&specs, groups)?;
+        let clipper = match clip {
+            Some((max_norm, norm_type)) => {
+                let c = std::sync::Arc::new(GradClipper::new(ctx, &arena, *max_norm, *norm_type)?);
+                gpu.set_grad_clip(Some(c.clone()))?;
+                Some(c)
+            }
+            None => None,
+        };
+        let mut norm_cmp = Cmp::default();
+        let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+        arena.write_all_params(&params)?;
+        let names = gpu.state_names();
+        let mut cmps: Vec<Cmp> = (0..=names.len()).map(|_| Cmp::default()).collect();
+        for k in 0..steps {
+            let grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 0.5)).collect();
+            arena.write_all_grads(&grads)?;
+            for i in 0..lens.len() {
+                let fz = frozen(k, i);
+                gpu.set_frozen(&format!("t{i}"), fz)?;
+                cpu.set_frozen(&format!("t{i}"), fz)?;
+            }
+            if k == 4 {
+                // What a scheduler does between steps: every group to 0.3 of its base lr.
+                gpu.set_lr_factor(0.3)?;
+                cpu.set_lr_factor(0.3)?;
+            }
+            gpu.step(&arena)?;
+            let mut grads = grads;
+            if let (Some(c), Some((max_norm, norm_type))) = (&clipper, clip) {
+                // clip-then-step on the CPU, f64 norms, over the tensors that have a gradient
+                // this step (clip_grad_norm_ never sees frozen ones); the GPU fuses the clip
+                // into the step.
+                let live: Vec<usize> = (0..lens.len()).filter(|&i| !frozen(k, i)).collect();
+                let mut live_grads: Vec<Vec<f32>> =
+                    live.iter().map(|&i| grads[i].clone()).collect();
+                let want = cpu_clip_grad_norm(&mut live_grads, *max_norm, *norm_type)?;
+                for (g, &i) in live_grads.into_iter().zip(&live) {
+                    grads[i] = g;
+                }
+                let got = c.read_total_norm()? as f64;
+                norm_cmp.add_rel(got, want);
+            }
+            cpu.step(&mut params, &grads)?;
+            let mut got = arena.read_all_params()?;
+            if inject_fault && vi == 0 && k + 1 == steps {
+                got[1][100] += 1.0;
+            }
+            for (i, g) in got.iter().enumerate() {
+                cmps[0].add(g, &params[i]);
+            }
+            for (s, name) in names.iter().enumerate() {
+                let img = gpu.read_state_image(name)?;
+                let got = arena.layout().unpack(&img)?;
+                for (i, g) in got.iter().enumerate() {
+                    let t = format!("t{i}");
+                    if cpu.tensor_state_names(&t)?.contains(name) {
+                        cmps[s + 1].add(g, &cpu.read_state(name, &t)?);
+                    }
+                }
+            }
+        }
+        if clipper.is_some() {
+            rows.push(norm_cmp.row(label, "pre-clip grad norm", lens.iter().sum()));
+        }
+        for (s, c) in cmps.into_iter().enumerate() {
+            rows.push(VerifyRow {
+                optimizer: label.clone(),
+                buffer: if s == 0 {
+                    "param".into()
+                } else {
+                    names[s - 1].into()
+                },
+                elements: lens.iter().sum(),
+                max_abs_err: c.max_abs,
+                max_rel_err: c.max_rel,
+                pass: !c.fail,
+            });
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if opts.optimizers.is_empty() || opts.optimizers.iter().any(|o| o == "norm") {
+        rows.extend(verify_norms(ctx, &mut rng)?);
+    }
+    let passed = rows.iter().all(|r| r.pass);
+    Ok(VerifyReport {
+        atol: ATOL,
+        rtol: RTOL,
+        steps,
+        lengths: lens.to_vec(),
+        fault_injected: inject_fault,
+        rows,
+        passed,
+    })
+}
+
+pub(crate) fn print_verify(r: &VerifyReport) {
+    println!(
+        "== verify: GPU vs CPU reference, {} steps, tensors of {:?} elements (groups 0/1, some \
+         frozen each step), every buffer compared after every step",
+        r.steps, r.lengths
+    );
+    println!(
+        "   PASS when |gpu - cpu| <= {:e} + {:e} * |cpu| everywhere; max rel err is over \
+         non-zero reference elements",
+        r.atol, r.rtol
+    );
+    let e = |x: f64| {
+        if x.is_finite() {
+            format!("{x:.2e}")
+        } else {
+            "inf".into()
+        }
+    };
+    let rows: Vec<Vec<String>> = r
+        .rows
+        .iter()
+        .map(|x| {
+            vec![
+                x.optimizer.clone(),
+                x.buffer.clone(),
+                e(x.max_abs_err),
+                e(x.max_rel_err),
+                if x.pass { "PASS" } else { "FAIL" }.into(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "optimizer",
+                "state buffer",
+                "max abs err",
+                "max rel err",
+                "result"
+            ],
+            2,
+            &rows
+        )
+    );
+    let fails = r.rows.iter().filter(|x| !x.pass).count();
+    if fails == 0 {
+        println!("all {} buffers PASS", r.rows.len());
+    } else {
+        println!("{fails} of {} buffers FAIL", r.rows.len());
+    }
+    println!();
+}
