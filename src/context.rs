@@ -43,7 +43,8 @@ struct Inner {
     max_binding_bytes: u64,
     max_workgroups_per_dim: u32,
     pipelines: PipelineCache,
-    /// Set by the device-lost callback (also on `Device::destroy`); checked by every call.
+    /// Set by the device-lost callback, which wgpu runs from `poll` (also after
+    /// `Device::destroy`); checked by every call.
     lost: Arc<Mutex<Option<String>>>,
 }
 
@@ -212,6 +213,9 @@ impl GpuContext {
     /// `Err(DeviceLost)` once the device is lost or destroyed; every public call checks it
     /// first, so nothing is recorded on a dead device.
     pub fn check_alive(&self) -> Result<()> {
+        // wgpu reports a loss (or a `Device::destroy`) only from `poll`: a non-blocking poll
+        // here makes the loss visible to the very next call. It waits for nothing.
+        let _ = self.inner.device.poll(wgpu::PollType::Poll);
         let lost = self.inner.lost.lock().unwrap_or_else(|p| p.into_inner());
         match &*lost {
             Some(why) => Err(Error::DeviceLost(why.clone())),

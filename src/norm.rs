@@ -1,7 +1,7 @@
 //! Deterministic per-tensor and global norms over the arena, and global-norm gradient clipping.
 //!
-//! [`NormReducer`] takes the L2 (or inf) norm of every tensor of an arena-shaped buffer (params,
-//! grads or any optimizer state) and the global norm, in three dispatches whatever the tensor
+//! [`NormReducer`] takes the L2 (or inf) norm of every tensor of an arena's params or grads
+//! and the global norm, in three dispatches whatever the tensor
 //! count: per-chunk partials, per-tensor combine, global combine (`shaders/norm.wgsl`, on the
 //! tree reductions of `shaders/reduce.wgsl`). No float atomics: the same inputs give bitwise
 //! identical norms on every run. Results stay on the GPU (for the next kernel) and can be read
@@ -46,6 +46,16 @@ pub enum NormType {
     Inf,
 }
 
+/// Which of an arena's buffers a [`NormReducer`] reads. The reducer binds the arena's own
+/// buffer, so it can never be handed a buffer of another device or of the wrong shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormSource {
+    /// The parameters.
+    Params,
+    /// The gradients.
+    Grads,
+}
+
 /// Mirrors `NormHyper` in norm.wgsl.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
@@ -78,12 +88,11 @@ pub struct NormReducer {
 }
 
 impl NormReducer {
-    /// A reducer over `source`, which must be shaped like `arena` (its params or grads, or any
-    /// buffer of the arena's size and layout) and belong to the arena's device.
+    /// A reducer over the arena's params or grads.
     pub fn new(
         ctx: &GpuContext,
         arena: &ParamArena,
-        source: &wgpu::Buffer,
+        source: NormSource,
         norm_type: NormType,
     ) -> Result<Self> {
         ctx.check_alive()?;
@@ -93,13 +102,10 @@ impl NormReducer {
             ));
         }
         let layout = arena.layout_arc();
-        if source.size() < layout.buffer_bytes() {
-            return Err(Error::LengthMismatch {
-                what: "norm source buffer (bytes)".into(),
-                expected: layout.buffer_bytes() as usize,
-                got: source.size() as usize,
-            });
-        }
+        let source = match source {
+            NormSource::Params => arena.params_buffer(),
+            NormSource::Grads => arena.grads_buffer(),
+        };
         let kernels = [
             ctx.pipelines().get(ctx, NORM_PARTIALS)?,
             ctx.pipelines().get(ctx, NORM_COMBINE)?,
@@ -299,7 +305,7 @@ impl GradClipper {
         norm_type: NormType,
     ) -> Result<Self> {
         check_max_norm(max_norm)?;
-        let mut reducer = NormReducer::new(ctx, arena, arena.grads_buffer(), norm_type)?;
+        let mut reducer = NormReducer::new(ctx, arena, NormSource::Grads, norm_type)?;
         let h = NormHyper {
             flags: reducer.hyper.flags | NORM_CLIP,
             max_norm: max_norm as f32,

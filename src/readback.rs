@@ -5,8 +5,11 @@
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 
-/// Reads `len` f32s starting at element `offset` of `buffer`. A range past the buffer's end
-/// (or one whose end overflows) is [`Error::OutOfBounds`], checked before anything is created.
+/// Reads `len` f32s starting at element `offset` of `buffer`, which must belong to `ctx`'s
+/// device and have `COPY_SRC` usage. A range past the buffer's end (or one whose end
+/// overflows) is [`Error::OutOfBounds`] and a buffer without `COPY_SRC` is
+/// [`Error::Unsupported`], both checked before anything is created; wgpu validation errors
+/// come back as [`Error::Validation`].
 pub fn read_f32(
     ctx: &GpuContext,
     buffer: &wgpu::Buffer,
@@ -25,23 +28,32 @@ pub fn read_f32(
     if end > available {
         return Err(out_of_bounds());
     }
+    if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+        return Err(Error::Unsupported(
+            "readback copies from the buffer, which needs COPY_SRC usage",
+        ));
+    }
     if len == 0 {
         return Ok(Vec::new());
     }
     let bytes = len as u64 * 4;
-    let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some("readback staging"),
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut enc = ctx
-        .device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("readback"),
+    // In error scopes, so a wgpu validation error is an Err, not wgpu's default panic.
+    let staging = ctx.scoped(|| {
+        let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback staging"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
         });
-    enc.copy_buffer_to_buffer(buffer, offset * 4, &staging, 0, bytes);
-    ctx.queue().submit([enc.finish()]);
+        let mut enc = ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        enc.copy_buffer_to_buffer(buffer, offset * 4, &staging, 0, bytes);
+        ctx.queue().submit([enc.finish()]);
+        staging
+    })?;
     let (tx, rx) = std::sync::mpsc::channel();
     staging.map_async(wgpu::MapMode::Read, .., move |r| {
         let _ = tx.send(r);

@@ -116,13 +116,13 @@ fn objects_of_two_live_contexts_never_mix() {
     assert!(is_unsupported(NormReducer::new(
         &ctx2,
         &arena1,
-        arena1.grads_buffer(),
+        wgpu_optim::norm::NormSource::Grads,
         NormType::L2
     )));
     assert!(is_unsupported(NormReducer::new(
         &ctx2,
         &arena1,
-        arena2.grads_buffer(),
+        wgpu_optim::norm::NormSource::Params,
         NormType::Inf
     )));
     assert!(is_unsupported(GradClipper::new(
@@ -184,7 +184,13 @@ fn objects_keep_the_device_alive_after_the_context_is_dropped() {
     };
     let arena = ParamArena::new(&ctx, &specs).unwrap();
     let mut opt = Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
-    let reducer = NormReducer::new(&ctx, &arena, arena.params_buffer(), NormType::L2).unwrap();
+    let reducer = NormReducer::new(
+        &ctx,
+        &arena,
+        wgpu_optim::norm::NormSource::Params,
+        NormType::L2,
+    )
+    .unwrap();
     drop(ctx);
 
     let mut rng = fastrand::Rng::with_seed(12);
@@ -241,7 +247,13 @@ fn every_call_on_a_destroyed_device_is_device_lost() {
     let mut opt = Optimizer::new(&ctx, &arena, AdamConfig::default()).unwrap();
     let clipper = Arc::new(GradClipper::new(&ctx, &arena, 1.0, NormType::L2).unwrap());
     let mut spare = GradClipper::new(&ctx, &arena, 1.0, NormType::L2).unwrap();
-    let reducer = NormReducer::new(&ctx, &arena, arena.grads_buffer(), NormType::L2).unwrap();
+    let reducer = NormReducer::new(
+        &ctx,
+        &arena,
+        wgpu_optim::norm::NormSource::Grads,
+        NormType::L2,
+    )
+    .unwrap();
     opt.set_grad_clip(Some(clipper.clone())).unwrap();
     arena.write_grads("w", &[0.5; 40]).unwrap();
     opt.step(&arena).unwrap();
@@ -286,7 +298,12 @@ fn every_call_on_a_destroyed_device_is_device_lost() {
     );
     assert_lost(
         "NormReducer::new",
-        NormReducer::new(&ctx, &arena, arena.params_buffer(), NormType::L2),
+        NormReducer::new(
+            &ctx,
+            &arena,
+            wgpu_optim::norm::NormSource::Params,
+            NormType::L2,
+        ),
     );
     assert_lost("NormReducer::compute", reducer.compute());
     assert_lost("clipper.read_total_norm", clipper.read_total_norm());
@@ -1121,7 +1138,7 @@ fn non_finite_gradients_refuse_the_step_with_error_if_nonfinite() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Found while writing the cases above (library bugs; see the ignore reasons).
+// Found while writing the cases above (library bugs, now fixed).
 
 /// `Device::destroy` only marks the device invalid; wgpu runs the lost callback (which sets the
 /// context's flag) from the next `poll`. Until then `check_alive` passes, `step` returns `Ok`
@@ -1129,7 +1146,6 @@ fn non_finite_gradients_refuse_the_step_with_error_if_nonfinite() {
 /// wgpu's default uncaptured-error handler (`Buffer::map_async`: "Buffer with 'readback
 /// staging' label is invalid").
 #[test]
-#[ignore = "library bug: after Device::destroy and before any poll, step() returns Ok and read_params panics (GpuContext::check_alive only sees the lost callback, which wgpu runs from poll)"]
 fn calls_right_after_destroy_without_a_poll_are_device_lost() {
     let Some(ctx) = gpu() else { return };
     let arena = ParamArena::new(&ctx, &[TensorSpec::new("w", 4)]).unwrap();
@@ -1152,7 +1168,6 @@ fn calls_right_after_destroy_without_a_poll_are_device_lost() {
 /// (`CommandEncoder::finish`: "Usage flags BufferUsages(STORAGE) ... do not contain required
 /// usage flags BufferUsages(COPY_SRC)").
 #[test]
-#[ignore = "library bug: readback::read_f32 on a buffer without COPY_SRC panics in wgpu's default error handler instead of returning an error"]
 fn reading_a_buffer_without_copy_src_is_an_error() {
     let Some(ctx) = gpu() else { return };
     let buf = ctx.device().create_buffer(&wgpu::BufferDescriptor {

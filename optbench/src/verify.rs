@@ -78,7 +78,7 @@ fn verify_norms(ctx: &GpuContext, rng: &mut fastrand::Rng) -> Result<Vec<VerifyR
     arena.write_all_params(&data)?;
     let mut rows = Vec::new();
     for (norm_type, name) in [(NormType::L2, "l2"), (NormType::Inf, "inf")] {
-        let r = NormReducer::new(ctx, &arena, arena.params_buffer(), norm_type)?;
+        let r = NormReducer::new(ctx, &arena, wgpu_optim::norm::NormSource::Params, norm_type)?;
         let (per, total) = r.compute()?;
         let (want_per, want_total) = cpu_norms(&data, norm_type);
         let mut c = Cmp::default();
