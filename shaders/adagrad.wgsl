@@ -20,13 +20,11 @@ struct AdagradTensor {
     weight_decay: f32,
 }
 
-@group(0) @binding(0) var<storage, read> hypers: array<AdagradHyper>;
-// The hyperparameters of the parameter group of the tensor this workgroup updates.
-var<private> hp: AdagradHyper;
+@group(0) @binding(0) var<uniform> hypers: array<AdagradHyper, MAX_SEGMENT_GROUPS>;
 @group(0) @binding(3) var<storage, read> tensors: array<AdagradTensor>;
 @group(0) @binding(7) var<storage, read_write> sum: array<vec4<f32>>;
 
-fn adagrad_vec(i: u32, si: u32, mask: vec4<bool>, t: AdagradTensor) {
+fn adagrad_vec(i: u32, si: u32, mask: vec4<bool>, t: AdagradTensor, hp: AdagradHyper) {
     let p0 = params[i];
     var g = load_grad(i, hp.flags);
     if (t.weight_decay != 0.0) {
@@ -54,12 +52,14 @@ fn adagrad_step(
     if (t.live == 0u) {
         return;
     }
-    hp = hypers[t.group];
+    // The hyperparameters of the tensor's parameter group, loaded once per workgroup; the
+    // group comes with the chunk, so this load does not wait for the tensor table's.
+    let hp = hypers[c.group];
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
         if (v * 4u >= c.len) {
             break;
         }
-        adagrad_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t);
+        adagrad_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
     }
 }

@@ -36,15 +36,13 @@ struct AdamTensor {
     pad1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> hypers: array<AdamHyper>;
-// The hyperparameters of the parameter group of the tensor this workgroup updates.
-var<private> hp: AdamHyper;
+@group(0) @binding(0) var<uniform> hypers: array<AdamHyper, MAX_SEGMENT_GROUPS>;
 @group(0) @binding(3) var<storage, read> tensors: array<AdamTensor>;
 @group(0) @binding(7) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> max_exp_avg_sq: array<vec4<f32>>;
 
-fn adam_vec(i: u32, si: u32, mask: vec4<bool>, t: AdamTensor) {
+fn adam_vec(i: u32, si: u32, mask: vec4<bool>, t: AdamTensor, hp: AdamHyper) {
     let p0 = params[i];
     var p = p0;
     var g = load_grad(i, hp.flags);
@@ -86,12 +84,14 @@ fn adam_step(
     if (t.live == 0u) {
         return;
     }
-    hp = hypers[t.group];
+    // The hyperparameters of the tensor's parameter group, loaded once per workgroup; the
+    // group comes with the chunk, so this load does not wait for the tensor table's.
+    let hp = hypers[c.group];
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
         if (v * 4u >= c.len) {
             break;
         }
-        adam_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t);
+        adam_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
     }
 }

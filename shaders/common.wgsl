@@ -12,8 +12,11 @@
 // state memory is proportional to what the segment optimizes.
 //
 // Binding convention (group 0), mirrored by src/shaders.rs (KernelDef::bindings):
-//   0  storage, read       hypers         <Kernel>Hyper per parameter group (every hyperparameter
-//                                         PyTorch allows per param_group, and the mode flags)
+//   0  uniform             hypers         <Kernel>Hyper per parameter group (every hyperparameter
+//                                         PyTorch allows per param_group, and the mode flags);
+//                                         a fixed-size uniform array: indexing it needs no
+//                                         runtime length, unlike a storage array
+//                                         (measurably cheaper per workgroup on lavapipe)
 //   1  uniform             Window         chunks covered by this dispatch, start of the windows
 //   2  storage, read       chunks         static chunk table of the segment
 //   3  storage, read       tensors        per-tensor scalars for this step (type set by the
@@ -28,6 +31,8 @@
 // that the two agree.
 
 const WG_SIZE: u32 = 256u;
+// Most parameter groups one segment holds (the length of each kernel's `hypers` array).
+const MAX_SEGMENT_GROUPS: u32 = 256u;
 const VEC_PER_LANE: u32 = 4u;
 const CHUNK: u32 = 4096u;
 
@@ -39,8 +44,9 @@ struct Chunk {
     tensor: u32,
     // first vec4 of the chunk, counted from the start of the arena
     start: u32,
-    // elements in this chunk (1..=CHUNK)
-    len: u32,
+    // elements in this chunk (1..=CHUNK) in the low 16 bits; the tensor's parameter group
+    // among the segment's groups in the high 16 bits
+    len_group: u32,
     // first vec4 of the chunk in the segment's state buffers
     state_start: u32,
 }
@@ -74,6 +80,8 @@ struct ChunkRef {
     // first vec4 of the chunk inside the bound state window
     sbase: u32,
     len: u32,
+    // index into the kernel's `hypers`
+    group: u32,
 }
 
 // The chunk this workgroup updates. Grids wider than 65535 workgroups spill into y, so the
@@ -90,7 +98,8 @@ fn chunk_for(wid: vec3<u32>, nwg: vec3<u32>) -> ChunkRef {
     r.tensor = c.tensor;
     r.base = c.start - win.vec_base;
     r.sbase = c.state_start - win.state_base;
-    r.len = c.len;
+    r.len = c.len_group & 0xffffu;
+    r.group = c.len_group >> 16u;
     return r;
 }
 

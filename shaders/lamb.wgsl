@@ -38,14 +38,12 @@ struct LambTensor {
     weight_decay: f32,
 }
 
-@group(0) @binding(0) var<storage, read> hypers: array<LambHyper>;
-// The hyperparameters of the parameter group of the tensor this workgroup works on.
-var<private> hp: LambHyper;
+@group(0) @binding(0) var<uniform> hypers: array<LambHyper, MAX_SEGMENT_GROUPS>;
 @group(0) @binding(3) var<storage, read> tensors: array<LambTensor>;
 @group(0) @binding(7) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
-fn lamb_direction(m: vec4<f32>, v: vec4<f32>, p: vec4<f32>, t: LambTensor) -> vec4<f32> {
+fn lamb_direction(m: vec4<f32>, v: vec4<f32>, p: vec4<f32>, t: LambTensor, hp: LambHyper) -> vec4<f32> {
     let denom = sqrt(v) / t.bias_correction2_sqrt + hp.eps;
     var u = (m / t.bias_correction1) / denom;
     if (t.weight_decay != 0.0) {
@@ -68,7 +66,8 @@ fn lamb_moments(
     if (t.live == 0u) {
         return;
     }
-    hp = hypers[t.group];
+    // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
+    let hp = hypers[c.group];
     var acc = vec4<f32>(0.0);
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
@@ -86,7 +85,7 @@ fn lamb_moments(
         let s = v0 * hp.beta2 + (hp.one_minus_beta2 * g) * g;
         exp_avg[si] = select(m0, m, mask);
         exp_avg_sq[si] = select(v0, s, mask);
-        let u = lamb_direction(m, s, p, t);
+        let u = lamb_direction(m, s, p, t, hp);
         acc = red_combine(acc, vec4<f32>(lane_stats(p, mask), lane_stats(u, mask)));
     }
     store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid, acc);
@@ -106,7 +105,8 @@ fn lamb_ratio(
     if (t.live == 0u) {
         return;
     }
-    hp = hypers[t.group];
+    // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
+    let hp = hypers[t.group];
     let v = fold_chunks(t.first_chunk, t.chunk_count, lid);
     if (lid == 0u) {
         let w = sqrt(v.x);
@@ -136,7 +136,8 @@ fn lamb_apply(
     if (t.live == 0u) {
         return;
     }
-    hp = hypers[t.group];
+    // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
+    let hp = hypers[c.group];
     let ratio = partials[win.tensor_base + c.tensor].x;
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
@@ -146,7 +147,7 @@ fn lamb_apply(
         let i = c.base + v;
         let p0 = params[i];
         let si = c.sbase + v;
-        let u = lamb_direction(exp_avg[si], exp_avg_sq[si], p0, t);
+        let u = lamb_direction(exp_avg[si], exp_avg_sq[si], p0, t, hp);
         params[i] = select(p0, p0 + t.neg_lr * (u * ratio), lane_mask(c.len, v));
     }
 }

@@ -39,9 +39,7 @@ struct LarsTensor {
     weight_decay: f32,
 }
 
-@group(0) @binding(0) var<storage, read> hypers: array<LarsHyper>;
-// The hyperparameters of the parameter group of the tensor this workgroup works on.
-var<private> hp: LarsHyper;
+@group(0) @binding(0) var<uniform> hypers: array<LarsHyper, MAX_SEGMENT_GROUPS>;
 @group(0) @binding(3) var<storage, read> tensors: array<LarsTensor>;
 @group(0) @binding(7) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 
@@ -59,7 +57,8 @@ fn lars_norms(
     if (t.live == 0u || t.adapt == 0u) {
         return;
     }
-    hp = hypers[t.group];
+    // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
+    let hp = hypers[c.group];
     var acc = vec4<f32>(0.0);
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
@@ -87,7 +86,8 @@ fn lars_ratio(
     if (t.live == 0u) {
         return;
     }
-    hp = hypers[t.group];
+    // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
+    let hp = hypers[t.group];
     if (t.adapt == 0u) {
         if (lid == 0u) {
             partials[win.tensor_base + ti] = vec4<f32>(1.0, 0.0, 0.0, 0.0);
@@ -123,7 +123,8 @@ fn lars_step(
     if (t.live == 0u) {
         return;
     }
-    hp = hypers[t.group];
+    // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
+    let hp = hypers[c.group];
     var ratio = 1.0;
     if (t.adapt != 0u) {
         ratio = partials[win.tensor_base + c.tensor].x;

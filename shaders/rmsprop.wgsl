@@ -30,15 +30,13 @@ struct RmspropTensor {
     weight_decay: f32,
 }
 
-@group(0) @binding(0) var<storage, read> hypers: array<RmspropHyper>;
-// The hyperparameters of the parameter group of the tensor this workgroup updates.
-var<private> hp: RmspropHyper;
+@group(0) @binding(0) var<uniform> hypers: array<RmspropHyper, MAX_SEGMENT_GROUPS>;
 @group(0) @binding(3) var<storage, read> tensors: array<RmspropTensor>;
 @group(0) @binding(7) var<storage, read_write> square_avg: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> grad_avg: array<vec4<f32>>;
 
-fn rmsprop_vec(i: u32, si: u32, mask: vec4<bool>, t: RmspropTensor) {
+fn rmsprop_vec(i: u32, si: u32, mask: vec4<bool>, t: RmspropTensor, hp: RmspropHyper) {
     let p0 = params[i];
     var g = load_grad(i, hp.flags);
     if (t.weight_decay != 0.0) {
@@ -82,12 +80,14 @@ fn rmsprop_step(
     if (t.live == 0u) {
         return;
     }
-    hp = hypers[t.group];
+    // The hyperparameters of the tensor's parameter group, loaded once per workgroup; the
+    // group comes with the chunk, so this load does not wait for the tensor table's.
+    let hp = hypers[c.group];
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
         if (v * 4u >= c.len) {
             break;
         }
-        rmsprop_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t);
+        rmsprop_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
     }
 }

@@ -23,15 +23,17 @@ struct SgdTensor {
     first: u32,
     neg_lr: f32,
     weight_decay: f32,
+    // to 32 bytes: an odd 20-byte stride costs measurably on lavapipe
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> hypers: array<SgdHyper>;
-// The hyperparameters of the parameter group of the tensor this workgroup updates.
-var<private> hp: SgdHyper;
+@group(0) @binding(0) var<uniform> hypers: array<SgdHyper, MAX_SEGMENT_GROUPS>;
 @group(0) @binding(3) var<storage, read> tensors: array<SgdTensor>;
 @group(0) @binding(7) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 
-fn sgd_vec(i: u32, si: u32, mask: vec4<bool>, t: SgdTensor) {
+fn sgd_vec(i: u32, si: u32, mask: vec4<bool>, t: SgdTensor, hp: SgdHyper) {
     let p0 = params[i];
     var g = load_grad(i, hp.flags);
     if (t.weight_decay != 0.0) {
@@ -61,12 +63,14 @@ fn sgd_step(
     if (t.live == 0u) {
         return;
     }
-    hp = hypers[t.group];
+    // The hyperparameters of the tensor's parameter group, loaded once per workgroup; the
+    // group comes with the chunk, so this load does not wait for the tensor table's.
+    let hp = hypers[c.group];
     for (var k = 0u; k < VEC_PER_LANE; k++) {
         let v = k * WG_SIZE + lid;
         if (v * 4u >= c.len) {
             break;
         }
-        sgd_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t);
+        sgd_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
     }
 }

@@ -142,8 +142,11 @@ pub struct ChunkEntry {
     pub tensor: u32,
     /// First vec4 of the chunk, from the start of the arena.
     pub start: u32,
-    /// Elements in the chunk (1..=CHUNK).
-    pub len: u32,
+    /// Elements in the chunk (1..=CHUNK; CHUNK < 2^16).
+    pub len: u16,
+    /// The chunk's tensor's parameter group among its segment's groups (< 2^16): the
+    /// kernels load its hyperparameters alongside the tensor's scalars, not after them.
+    pub group: u16,
     /// First vec4 of the chunk in the segment's state buffers (equal to `start` for the
     /// arena-wide table, whose "state" is any arena-shaped buffer).
     pub state_start: u32,
@@ -241,11 +244,13 @@ pub struct SegmentLayout {
 
 impl SegmentLayout {
     /// Lays out `members` (arena tensor indices, in the order the segment keeps them) of
-    /// `layout` for bindings of at most `max_binding_bytes`, window offsets on multiples of
-    /// `offset_alignment` bytes.
+    /// `layout`, member `k` in segment group `groups[k]` (empty: all in group 0), for bindings
+    /// of at most `max_binding_bytes`, window offsets on multiples of `offset_alignment`
+    /// bytes.
     pub fn new(
         layout: &ParamLayout,
         members: Vec<usize>,
+        groups: &[u16],
         max_binding_bytes: u64,
         offset_alignment: u64,
     ) -> Result<Self> {
@@ -265,7 +270,8 @@ impl SegmentLayout {
                 chunks.push(ChunkEntry {
                     tensor: local as u32,
                     start: ((t.offset + done) / 4) as u32,
-                    len: len as u32,
+                    len: len as u16,
+                    group: groups.get(local).copied().unwrap_or(0),
                     state_start: ((next + done) / 4) as u32,
                 });
                 done += len;
@@ -462,6 +468,7 @@ impl ParamLayout {
         layout.all = SegmentLayout::new(
             &layout,
             (0..specs.len()).collect(),
+            &[],
             max_binding_bytes,
             offset_alignment,
         )?;
@@ -830,7 +837,10 @@ mod tests {
         for w in l.tensors().windows(2) {
             assert!(w[1].offset >= w[0].offset + w[0].len);
         }
-        assert!(l.chunks().iter().all(|c| c.len >= 1 && c.len <= CHUNK));
+        assert!(l
+            .chunks()
+            .iter()
+            .all(|c| c.len >= 1 && u32::from(c.len) <= CHUNK));
         assert_eq!(l.windows().len(), 1);
     }
 

@@ -13,6 +13,10 @@ pub const VEC_PER_LANE: u32 = 4;
 /// Elements per chunk, the unit of work of one workgroup (WGSL `CHUNK`).
 pub const CHUNK: u32 = WG_SIZE * VEC_PER_LANE * 4;
 
+/// Most parameter groups one segment holds (WGSL `MAX_SEGMENT_GROUPS`): the per-group table is
+/// a fixed-size uniform array.
+pub const MAX_SEGMENT_GROUPS: u32 = 256;
+
 /// WGSL `FLAG_MAXIMIZE`: negate the gradient first.
 pub const FLAG_MAXIMIZE: u32 = 1;
 /// WGSL `FLAG_GRAD_SCALE`: multiply the gradient by `aux[0]` (a clip coefficient) first.
@@ -165,7 +169,7 @@ impl KernelDef {
                 partials,
             } => {
                 let mut b = vec![
-                    (0, BindKind::Read),
+                    (0, BindKind::Uniform),
                     (1, BindKind::Uniform),
                     (2, BindKind::Read),
                     (3, BindKind::Read),

@@ -458,3 +458,39 @@ fn unknown_adapter_is_a_clear_error() {
         "says how to get a driver: {msg}"
     );
 }
+
+/// A segment's per-group table is a fixed-size uniform array: more groups of one algorithm than
+/// it holds is a typed error naming the limit, before anything is allocated.
+#[test]
+fn too_many_groups_in_one_segment_is_limit_exceeded() {
+    let Some(ctx) = gpu() else { return };
+    let n = wgpu_optim::shaders::MAX_SEGMENT_GROUPS as usize + 1;
+    let specs: Vec<TensorSpec> = (0..n)
+        .map(|i| TensorSpec::new(format!("t{i}"), 3))
+        .collect();
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let groups = (0..n).fold(wgpu_optim::ParamGroups::new(), |g, i| {
+        g.group(
+            wgpu_optim::Select::names([format!("t{i}")]),
+            AdamConfig {
+                lr: 1e-3 * (1.0 + i as f64),
+                ..AdamConfig::default()
+            },
+        )
+    });
+    let e = Optimizer::with_groups(&ctx, &arena, groups.clone()).unwrap_err();
+    assert!(
+        matches!(e, Error::LimitExceeded { value, limit, .. } if value == n as u64 && limit == n as u64 - 1),
+        "{e:?}"
+    );
+    // One group fewer is fine, and so is the CPU reference, which has no such table.
+    CpuOptimizer::with_groups(&specs, groups).unwrap();
+    let fewer = (0..n - 1).fold(wgpu_optim::ParamGroups::new(), |g, i| {
+        g.group(
+            wgpu_optim::Select::names([format!("t{i}")]),
+            AdamConfig::default(),
+        )
+    });
+    let opt = Optimizer::with_groups(&ctx, &arena, fewer).unwrap();
+    assert_eq!((opt.groups(), opt.segments()), (n - 1, 1));
+}

@@ -128,6 +128,8 @@ pub(crate) struct SegmentPlan {
     pub groups: Vec<usize>,
     /// Arena tensor indices, ascending.
     pub members: Vec<usize>,
+    /// Each member's group among the segment's groups.
+    pub member_groups: Vec<u16>,
     /// The state buffers the segment allocates: the union of its groups' states, with each
     /// slot's initial value taken from the segment's first group (PyTorch seeds state from the
     /// constructor's defaults; e.g. Adagrad's `initial_accumulator_value`).
@@ -236,6 +238,7 @@ impl Book {
                         family,
                         groups: Vec::new(),
                         members: Vec::new(),
+                        member_groups: Vec::new(),
                         states: Vec::new(),
                     });
                     segments.len() - 1
@@ -268,6 +271,8 @@ impl Book {
                     local: segments[s].members.len(),
                 });
                 segments[s].members.push(i);
+                // Fits: a segment has at most MAX_GROUP + 1 groups (checked above).
+                segments[s].member_groups.push(out_groups[g].local as u16);
             }
         }
         Ok(Self {

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::norm::GradClipper;
 use crate::pipeline::Kernel;
 use crate::readback;
+use crate::shaders::MAX_SEGMENT_GROUPS;
 
 /// A storage buffer that can also be copied to and from.
 pub(crate) fn storage_buffer(ctx: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
@@ -99,6 +100,7 @@ impl<R: Rule> Segment<R> {
         let layout = SegmentLayout::new(
             arena.layout(),
             plan.members.clone(),
+            &plan.member_groups,
             ctx.max_binding_bytes(),
             ctx.limits().min_storage_buffer_offset_alignment as u64,
         )?;
@@ -118,6 +120,14 @@ impl<R: Rule> Segment<R> {
         let n_tensors = layout.members().len();
         let n_chunks = layout.chunks().len();
         let n_groups = plan.groups.len();
+        if n_groups > MAX_SEGMENT_GROUPS as usize {
+            return Err(Error::LimitExceeded {
+                what: format!("parameter groups of the {label} segment"),
+                value: n_groups as u64,
+                limit: MAX_SEGMENT_GROUPS as u64,
+                why: "the per-group table is a uniform array; wgpu_optim::shaders::MAX_SEGMENT_GROUPS",
+            });
+        }
         let windows = layout.windows().to_vec();
         let mut seg = ctx.scoped(|| -> Result<Self> {
             let storage =
@@ -143,7 +153,12 @@ impl<R: Rule> Segment<R> {
             Ok(Self {
                 label,
                 passes,
-                hypers: storage("hypers", table_bytes::<R::Hyper>(n_groups)),
+                hypers: ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("{label} hypers")),
+                    size: (MAX_SEGMENT_GROUPS as usize * std::mem::size_of::<R::Hyper>()) as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
                 tables: ArenaTables::new(ctx, &layout, label),
                 tensors: storage("tensors", table_bytes::<R::TensorStep>(n_tensors)),
                 params: arena.params_buffer().clone(),

@@ -83,6 +83,8 @@ pub struct SgdTensor {
     pub neg_lr: f32,
     /// Weight decay of the tensor's group.
     pub weight_decay: f32,
+    /// Padding to 32 bytes (a 20-byte stride is measurably slower on lavapipe).
+    pub pad: [u32; 3],
 }
 
 /// PyTorch's SGD momentum on one element (mirrors `sgd_momentum` in common.wgsl): updates the
@@ -193,6 +195,7 @@ impl Rule for SgdConfig {
             first: (t == 1) as u32,
             neg_lr: (-self.lr) as f32,
             weight_decay: self.weight_decay as f32,
+            pad: [0; 3],
         }
     }
 
