@@ -332,6 +332,21 @@ impl SegmentLayout {
     pub fn windows(&self) -> &[Window] {
         &self.windows
     }
+
+    /// Whether the state buffers are laid out exactly as the params (every member at its
+    /// arena offset, every window at the same range), as for a segment over the whole arena:
+    /// the kernels then index state with the params index.
+    pub fn state_at_params(&self, layout: &ParamLayout) -> bool {
+        let tensors = layout.tensors();
+        self.members
+            .iter()
+            .zip(&self.state_offsets)
+            .all(|(&i, &off)| tensors[i].offset == off)
+            && self
+                .windows
+                .iter()
+                .all(|w| w.vec_start == w.state_start && w.vec_end == w.state_end)
+    }
 }
 
 /// Splits a chunk table into windows whose params span and state span each fit one binding.

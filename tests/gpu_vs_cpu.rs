@@ -676,6 +676,12 @@ fn state_memory_follows_the_segment() {
     // Whole-arena AdamW for comparison: each state buffer is the arena's size.
     let full = Optimizer::new(&ctx, &arena, AdamConfig::adamw()).unwrap();
     assert_eq!(full.state_bytes(), 2 * arena_bytes);
+    // The whole-arena segment runs the kernels specialised for state at the params' offsets
+    // (WGSL STATE_AT_PARAMS); the 1% segment runs the general ones. Both are checked against
+    // the CPU by the trials above.
+    let l = arena.layout();
+    assert!(full.segment_layout(0).unwrap().state_at_params(l));
+    assert!(!opt.segment_layout(0).unwrap().state_at_params(l));
 }
 
 /// Segments over an arena processed in many 64 KiB binding windows: each segment's params

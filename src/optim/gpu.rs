@@ -12,7 +12,7 @@ use crate::context::GpuContext;
 use crate::dispatch;
 use crate::error::{Error, Result};
 use crate::norm::GradClipper;
-use crate::pipeline::Kernel;
+use crate::pipeline::{Kernel, PipelineKey};
 use crate::readback;
 use crate::shaders::MAX_SEGMENT_GROUPS;
 
@@ -113,9 +113,16 @@ impl<R: Rule> Segment<R> {
                 limit: ctx.limits().max_buffer_size,
             });
         }
+        // Specialised when state sits at the params' offsets (WGSL STATE_AT_PARAMS).
+        let same = layout.state_at_params(arena.layout());
         let mut passes = Vec::new();
         for pass in R::passes() {
-            passes.push((pass, ctx.pipelines().get(ctx, pass.kernel())?));
+            let key = if same {
+                PipelineKey::with_constants(pass.kernel(), &[("STATE_AT_PARAMS", 1.0)])
+            } else {
+                PipelineKey::plain(pass.kernel())
+            };
+            passes.push((pass, ctx.pipelines().get_keyed(ctx, key)?));
         }
         let n_tensors = layout.members().len();
         let n_chunks = layout.chunks().len();

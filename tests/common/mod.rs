@@ -7,9 +7,11 @@ use wgpu_optim::{
     SgdConfig,
 };
 
-/// `cfg` with another lr and weight decay (what a second parameter group typically changes).
+/// `cfg` with another lr and weight decay (what a second parameter group typically changes);
+/// an optimizer without weight decay gets only the lr.
 pub fn with_lr_wd(cfg: &OptimizerConfig, lr: f64, weight_decay: f64) -> OptimizerConfig {
-    let mut c = cfg.clone();
+    let mut c = cfg.clone().with_lr(lr);
+    #[allow(unreachable_patterns)]
     match &mut c {
         OptimizerConfig::Sgd(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
         OptimizerConfig::Adam(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
@@ -17,6 +19,7 @@ pub fn with_lr_wd(cfg: &OptimizerConfig, lr: f64, weight_decay: f64) -> Optimize
         OptimizerConfig::Adagrad(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
         OptimizerConfig::Lars(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
         OptimizerConfig::Lamb(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        _ => {}
     }
     c
 }
