@@ -1,5 +1,5 @@
 // adagrad.wgsl: fused Adagrad step (lr_decay, initial_accumulator_value, weight decay, maximize).
-// Requires common.wgsl. Bindings: 0 AdagradHyper, 3 AdagradTensor table, 7 sum (rw).
+// Requires common.wgsl. Bindings: 0 AdagradHyper per parameter group, 3 AdagradTensor table, 7 sum (rw).
 // Mirrors src/optim/adagrad.rs::adagrad_update, in torch.optim.Adagrad's order:
 //   g = maximize ? -grad : grad;  g += wd * p
 //   sum += g * g;  p += (-clr * g) / (sqrt(sum) + eps)     with clr = lr / (1 + (t - 1) * lr_decay)

@@ -1,5 +1,5 @@
 // adam.wgsl: fused Adam / AdamW / AMSGrad step. Requires common.wgsl.
-// Bindings: 0 AdamHyper, 3 AdamTensor table, 7 exp_avg, 8 exp_avg_sq, 9 max_exp_avg_sq (rw; a
+// Bindings: 0 AdamHyper per parameter group, 3 AdamTensor table, 7 exp_avg, 8 exp_avg_sq, 9 max_exp_avg_sq (rw; a
 // dummy unless amsgrad). Mirrors src/optim/adam.rs::adam_update, in torch.optim.Adam's order
 // (foreach=False):
 //   g = maximize ? -grad : grad

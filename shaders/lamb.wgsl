@@ -1,6 +1,6 @@
 // lamb.wgsl: LAMB (You et al. 2020) in timm's formulation, three dispatches per step whatever
 // the tensor count. Requires common.wgsl and reduce.wgsl.
-// Bindings: 0 LambHyper, 3 LambTensor table, 4 aux (gradient scale), 5 params, 6 grads,
+// Bindings: 0 LambHyper per parameter group, 3 LambTensor table, 4 aux (gradient scale), 5 params, 6 grads,
 // 7 exp_avg, 8 exp_avg_sq, 10 partials (chunk partials, then per tensor (ratio, |p|, |u|, 0)).
 // Mirrors src/optim/lamb.rs (which takes the norms in f64).
 //   lamb_moments per chunk:  m = beta1*m + (1-beta1)*g;  v = beta2*v + ((1-beta2)*g)*g;

@@ -1,6 +1,6 @@
 // lars.wgsl: LARS (You, Gitman & Ginsburg 2017) in timm's formulation, three dispatches per step
 // whatever the tensor count. Requires common.wgsl and reduce.wgsl.
-// Bindings: 0 LarsHyper, 3 LarsTensor table, 4 aux (gradient scale), 5 params, 6 grads,
+// Bindings: 0 LarsHyper per parameter group, 3 LarsTensor table, 4 aux (gradient scale), 5 params, 6 grads,
 // 7 momentum_buffer (a dummy when momentum == 0), 10 partials (chunk partials, then per tensor
 // (ratio, |p|, |g|, 0)). Mirrors src/optim/lars.rs (which takes the norms in f64).
 //   lars_norms  per chunk:  partial sums of p^2 and g^2 (g after clipping)

@@ -1,5 +1,5 @@
 // rmsprop.wgsl: fused RMSprop step (centered, momentum, weight decay, maximize).
-// Requires common.wgsl. Bindings: 0 RmspropHyper, 3 RmspropTensor table, 7 square_avg,
+// Requires common.wgsl. Bindings: 0 RmspropHyper per parameter group, 3 RmspropTensor table, 7 square_avg,
 // 8 momentum_buffer (a dummy unless momentum > 0), 9 grad_avg (a dummy unless centered).
 // Mirrors src/optim/rmsprop.rs::rmsprop_update, in torch.optim.RMSprop's order:
 //   g = maximize ? -grad : grad;  g += wd * p

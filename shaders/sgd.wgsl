@@ -1,5 +1,5 @@
 // sgd.wgsl: fused SGD step (momentum, dampening, Nesterov, weight decay, maximize).
-// Requires common.wgsl. Bindings: 0 SgdHyper, 3 SgdTensor table, 7 momentum_buffer (rw; a dummy
+// Requires common.wgsl. Bindings: 0 SgdHyper per parameter group, 3 SgdTensor table, 7 momentum_buffer (rw; a dummy
 // when momentum == 0). Mirrors src/optim/sgd.rs::sgd_update, in torch.optim.SGD's order:
 //   g = maximize ? -grad : grad;  g += wd * p
 //   buf = first ? g : momentum * buf + (1 - dampening) * g;  g = nesterov ? g + momentum * buf : buf

@@ -475,24 +475,9 @@ impl StepTimer {
                 gpu_s: None,
             });
         };
-        let (tx, rx) = std::sync::mpsc::channel();
-        s.readback.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        ctx.wait()?;
+        let t = crate::readback::map_read::<u64>(ctx, &s.readback)?;
         let wall_s = start.elapsed().as_secs_f64();
-        rx.recv()
-            .map_err(|e| Error::Map(e.to_string()))?
-            .map_err(|e| Error::Map(e.to_string()))?;
-        let ticks = {
-            let view = s
-                .readback
-                .get_mapped_range(..)
-                .map_err(|e| Error::Map(e.to_string()))?;
-            let t: &[u64] = bytemuck::cast_slice(&view);
-            t[1].wrapping_sub(t[0])
-        };
-        s.readback.unmap();
+        let ticks = t[1].wrapping_sub(t[0]);
         Ok(BatchTime {
             steps,
             wall_s,

@@ -385,22 +385,7 @@ impl GradClipper {
             });
         enc.copy_buffer_to_buffer(&self.reducer.out, 0, &self.staging, 0, 16);
         ctx.queue().submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        ctx.wait()?;
-        rx.recv()
-            .map_err(|e| Error::Map(e.to_string()))?
-            .map_err(|e| Error::Map(e.to_string()))?;
-        let total = {
-            let view = self
-                .staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::Map(e.to_string()))?;
-            bytemuck::cast_slice::<u8, f32>(&view)[1]
-        };
-        self.staging.unmap();
+        let total = readback::map_read::<f32>(ctx, &self.staging)?[1];
         if total.is_finite() {
             Ok(())
         } else {

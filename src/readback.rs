@@ -54,6 +54,16 @@ pub fn read_f32(
         ctx.queue().submit([enc.finish()]);
         staging
     })?;
+    map_read(ctx, &staging)
+}
+
+/// Maps a `MAP_READ` buffer whose copies have been submitted, waits for the device, and
+/// returns its contents as `T`s; the buffer is unmapped again, so a preallocated staging
+/// buffer can be reused.
+pub(crate) fn map_read<T: bytemuck::Pod>(
+    ctx: &GpuContext,
+    staging: &wgpu::Buffer,
+) -> Result<Vec<T>> {
     let (tx, rx) = std::sync::mpsc::channel();
     staging.map_async(wgpu::MapMode::Read, .., move |r| {
         let _ = tx.send(r);
@@ -66,7 +76,7 @@ pub fn read_f32(
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Map(e.to_string()))?;
-        bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        bytemuck::cast_slice::<u8, T>(&view).to_vec()
     };
     staging.unmap();
     Ok(out)
