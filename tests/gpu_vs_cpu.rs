@@ -269,6 +269,20 @@ fn lars_and_lamb_match_cpu() {
     run_table(lars_lamb_configs(), 5);
 }
 
+/// The families with a test of their own above.
+const FAMILIES_TESTED_ABOVE: [&str; 6] = ["sgd", "adam", "rmsprop", "adagrad", "lars", "lamb"];
+
+/// Every other family of the library's table, so that an optimizer added with one table row is
+/// checked against its CPU twin without a new test (none yet beyond the six above).
+#[test]
+fn every_other_family_of_the_table_matches_cpu() {
+    let rest: Vec<OptimizerConfig> = OptimizerConfig::variants()
+        .into_iter()
+        .filter(|c| !FAMILIES_TESTED_ABOVE.contains(&c.family()))
+        .collect();
+    run_table(rest, 6);
+}
+
 /// Every flag combination on an arena processed in many binding windows (64 KiB each), with a
 /// 70 000-element tensor that spans several windows.
 #[test]
@@ -285,13 +299,8 @@ fn windowed_arena_matches_cpu() {
         arena.layout().windows().len() > 5,
         "windowing path not exercised"
     );
-    let all = [
-        sgd_configs(),
-        adam_configs(),
-        rmsprop_configs(),
-        adagrad_configs(),
-    ]
-    .concat();
+    // Every flag combination of every optimizer in the table.
+    let all = OptimizerConfig::variants();
     for (j, cfg) in all.iter().enumerate() {
         trial(&ctx, cfg, &lens, 500 + j as u64);
     }
