@@ -48,6 +48,23 @@ fn adagrad_step(
     if (!c.ok || lid * 4u >= c.len) {
         return;
     }
+    if (PACKED) {
+        // Several small tensors: each vec4 loads its own tensor's scalars (neighbours share
+        // them, so the loads mostly hit the cache).
+        for (var k = 0u; k < VEC_PER_LANE; k++) {
+            let v = k * WG_SIZE + lid;
+            if (v * 4u >= c.len) {
+                break;
+            }
+            let pv = packed_vec(c, v);
+            let t = tensors[pv.x];
+            if (t.live == 0u) {
+                continue;
+            }
+            adagrad_vec(c.base + v, c.sbase + v, first_lanes(pv.y), t, hypers[t.group]);
+        }
+        return;
+    }
     let t = tensors[c.tensor];
     if (t.live == 0u) {
         return;

@@ -1,9 +1,13 @@
 // common.wgsl: the prelude shared by every wgpu-optim elementwise kernel. src/shaders.rs puts it
 // in front of each kernel file with concat!(include_str!(..)); WGSL has no #include.
 //
-// The arena is processed in chunks of CHUNK elements. A chunk never straddles two tensors, so a
-// workgroup reads its tensor's per-step scalars once (apex multi_tensor_apply, without launch
-// splitting). Tensors start on a 4-element boundary, so every chunk is a run of vec4s; the last
+// The arena is processed in chunks of at most CHUNK elements, one workgroup each. A plain chunk
+// holds part of one tensor, so the workgroup reads its tensor's per-step scalars once (apex
+// multi_tensor_apply, without launch splitting). A packed chunk holds several whole small
+// tensors that sit next to each other (elementwise optimizers only): without it a 100-element
+// tensor would leave 95% of a workgroup idle. Each vec4 of a packed chunk finds its tensor and
+// its valid lanes in a per-vec4 info table stored after the chunk table (one u32 per vec4:
+// tensor in the low 30 bits, lanes - 1 in the top 2). Tensors start on a 4-element boundary, so every chunk is a run of vec4s; the last
 // vec4 of a tensor may hold padding lanes, which are masked on store and therefore stay zero.
 //
 // One dispatch covers one optimizer segment: a subset of the arena's tensors that one rule
@@ -42,20 +46,23 @@ const CHUNK: u32 = 4096u;
 // a step over 10,000 small tensors.
 override STATE_AT_PARAMS: bool = false;
 
+// Set (in the pipeline key) for the dispatches over packed chunks: a segment's packed chunks
+// sit after its plain ones, in windows of their own, so each kind runs a pipeline without the
+// other's branch (a kernel with both paths was ~12% slower on one large tensor on lavapipe).
+override PACKED: bool = false;
+
 // Flags shared by all kernels (bits 0..7). Kernel-specific flags start at bit 8.
 const FLAG_MAXIMIZE: u32 = 1u;
 const FLAG_GRAD_SCALE: u32 = 2u;
 
-struct Chunk {
-    tensor: u32,
-    // first vec4 of the chunk, counted from the start of the arena
-    start: u32,
-    // elements in this chunk (1..=CHUNK) in the low 16 bits; the tensor's parameter group
-    // among the segment's groups in the high 16 bits
-    len_group: u32,
-    // first vec4 of the chunk in the segment's state buffers
-    state_start: u32,
-}
+// A chunk table row, read as a vec4<u32> so that the info table behind the rows can be read
+// from the same binding:
+//   x  the tensor (segment-local); for a packed chunk, its first entry in the info table
+//   y  first vec4 of the chunk, counted from the start of the arena
+//   z  elements in this chunk (1..=CHUNK) in bits 0..15; the tensor's parameter group among the
+//      segment's groups in bits 16..30; CHUNK_PACKED in bit 31
+//   w  first vec4 of the chunk in the segment's state buffers
+const CHUNK_PACKED: u32 = 0x80000000u;
 
 struct Window {
     chunk_base: u32,
@@ -73,13 +80,16 @@ struct Window {
 }
 
 @group(0) @binding(1) var<uniform> win: Window;
-@group(0) @binding(2) var<storage, read> chunks: array<Chunk>;
+@group(0) @binding(2) var<storage, read> chunks: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> aux: array<f32>;
 @group(0) @binding(5) var<storage, read_write> params: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> grads: array<vec4<f32>>;
 
 struct ChunkRef {
     ok: bool,
+    // several whole tensors, each vec4's in the info table
+    packed: bool,
+    // the tensor; for a packed chunk, its first info-table entry
     tensor: u32,
     // first vec4 of the chunk inside the bound params / grads window
     base: u32,
@@ -101,16 +111,30 @@ fn chunk_for(wid: vec3<u32>, nwg: vec3<u32>) -> ChunkRef {
     }
     let c = chunks[win.chunk_base + local];
     r.ok = true;
-    r.tensor = c.tensor;
-    r.base = c.start - win.vec_base;
+    r.tensor = c.x;
+    r.base = c.y - win.vec_base;
     if (STATE_AT_PARAMS) {
         r.sbase = r.base;
     } else {
-        r.sbase = c.state_start - win.state_base;
+        r.sbase = c.w - win.state_base;
     }
-    r.len = c.len_group & 0xffffu;
-    r.group = c.len_group >> 16u;
+    r.len = c.z & 0xffffu;
+    r.group = (c.z >> 16u) & 0x7fffu;
+    r.packed = (c.z & CHUNK_PACKED) != 0u;
     return r;
+}
+
+// The v-th vec4 of a packed chunk: (its tensor, its valid lanes 1..=4). The info table starts
+// right after the chunk rows (win.tensor_base rows), four entries per row.
+fn packed_vec(r: ChunkRef, v: u32) -> vec2<u32> {
+    let j = r.tensor + v;
+    let e = chunks[win.tensor_base + j / 4u][j % 4u];
+    return vec2<u32>(e & 0x3fffffffu, (e >> 30u) + 1u);
+}
+
+// The first n lanes of a vec4.
+fn first_lanes(n: u32) -> vec4<bool> {
+    return vec4<bool>(0u < n, 1u < n, 2u < n, 3u < n);
 }
 
 // Which lanes of the chunk's v-th vec4 belong to the tensor (the rest is padding).

@@ -380,8 +380,11 @@ fn thousand_tensors_take_one_dispatch() {
     let Some(ctx) = gpu() else { return };
     let arena = ParamArena::new(&ctx, &specs(&many_lengths(7))).unwrap();
     let opt = Optimizer::new(&ctx, &arena, AdamConfig::default()).unwrap();
-    // Two arena groups, one segment: still one dispatch.
+    // Two arena groups, one segment, every tensor small enough to share packed chunks: one
+    // dispatch (a model of large and small tensors takes one per chunk kind, so two).
     assert_eq!(opt.groups(), 2);
+    let windows = opt.segment_layout(0).unwrap().windows();
+    assert!(windows.iter().all(|w| w.packed), "{windows:?}");
     assert_eq!(opt.dispatches_per_step(), 1);
 }
 
@@ -568,10 +571,20 @@ fn two_and_three_segments_match_cpu() {
             let mut gpu = Optimizer::with_groups(&ctx, &arena, groups.clone()).unwrap();
             let mut cpu = CpuOptimizer::with_groups(&specs, groups).unwrap();
             assert_eq!(gpu.segments(), 2 + k);
-            let passes = |c: &OptimizerConfig| c.passes().len();
-            let want = passes(&pair[0]) + passes(&pair[1]) + k * passes(&pair[2]);
-            // One window: one dispatch per segment and pass, all in one submission.
+            // One dispatch per segment, pass and window (a window per chunk kind here: plain
+            // chunks of large tensors, packed chunks of small ones), all in one submission.
+            let want: usize = (0..gpu.segments())
+                .map(|s| {
+                    let l = gpu.segment_layout(s).unwrap();
+                    let windows = l.windows().iter().filter(|w| w.chunk_count > 0).count();
+                    // The segment's rule, through the group of its first tensor.
+                    let first = format!("t{}", l.members()[0]);
+                    let g = gpu.group_of(&first).unwrap().unwrap();
+                    gpu.group_config(g).unwrap().passes().len() * windows
+                })
+                .sum();
             assert_eq!(gpu.dispatches_per_step(), want, "{}", gpu.name());
+            assert!(want <= 2 * 3 + 2 * 3 + 2 * 3);
             let mut rng = fastrand::Rng::with_seed(1000 + j as u64 * 10 + k as u64);
             let params: Vec<Vec<f32>> = SEG_LENS.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
             arena.write_all_params(&params).unwrap();
@@ -730,5 +743,41 @@ fn windowed_segments_match_cpu() {
             &mut rng,
             |_, _| None,
         );
+    }
+}
+
+/// Small tensors share packed chunks: 10,000 tensors of 0 to 300 elements (two interleaved
+/// parameter groups, frozen tensors among them) against the CPU reference for every
+/// elementwise family, with padding still zero.
+#[test]
+fn packed_small_tensors_match_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fastrand::Rng::with_seed(314);
+    let lens: Vec<usize> = (0..10_000).map(|_| rng.usize(0..=300)).collect();
+    let arena = ParamArena::new(&ctx, &specs(&lens)).unwrap();
+    let names = [
+        "sgd-nesterov",
+        "adamw-amsgrad",
+        "rmsprop-centered-momentum",
+        "adagrad",
+    ];
+    for (j, name) in names.iter().enumerate() {
+        let cfg = OptimizerConfig::variants()
+            .into_iter()
+            .rev()
+            .find(|c| c.name() == *name)
+            .unwrap();
+        let opt = Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
+        let l = opt.segment_layout(0).unwrap();
+        let packed = l
+            .chunks()
+            .iter()
+            .filter(|c| c.group & wgpu_optim::arena::CHUNK_PACKED != 0)
+            .count();
+        // About 10,000 tensors x 150 elements / 4096 per chunk.
+        assert!(packed > 300, "{name}: only {packed} packed chunks");
+        assert!(l.chunks().len() < 500, "{}", l.chunks().len());
+        drop(opt);
+        trial(&ctx, &cfg, &lens, 3000 + j as u64);
     }
 }

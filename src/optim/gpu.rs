@@ -72,7 +72,9 @@ trait GpuSegment: std::fmt::Debug + Send + Sync {
 struct Segment<R: Rule> {
     label: &'static str,
     layout: SegmentLayout,
-    passes: Vec<(Pass, Arc<Kernel>)>,
+    /// Each pass with its pipeline for plain chunks and, where the segment has packed chunks,
+    /// the one for packed chunks (WGSL `PACKED`).
+    passes: Vec<(Pass, Arc<Kernel>, Option<Arc<Kernel>>)>,
     hypers: wgpu::Buffer,
     tables: ArenaTables,
     tensors: wgpu::Buffer,
@@ -103,6 +105,9 @@ impl<R: Rule> Segment<R> {
             &plan.member_groups,
             ctx.max_binding_bytes(),
             ctx.limits().min_storage_buffer_offset_alignment as u64,
+            // Small tensors share packed chunks for the rules whose kernels read them: the
+            // elementwise ones (one pass, no per-tensor reduction).
+            R::passes().len() == 1 && !R::KERNEL.uses_partials(),
         )?;
         let bytes = layout.state_bytes();
         if !plan.states.is_empty() && bytes > ctx.limits().max_buffer_size {
@@ -113,16 +118,28 @@ impl<R: Rule> Segment<R> {
                 limit: ctx.limits().max_buffer_size,
             });
         }
-        // Specialised when state sits at the params' offsets (WGSL STATE_AT_PARAMS).
-        let same = layout.state_at_params(arena.layout());
+        // Specialised when state sits at the params' offsets (WGSL STATE_AT_PARAMS), and for
+        // packed chunks (WGSL PACKED).
+        let same = if layout.state_at_params(arena.layout()) {
+            1.0
+        } else {
+            0.0
+        };
+        let any_packed = layout.windows().iter().any(|w| w.packed);
         let mut passes = Vec::new();
         for pass in R::passes() {
-            let key = if same {
-                PipelineKey::with_constants(pass.kernel(), &[("STATE_AT_PARAMS", 1.0)])
-            } else {
-                PipelineKey::plain(pass.kernel())
+            let key = |packed: f64| {
+                PipelineKey::with_constants(
+                    pass.kernel(),
+                    &[("STATE_AT_PARAMS", same), ("PACKED", packed)],
+                )
             };
-            passes.push((pass, ctx.pipelines().get_keyed(ctx, key)?));
+            let plain = ctx.pipelines().get_keyed(ctx, key(0.0))?;
+            let packed = match any_packed {
+                true => Some(ctx.pipelines().get_keyed(ctx, key(1.0))?),
+                false => None,
+            };
+            passes.push((pass, plain, packed));
         }
         let n_tensors = layout.members().len();
         let n_chunks = layout.chunks().len();
@@ -232,11 +249,24 @@ impl<R: Rule> GpuSegment for Segment<R> {
     }
 
     fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        for (p, kernel) in &self.passes {
+        for (p, kernel, packed_kernel) in &self.passes {
             pass.set_pipeline(&kernel.pipeline);
             match p {
                 Pass::Chunks(_) => {
-                    for (bg, &(x, y)) in self.bind_groups.iter().zip(&self.grids) {
+                    // Plain windows come first, then packed ones (SegmentLayout's order).
+                    let mut packed_set = false;
+                    for ((bg, &(x, y)), w) in self
+                        .bind_groups
+                        .iter()
+                        .zip(&self.grids)
+                        .zip(self.layout.windows())
+                    {
+                        if w.packed && !packed_set {
+                            if let Some(k) = packed_kernel {
+                                pass.set_pipeline(&k.pipeline);
+                            }
+                            packed_set = true;
+                        }
                         if x > 0 {
                             pass.set_bind_group(0, bg, &[]);
                             pass.dispatch_workgroups(x, y, 1);
@@ -314,7 +344,7 @@ impl<R: Rule> GpuSegment for Segment<R> {
         let windows = self.grids.iter().filter(|g| g.0 > 0).count();
         self.passes
             .iter()
-            .map(|(p, _)| match p {
+            .map(|(p, _, _)| match p {
                 Pass::Chunks(_) => windows,
                 Pass::Tensors(_) => usize::from(self.tensor_grid.0 > 0),
             })
