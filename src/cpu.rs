@@ -9,7 +9,7 @@ use crate::optim::{Book, HyperCtx, OptimizerConfig, ParamGroups, Rule, RuleVisit
 
 /// What every CPU segment does, whatever its rule.
 trait CpuSegment: std::fmt::Debug + Send + Sync {
-    fn step(&mut self, book: &Book, seg: usize, params: &mut [&mut [f32]], grads: &[&[f32]]);
+    fn step(&mut self, book: &mut Book, seg: usize, params: &mut [&mut [f32]], grads: &[&[f32]]);
     fn state(&self, name: &str, local: usize) -> Option<&[f32]>;
 }
 
@@ -22,10 +22,10 @@ struct Segment<R: Rule> {
 }
 
 impl<R: Rule> CpuSegment for Segment<R> {
-    fn step(&mut self, book: &Book, seg: usize, params: &mut [&mut [f32]], grads: &[&[f32]]) {
-        let plan = &book.segments[seg];
+    fn step(&mut self, book: &mut Book, seg: usize, params: &mut [&mut [f32]], grads: &[&[f32]]) {
         let slots = self.state.len();
-        for (local, &i) in plan.members.iter().enumerate() {
+        for local in 0..book.segments[seg].members.len() {
+            let i = book.segments[seg].members[local];
             if !book.live(i) {
                 continue;
             }
@@ -36,7 +36,12 @@ impl<R: Rule> CpuSegment for Segment<R> {
             };
             let h = cfg.hyper(HyperCtx::default());
             let range = crate::arena::ChunkRange::default();
-            let ts = cfg.tensor_step(book.steps[i], group.local as u32, range);
+            let ts = cfg.tensor_step_with(
+                book.steps[i],
+                group.local as u32,
+                range,
+                &mut book.scalars[i],
+            );
             let mut views: Vec<&mut [f32]> = Vec::with_capacity(slots);
             for slot in self.state.iter_mut() {
                 match slot.get_mut(local) {
@@ -164,7 +169,7 @@ impl CpuOptimizer {
         let mut p: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut()).collect();
         let g: Vec<&[f32]> = grads.iter().map(|g| g.as_ref()).collect();
         for (s, seg) in self.segments.iter_mut().enumerate() {
-            seg.step(&self.book, s, &mut p, &g);
+            seg.step(&mut self.book, s, &mut p, &g);
         }
         Ok(())
     }

@@ -150,6 +150,8 @@ pub(crate) struct Book {
     pub steps: Vec<u64>,
     /// Per arena tensor: frozen for the next steps.
     pub frozen: Vec<bool>,
+    /// Per arena tensor: host-side scalar state (see `Rule::scalar_names`).
+    pub scalars: Vec<crate::optim::Scalars>,
 }
 
 impl Book {
@@ -286,7 +288,9 @@ impl Book {
             loc,
             steps: vec![0; n],
             frozen: vec![false; n],
-        })
+            scalars: Vec::new(),
+        }
+        .with_initial_scalars())
     }
 
     /// Arena index of a tensor.
@@ -390,20 +394,41 @@ impl Book {
         }
     }
 
-    /// `Ok` when tensor `i` keeps state `state`.
+    /// The host-side scalar states PyTorch keeps for tensor `i`.
+    pub fn tensor_scalars(&self, i: usize) -> &'static [&'static str] {
+        match self.loc[i] {
+            Some(l) => self.groups[l.group].config.scalar_names(),
+            None => &[],
+        }
+    }
+
+    /// Every state name of tensor `i`: buffers, then host scalars.
+    pub fn tensor_state_names(&self, i: usize) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self.tensor_states(i).iter().map(|s| s.name).collect();
+        names.extend(self.tensor_scalars(i));
+        names
+    }
+
+    /// `Ok` when tensor `i` keeps state `state` (a buffer or a host scalar).
     pub fn check_state(&self, state: &str, i: usize) -> Result<()> {
-        let states = self.tensor_states(i);
-        if states.iter().any(|s| s.name == state) {
+        let names = self.tensor_state_names(i);
+        if names.contains(&state) {
             Ok(())
         } else {
             Err(Error::UnknownState {
                 name: state.to_string(),
-                available: states.iter().map(|s| s.name).collect(),
+                available: names,
             })
         }
     }
 
-    /// Union of every segment's state names, in slot order, without repeats.
+    /// Slot of host scalar `state` of tensor `i`, if it is one.
+    pub fn scalar_slot(&self, state: &str, i: usize) -> Option<usize> {
+        self.tensor_scalars(i).iter().position(|&n| n == state)
+    }
+
+    /// Union of every segment's state buffer names, in slot order, without repeats (host
+    /// scalar states are not buffers and are not listed).
     pub fn all_state_names(&self) -> Vec<&'static str> {
         let mut out: Vec<&'static str> = Vec::new();
         for s in &self.segments {
@@ -414,6 +439,19 @@ impl Book {
             }
         }
         out
+    }
+
+    /// Seeds every tensor's host scalars from its group's configuration.
+    fn with_initial_scalars(mut self) -> Self {
+        self.scalars = self
+            .loc
+            .iter()
+            .map(|l| match l {
+                Some(l) => self.groups[l.group].config.init_scalars(),
+                None => [0.0; crate::optim::MAX_SCALARS],
+            })
+            .collect();
+        self
     }
 
     /// The state names segment `s` allocates.

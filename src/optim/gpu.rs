@@ -54,7 +54,7 @@ fn state_binding<'a>(buf: &'a wgpu::Buffer, w: &Window) -> wgpu::BindingResource
 /// What every segment does, whatever its rule.
 trait GpuSegment: std::fmt::Debug + Send + Sync {
     /// Writes this step's group and tensor tables (after the book advanced the counts).
-    fn write_tables(&mut self, ctx: &GpuContext, book: &Book, seg: usize, grad_scale: bool);
+    fn write_tables(&mut self, ctx: &GpuContext, book: &mut Book, seg: usize, grad_scale: bool);
     /// Records the segment's dispatches.
     fn record(&self, pass: &mut wgpu::ComputePass<'_>);
     /// Bind groups with `aux` as binding 4 (the clip coefficient, or the constant 1).
@@ -209,7 +209,8 @@ impl<R: Rule> Segment<R> {
 }
 
 impl<R: Rule> GpuSegment for Segment<R> {
-    fn write_tables(&mut self, ctx: &GpuContext, book: &Book, seg: usize, grad_scale: bool) {
+    fn write_tables(&mut self, ctx: &GpuContext, book: &mut Book, seg: usize, grad_scale: bool) {
+        let book = &mut *book;
         let plan = &book.segments[seg];
         let extra_flags = if grad_scale {
             crate::shaders::FLAG_GRAD_SCALE
@@ -224,14 +225,15 @@ impl<R: Rule> GpuSegment for Segment<R> {
             }
         }
         self.tensor_table.clear();
-        for (local, &i) in plan.members.iter().enumerate() {
+        for (local, &i) in book.segments[seg].members.iter().enumerate() {
             let loc = book.loc[i];
             let entry = match (book.live(i), loc) {
                 (true, Some(l)) => R::of(&book.groups[l.group].config).map(|c| {
-                    c.tensor_step(
+                    c.tensor_step_with(
                         book.steps[i],
                         book.groups[l.group].local as u32,
                         self.layout.ranges()[local],
+                        &mut book.scalars[i],
                     )
                 }),
                 _ => None,
@@ -550,7 +552,7 @@ impl Optimizer {
         self.book.advance();
         let grad_scale = self.clipper.is_some();
         for (s, seg) in self.segments.iter_mut().enumerate() {
-            seg.write_tables(&self.ctx, &self.book, s, grad_scale);
+            seg.write_tables(&self.ctx, &mut self.book, s, grad_scale);
         }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("optimizer step"),

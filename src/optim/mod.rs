@@ -52,6 +52,12 @@ pub use lars::LarsConfig;
 pub use rmsprop::RmspropConfig;
 pub use sgd::SgdConfig;
 
+/// Most host-side scalar state slots a rule keeps per tensor (see [`Rule::scalar_names`]).
+pub const MAX_SCALARS: usize = 4;
+
+/// A tensor's host-side scalar state (f64, as PyTorch keeps Python floats).
+pub type Scalars = [f64; MAX_SCALARS];
+
 /// One optimizer state buffer, under its PyTorch name.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StateSpec {
@@ -122,6 +128,28 @@ pub trait Rule:
     /// Scalars for a live tensor at step `t` (the tensor's count after increment, t >= 1),
     /// in segment group `group`, whose chunks are `chunks` of the segment's table.
     fn tensor_step(&self, t: u64, group: u32, chunks: ChunkRange) -> Self::TensorStep;
+    /// Host-side scalar state per tensor, kept in f64 like the step counts (NAdam's
+    /// `mu_product`, ASGD's `eta` and `mu`): the names of the slots this configuration uses,
+    /// under PyTorch's state keys (default: none). Read back with `read_state` as one value.
+    fn scalar_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Initial values of the scalar slots (default 0).
+    fn init_scalars(&self) -> Scalars {
+        [0.0; MAX_SCALARS]
+    }
+    /// As [`Rule::tensor_step`], for rules with scalar state: updates the tensor's scalars for
+    /// this step and returns its scalars for the kernel. The GPU and CPU engines both call
+    /// this once per live step, so their scalar states stay equal. Default: `tensor_step`.
+    fn tensor_step_with(
+        &self,
+        t: u64,
+        group: u32,
+        chunks: ChunkRange,
+        _scalars: &mut Scalars,
+    ) -> Self::TensorStep {
+        self.tensor_step(t, group, chunks)
+    }
     /// The update of one tensor on host slices (elementwise, or with f64 norms for LARS and
     /// LAMB); `state[slot]` is empty for unused slots.
     fn update(
@@ -222,6 +250,15 @@ macro_rules! optimizer_table {
             /// State buffers this configuration keeps (PyTorch's names).
             pub fn states(&self) -> Vec<StateSpec> {
                 match self { $(OptimizerConfig::$variant(c) => c.states(),)* }
+            }
+
+            /// Host-side scalar states this configuration keeps per tensor (PyTorch's names).
+            pub fn scalar_names(&self) -> &'static [&'static str] {
+                match self { $(OptimizerConfig::$variant(c) => c.scalar_names(),)* }
+            }
+
+            pub(crate) fn init_scalars(&self) -> Scalars {
+                match self { $(OptimizerConfig::$variant(c) => c.init_scalars(),)* }
             }
 
             /// The passes of one step.
@@ -437,7 +474,7 @@ macro_rules! common_optimizer_methods {
         /// The state names PyTorch keeps for this tensor (its group's configuration's).
         pub fn tensor_state_names(&self, tensor: &str) -> $crate::Result<Vec<&'static str>> {
             let i = self.book.index_of(tensor)?;
-            Ok(self.book.tensor_states(i).iter().map(|s| s.name).collect())
+            Ok(self.book.tensor_state_names(i))
         }
 
         /// One tensor's state buffer `state`, read back to the host. A tensor whose group's
@@ -446,6 +483,10 @@ macro_rules! common_optimizer_methods {
         pub fn read_state(&self, state: &str, tensor: &str) -> $crate::Result<Vec<f32>> {
             let i = self.book.index_of(tensor)?;
             self.book.check_state(state, i)?;
+            if let Some(slot) = self.book.scalar_slot(state, i) {
+                // A host scalar (PyTorch keeps it as a one-element tensor).
+                return Ok(vec![self.book.scalars[i][slot] as f32]);
+            }
             self.read_state_impl(state, i)
         }
 
