@@ -25,6 +25,6 @@ pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use norm::{GradClipper, NormReducer, NormType};
 pub use optim::{
-    AdagradConfig, AdamConfig, LambConfig, LarsConfig, Optimizer, OptimizerConfig, ParamGroups,
-    Preset, RmspropConfig, Rule, Select, SgdConfig,
+    AdadeltaConfig, AdagradConfig, AdamConfig, AsgdConfig, LambConfig, LarsConfig, Optimizer,
+    OptimizerConfig, ParamGroups, Preset, RmspropConfig, RpropConfig, Rule, Select, SgdConfig,
 };

@@ -21,11 +21,14 @@
 //! Adding an optimizer: `shaders/x.wgsl`, `src/optim/x.rs` (config, `Rule` impl, presets and
 //! test variants), and one row in the `optimizer_table!` invocation below.
 
+pub mod adadelta;
 pub mod adagrad;
 pub mod adam;
+pub mod asgd;
 pub mod lamb;
 pub mod lars;
 pub mod rmsprop;
+pub mod rprop;
 pub mod sgd;
 
 pub(crate) mod book;
@@ -41,8 +44,10 @@ use crate::arena::TensorInfo;
 use crate::error::Result;
 use crate::shaders::KernelDef;
 
+pub use adadelta::AdadeltaConfig;
 pub use adagrad::AdagradConfig;
 pub use adam::AdamConfig;
+pub use asgd::AsgdConfig;
 pub(crate) use book::Book;
 pub use book::{ParamGroups, Select};
 pub use gpu::Optimizer;
@@ -50,6 +55,7 @@ pub(crate) use gpu::{storage_buffer, table_bytes, window_binding};
 pub use lamb::LambConfig;
 pub use lars::LarsConfig;
 pub use rmsprop::RmspropConfig;
+pub use rprop::RpropConfig;
 pub use sgd::SgdConfig;
 
 /// Most host-side scalar state slots a rule keeps per tensor (see [`Rule::scalar_names`]).
@@ -327,6 +333,12 @@ optimizer_table! {
     Lars(LarsConfig) = "lars";
     /// LAMB (timm)
     Lamb(LambConfig) = "lamb";
+    /// torch.optim.Adadelta
+    Adadelta(AdadeltaConfig) = "adadelta";
+    /// torch.optim.ASGD
+    Asgd(AsgdConfig) = "asgd";
+    /// torch.optim.Rprop
+    Rprop(RpropConfig) = "rprop";
 }
 
 impl OptimizerConfig {
