@@ -10,6 +10,8 @@ use crate::optim::{Book, HyperCtx, OptimizerConfig, ParamGroups, Rule, RuleVisit
 /// What every CPU segment does, whatever its rule.
 trait CpuSegment: std::fmt::Debug + Send + Sync {
     fn step(&mut self, book: &mut Book, seg: usize, params: &mut [&mut [f32]], grads: &[&[f32]]);
+    /// The mode swap (`Rule::swap`) of every tensor of the segment that has stepped.
+    fn swap(&mut self, book: &Book, seg: usize, params: &mut [&mut [f32]], to_train: bool);
     fn state(&self, name: &str, local: usize) -> Option<&[f32]>;
 }
 
@@ -24,6 +26,14 @@ struct Segment<R: Rule> {
 impl<R: Rule> CpuSegment for Segment<R> {
     fn step(&mut self, book: &mut Book, seg: usize, params: &mut [&mut [f32]], grads: &[&[f32]]) {
         let slots = self.state.len();
+        // Once per step per group, before the tensors (the groups' host scalars advance here).
+        let mut hypers = Vec::with_capacity(book.segments[seg].groups.len());
+        for &g in &book.segments[seg].groups {
+            hypers.push(match R::of(&book.groups[g].config) {
+                Some(c) => c.group_step(HyperCtx::default(), &mut book.group_scalars[g]),
+                None => bytemuck::Zeroable::zeroed(),
+            });
+        }
         for local in 0..book.segments[seg].members.len() {
             let i = book.segments[seg].members[local];
             if !book.live(i) {
@@ -34,7 +44,7 @@ impl<R: Rule> CpuSegment for Segment<R> {
             let Some(cfg) = R::of(&group.config) else {
                 continue;
             };
-            let h = cfg.hyper(HyperCtx::default());
+            let h = &hypers[group.local];
             let range = crate::arena::ChunkRange::default();
             let ts = cfg.tensor_step_with(
                 book.steps[i],
@@ -49,7 +59,32 @@ impl<R: Rule> CpuSegment for Segment<R> {
                     None => views.push(&mut []),
                 }
             }
-            R::update(&h, &ts, &mut *params[i], grads[i], &mut views);
+            R::update(h, &ts, &mut *params[i], grads[i], &mut views);
+        }
+    }
+
+    fn swap(&mut self, book: &Book, seg: usize, params: &mut [&mut [f32]], to_train: bool) {
+        if R::swap_kernel().is_none() {
+            return;
+        }
+        for local in 0..book.segments[seg].members.len() {
+            let i = book.segments[seg].members[local];
+            let Some(loc) = book.loc[i] else { continue };
+            let group = &book.groups[loc.group];
+            let Some(ts) = R::of(&group.config)
+                .and_then(|c| c.swap_step(book.steps[i], group.local as u32, to_train))
+            else {
+                continue;
+            };
+            let mut views: Vec<&mut [f32]> = self
+                .state
+                .iter_mut()
+                .map(|slot| match slot.get_mut(local) {
+                    Some(v) => v.as_mut_slice(),
+                    None => &mut [],
+                })
+                .collect();
+            R::swap(&ts, &mut *params[i], &mut views);
         }
     }
 
@@ -165,6 +200,7 @@ impl CpuOptimizer {
             "params",
         )?;
         check_shapes(&self.lens, grads.iter().map(|g| g.as_ref().len()), "grads")?;
+        self.book.check_train_mode()?;
         self.book.advance();
         let mut p: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut()).collect();
         let g: Vec<&[f32]> = grads.iter().map(|g| g.as_ref()).collect();
@@ -172,6 +208,37 @@ impl CpuOptimizer {
             seg.step(&mut self.book, s, &mut p, &g);
         }
         Ok(())
+    }
+
+    /// Switches every group with train and eval modes (Schedule-Free) to train mode
+    /// (`train = true`) or eval mode, as [`crate::Optimizer::set_train_mode`]: optimizers start
+    /// in train mode, setting the current mode does nothing, `step()` is refused in eval mode.
+    /// Lengths are checked before anything changes.
+    pub fn set_train_mode<P: AsMut<[f32]>>(&mut self, train: bool, params: &mut [P]) -> Result<()> {
+        check_shapes(
+            &self.lens,
+            params.iter_mut().map(|p| p.as_mut().len()),
+            "params",
+        )?;
+        if !self.book.check_mode_swap(train)? {
+            return Ok(());
+        }
+        let mut p: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut()).collect();
+        for (s, seg) in self.segments.iter_mut().enumerate() {
+            seg.swap(&self.book, s, &mut p, train);
+        }
+        self.book.train_mode = train;
+        Ok(())
+    }
+
+    /// `set_train_mode(true, params)` (the package's `optimizer.train()`).
+    pub fn train<P: AsMut<[f32]>>(&mut self, params: &mut [P]) -> Result<()> {
+        self.set_train_mode(true, params)
+    }
+
+    /// `set_train_mode(false, params)` (the package's `optimizer.eval()`).
+    pub fn eval<P: AsMut<[f32]>>(&mut self, params: &mut [P]) -> Result<()> {
+        self.set_train_mode(false, params)
     }
 
     /// State `state` of every tensor, in arena order (empty for tensors without it).

@@ -26,5 +26,6 @@ pub use error::{Error, Result};
 pub use norm::{GradClipper, NormReducer, NormType};
 pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AsgdConfig, LambConfig, LarsConfig, Optimizer,
-    OptimizerConfig, ParamGroups, Preset, RmspropConfig, RpropConfig, Rule, Select, SgdConfig,
+    OptimizerConfig, ParamGroups, Preset, RmspropConfig, RpropConfig, Rule,
+    ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig, Select, SgdConfig,
 };

@@ -108,6 +108,11 @@ pub(crate) struct Group {
     pub local: usize,
 }
 
+/// Each group's initial host scalars.
+fn out_groups_scalars(groups: &[Group]) -> Vec<crate::optim::Scalars> {
+    groups.iter().map(|g| g.config.init_group_scalars()).collect()
+}
+
 /// Where a tensor is optimized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loc {
@@ -152,6 +157,10 @@ pub(crate) struct Book {
     pub frozen: Vec<bool>,
     /// Per arena tensor: host-side scalar state (see `Rule::scalar_names`).
     pub scalars: Vec<crate::optim::Scalars>,
+    /// Per parameter group: host-side scalar state (see `Rule::group_scalar_names`).
+    pub group_scalars: Vec<crate::optim::Scalars>,
+    /// Train mode (see `set_train_mode`); starts true.
+    pub train_mode: bool,
 }
 
 impl Book {
@@ -283,12 +292,14 @@ impl Book {
                 .enumerate()
                 .map(|(i, t)| (t.name.clone(), i))
                 .collect(),
-            groups: out_groups,
             segments,
             loc,
             steps: vec![0; n],
             frozen: vec![false; n],
             scalars: Vec::new(),
+            group_scalars: out_groups_scalars(&out_groups),
+            groups: out_groups,
+            train_mode: true,
         }
         .with_initial_scalars())
     }
@@ -439,6 +450,34 @@ impl Book {
             }
         }
         out
+    }
+
+    /// Whether some group has train and eval modes (Schedule-Free).
+    pub fn has_modes(&self) -> bool {
+        self.groups.iter().any(|g| g.config.has_train_mode())
+    }
+
+    /// `step()` refuses while a group with modes is in eval mode (as the package raises).
+    pub fn check_train_mode(&self) -> Result<()> {
+        if !self.train_mode && self.has_modes() {
+            return Err(Error::Unsupported(
+                "the optimizer is in eval mode (a Schedule-Free group holds x, not y): call \
+                 train() before step()",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a mode swap to train (`to_train`) or eval mode for every group; `Ok(false)` when
+    /// the optimizer is already in that mode (nothing to do).
+    pub fn check_mode_swap(&self, to_train: bool) -> Result<bool> {
+        if self.train_mode == to_train {
+            return Ok(false);
+        }
+        for g in &self.groups {
+            g.config.check_mode_swap(to_train)?;
+        }
+        Ok(true)
     }
 
     /// Seeds every tensor's host scalars from its group's configuration.

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::norm::GradClipper;
 use crate::pipeline::{Kernel, PipelineKey};
 use crate::readback;
-use crate::shaders::MAX_SEGMENT_GROUPS;
+use crate::shaders::{KernelDef, MAX_SEGMENT_GROUPS};
 
 /// A storage buffer that can also be copied to and from.
 pub(crate) fn storage_buffer(ctx: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
@@ -57,6 +57,12 @@ trait GpuSegment: std::fmt::Debug + Send + Sync {
     fn write_tables(&mut self, ctx: &GpuContext, book: &mut Book, seg: usize, grad_scale: bool);
     /// Records the segment's dispatches.
     fn record(&self, pass: &mut wgpu::ComputePass<'_>);
+    /// Writes the tensor table of a mode swap (to train mode with `to_train`); false when the
+    /// segment's rule has no swap or no tensor to swap (then nothing is written).
+    fn write_swap_table(&mut self, ctx: &GpuContext, book: &Book, seg: usize, to_train: bool)
+        -> bool;
+    /// Records the mode-swap dispatches (after `write_swap_table` returned true).
+    fn record_swap(&self, pass: &mut wgpu::ComputePass<'_>);
     /// Bind groups with `aux` as binding 4 (the clip coefficient, or the constant 1).
     fn bind_groups(&self, ctx: &GpuContext, aux: &wgpu::Buffer) -> Vec<wgpu::BindGroup>;
     /// Installs bind groups built by `bind_groups`.
@@ -75,6 +81,8 @@ struct Segment<R: Rule> {
     /// Each pass with its pipeline for plain chunks and, where the segment has packed chunks,
     /// the one for packed chunks (WGSL `PACKED`).
     passes: Vec<(Pass, Arc<Kernel>, Option<Arc<Kernel>>)>,
+    /// The mode-swap pass (`Rule::swap_kernel`): plain and packed pipelines.
+    swap: Option<(Arc<Kernel>, Option<Arc<Kernel>>)>,
     hypers: wgpu::Buffer,
     tables: ArenaTables,
     tensors: wgpu::Buffer,
@@ -126,11 +134,10 @@ impl<R: Rule> Segment<R> {
             0.0
         };
         let any_packed = layout.windows().iter().any(|w| w.packed);
-        let mut passes = Vec::new();
-        for pass in R::passes() {
+        let pipelines = |kernel: KernelDef| -> Result<(Arc<Kernel>, Option<Arc<Kernel>>)> {
             let key = |packed: f64| {
                 PipelineKey::with_constants(
-                    pass.kernel(),
+                    kernel,
                     &[("STATE_AT_PARAMS", same), ("PACKED", packed)],
                 )
             };
@@ -139,8 +146,14 @@ impl<R: Rule> Segment<R> {
                 true => Some(ctx.pipelines().get_keyed(ctx, key(1.0))?),
                 false => None,
             };
+            Ok((plain, packed))
+        };
+        let mut passes = Vec::new();
+        for pass in R::passes() {
+            let (plain, packed) = pipelines(pass.kernel())?;
             passes.push((pass, plain, packed));
         }
+        let swap = R::swap_kernel().map(pipelines).transpose()?;
         let n_tensors = layout.members().len();
         let n_chunks = layout.chunks().len();
         let n_groups = plan.groups.len();
@@ -177,6 +190,7 @@ impl<R: Rule> Segment<R> {
             Ok(Self {
                 label,
                 passes,
+                swap,
                 hypers: ctx.device().create_buffer(&wgpu::BufferDescriptor {
                     label: Some(&format!("{label} hypers")),
                     size: (MAX_SEGMENT_GROUPS as usize * std::mem::size_of::<R::Hyper>()) as u64,
@@ -208,6 +222,32 @@ impl<R: Rule> Segment<R> {
     }
 }
 
+impl<R: Rule> Segment<R> {
+    /// Records a chunk pass whose plain pipeline is set: one dispatch per window with work,
+    /// switching to `packed_kernel` at the first packed window.
+    fn record_chunks(&self, pass: &mut wgpu::ComputePass<'_>, packed_kernel: Option<&Kernel>) {
+        // Plain windows come first, then packed ones (SegmentLayout's order).
+        let mut packed_set = false;
+        for ((bg, &(x, y)), w) in self
+            .bind_groups
+            .iter()
+            .zip(&self.grids)
+            .zip(self.layout.windows())
+        {
+            if w.packed && !packed_set {
+                if let Some(k) = packed_kernel {
+                    pass.set_pipeline(&k.pipeline);
+                }
+                packed_set = true;
+            }
+            if x > 0 {
+                pass.set_bind_group(0, bg, &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+        }
+    }
+}
+
 impl<R: Rule> GpuSegment for Segment<R> {
     fn write_tables(&mut self, ctx: &GpuContext, book: &mut Book, seg: usize, grad_scale: bool) {
         let book = &mut *book;
@@ -221,7 +261,10 @@ impl<R: Rule> GpuSegment for Segment<R> {
         for &g in &plan.groups {
             // Every group of a segment is of the segment's family (checked on every change).
             if let Some(c) = R::of(&book.groups[g].config) {
-                self.hyper_table.push(c.hyper(HyperCtx { extra_flags }));
+                let h = c.group_step(HyperCtx { extra_flags }, &mut book.group_scalars[g]);
+                self.hyper_table.push(h);
+            } else {
+                self.hyper_table.push(R::Hyper::zeroed());
             }
         }
         self.tensor_table.clear();
@@ -254,27 +297,7 @@ impl<R: Rule> GpuSegment for Segment<R> {
         for (p, kernel, packed_kernel) in &self.passes {
             pass.set_pipeline(&kernel.pipeline);
             match p {
-                Pass::Chunks(_) => {
-                    // Plain windows come first, then packed ones (SegmentLayout's order).
-                    let mut packed_set = false;
-                    for ((bg, &(x, y)), w) in self
-                        .bind_groups
-                        .iter()
-                        .zip(&self.grids)
-                        .zip(self.layout.windows())
-                    {
-                        if w.packed && !packed_set {
-                            if let Some(k) = packed_kernel {
-                                pass.set_pipeline(&k.pipeline);
-                            }
-                            packed_set = true;
-                        }
-                        if x > 0 {
-                            pass.set_bind_group(0, bg, &[]);
-                            pass.dispatch_workgroups(x, y, 1);
-                        }
-                    }
-                }
+                Pass::Chunks(_) => self.record_chunks(pass, packed_kernel.as_deref()),
                 Pass::Tensors(_) => {
                     // Any window's bind group will do: this pass touches only the tables.
                     let (x, y) = self.tensor_grid;
@@ -284,6 +307,42 @@ impl<R: Rule> GpuSegment for Segment<R> {
                     }
                 }
             }
+        }
+    }
+
+    fn write_swap_table(
+        &mut self,
+        ctx: &GpuContext,
+        book: &Book,
+        seg: usize,
+        to_train: bool,
+    ) -> bool {
+        if self.swap.is_none() {
+            return false;
+        }
+        self.tensor_table.clear();
+        let mut any = false;
+        for &i in &book.segments[seg].members {
+            let entry = book.loc[i].and_then(|l| {
+                R::of(&book.groups[l.group].config).and_then(|c| {
+                    c.swap_step(book.steps[i], book.groups[l.group].local as u32, to_train)
+                })
+            });
+            any |= entry.is_some();
+            self.tensor_table
+                .push(entry.unwrap_or_else(R::TensorStep::zeroed));
+        }
+        if any {
+            ctx.queue()
+                .write_buffer(&self.tensors, 0, bytemuck::cast_slice(&self.tensor_table));
+        }
+        any
+    }
+
+    fn record_swap(&self, pass: &mut wgpu::ComputePass<'_>) {
+        if let Some((kernel, packed_kernel)) = &self.swap {
+            pass.set_pipeline(&kernel.pipeline);
+            self.record_chunks(pass, packed_kernel.as_deref());
         }
     }
 
@@ -563,6 +622,53 @@ impl Optimizer {
         }
     }
 
+    /// Switches every group with train and eval modes (Schedule-Free) to train mode
+    /// (`train = true`: the params hold y, where gradients are taken, and `step()` is allowed)
+    /// or eval mode (the params hold x, the average to evaluate and checkpoint; `step()` is
+    /// refused). Optimizers start in train mode (the package starts in eval mode, but before the
+    /// first step y = x = z, so only the refusal differs). Setting the current mode does
+    /// nothing, as the package's `train()` / `eval()`. Otherwise one submission of one swap
+    /// dispatch per window of each Schedule-Free segment, over the tensors that have stepped
+    /// (frozen ones included); rules without modes are left alone. Submit a step recorded with
+    /// `encode_step` before calling this (the swap reuses the step's tensor table). On error
+    /// nothing changes.
+    pub fn set_train_mode(&mut self, train: bool, arena: &ParamArena) -> Result<()> {
+        self.check_arena(arena)?;
+        if !self.book.check_mode_swap(train)? {
+            return Ok(());
+        }
+        let mut encoder = self
+            .ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("optimizer mode swap"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("optimizer mode swap"),
+                timestamp_writes: None,
+            });
+            for (s, seg) in self.segments.iter_mut().enumerate() {
+                if seg.write_swap_table(&self.ctx, &self.book, s, train) {
+                    seg.record_swap(&mut pass);
+                }
+            }
+        }
+        self.ctx.queue().submit([encoder.finish()]);
+        self.book.train_mode = train;
+        Ok(())
+    }
+
+    /// `set_train_mode(true, arena)` (the package's `optimizer.train()`).
+    pub fn train(&mut self, arena: &ParamArena) -> Result<()> {
+        self.set_train_mode(true, arena)
+    }
+
+    /// `set_train_mode(false, arena)` (the package's `optimizer.eval()`).
+    pub fn eval(&mut self, arena: &ParamArena) -> Result<()> {
+        self.set_train_mode(false, arena)
+    }
+
     /// Records one optimizer step into `encoder`: writes this step's scalar tables, the
     /// clipper's norm passes if one is attached, and the update dispatches. Put forward,
     /// backward and update in one submission this way.
@@ -579,6 +685,7 @@ impl Optimizer {
         arena: &ParamArena,
     ) -> Result<()> {
         self.check_arena(arena)?;
+        self.book.check_train_mode()?;
         if self
             .clipper
             .as_ref()
@@ -602,6 +709,7 @@ impl Optimizer {
     /// and step counts untouched.
     pub fn step(&mut self, arena: &ParamArena) -> Result<()> {
         self.check_arena(arena)?;
+        self.book.check_train_mode()?;
         let device = self.ctx.device().clone();
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("optimizer step"),

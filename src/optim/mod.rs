@@ -29,6 +29,7 @@ pub mod lamb;
 pub mod lars;
 pub mod rmsprop;
 pub mod rprop;
+pub mod schedule_free;
 pub mod sgd;
 
 pub(crate) mod book;
@@ -56,6 +57,7 @@ pub use lamb::LambConfig;
 pub use lars::LarsConfig;
 pub use rmsprop::RmspropConfig;
 pub use rprop::RpropConfig;
+pub use schedule_free::{ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig};
 pub use sgd::SgdConfig;
 
 /// Most host-side scalar state slots a rule keeps per tensor (see [`Rule::scalar_names`]).
@@ -156,6 +158,40 @@ pub trait Rule:
     ) -> Self::TensorStep {
         self.tensor_step(t, group, chunks)
     }
+    /// Host-side scalar state per parameter group, kept in f64 (Schedule-Free's `k`, `lr_max`,
+    /// `weight_sum`, `scheduled_lr`): the names of the slots this configuration uses (default:
+    /// none). Read back with `group_state`. Kept when the group's configuration is replaced.
+    fn group_scalar_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Initial values of the group scalar slots (default 0).
+    fn init_group_scalars(&self) -> Scalars {
+        [0.0; MAX_SCALARS]
+    }
+    /// Called by both engines once per step for every group of the rule's segments (whether
+    /// any of its tensors is live or not), before any `tensor_step_with` of that step: advances
+    /// the group's scalars and returns the group's [`Rule::Hyper`] for this step. Default:
+    /// [`Rule::hyper`].
+    fn group_step(&self, ctx: HyperCtx, _group_scalars: &mut Scalars) -> Self::Hyper {
+        self.hyper(ctx)
+    }
+    /// The train/eval mode-swap pass (Schedule-Free), over the segment's chunks with the step's
+    /// bindings and the [`Rule::swap_step`] entries as its tensor table; `None` (default) for
+    /// rules without modes, which ignore `train()` / `eval()`.
+    fn swap_kernel() -> Option<KernelDef> {
+        None
+    }
+    /// Checked for every group before a mode swap changes anything (default: `Ok`).
+    fn check_mode_swap(&self, _to_train: bool) -> Result<()> {
+        Ok(())
+    }
+    /// The swap's table entry for a tensor that has taken `t` steps (`None`: left as it is;
+    /// frozen tensors are swapped too, as the package does).
+    fn swap_step(&self, _t: u64, _group: u32, _to_train: bool) -> Option<Self::TensorStep> {
+        None
+    }
+    /// The CPU twin of [`Rule::swap_kernel`] on one tensor.
+    fn swap(_ts: &Self::TensorStep, _p: &mut [f32], _state: &mut [&mut [f32]]) {}
     /// The update of one tensor on host slices (elementwise, or with f64 norms for LARS and
     /// LAMB); `state[slot]` is empty for unused slots.
     fn update(
@@ -267,6 +303,24 @@ macro_rules! optimizer_table {
                 match self { $(OptimizerConfig::$variant(c) => c.init_scalars(),)* }
             }
 
+            /// Host-side scalar states this configuration keeps per parameter group.
+            pub fn group_scalar_names(&self) -> &'static [&'static str] {
+                match self { $(OptimizerConfig::$variant(c) => c.group_scalar_names(),)* }
+            }
+
+            pub(crate) fn init_group_scalars(&self) -> Scalars {
+                match self { $(OptimizerConfig::$variant(c) => c.init_group_scalars(),)* }
+            }
+
+            /// Whether this configuration has train and eval modes (Schedule-Free).
+            pub fn has_train_mode(&self) -> bool {
+                match self { $(OptimizerConfig::$variant(_) => <$config as Rule>::swap_kernel().is_some(),)* }
+            }
+
+            pub(crate) fn check_mode_swap(&self, to_train: bool) -> Result<()> {
+                match self { $(OptimizerConfig::$variant(c) => c.check_mode_swap(to_train),)* }
+            }
+
             /// The passes of one step.
             pub fn passes(&self) -> Vec<Pass> {
                 match self { $(OptimizerConfig::$variant(_) => <$config as Rule>::passes(),)* }
@@ -275,7 +329,8 @@ macro_rules! optimizer_table {
             /// Every kernel of every optimizer in the table.
             pub fn kernels_of_all() -> Vec<KernelDef> {
                 let mut out = Vec::new();
-                $(out.extend(<$config as Rule>::passes().iter().map(Pass::kernel));)*
+                $(out.extend(<$config as Rule>::passes().iter().map(Pass::kernel));
+                  out.extend(<$config as Rule>::swap_kernel());)*
                 out
             }
 
@@ -339,6 +394,10 @@ optimizer_table! {
     Asgd(AsgdConfig) = "asgd";
     /// torch.optim.Rprop
     Rprop(RpropConfig) = "rprop";
+    /// AdamWScheduleFree (the schedulefree package)
+    ScheduleFreeAdamW(ScheduleFreeAdamWConfig) = "schedule_free_adamw";
+    /// SGDScheduleFree (the schedulefree package)
+    ScheduleFreeSgd(ScheduleFreeSgdConfig) = "schedule_free_sgd";
 }
 
 impl OptimizerConfig {
@@ -500,6 +559,26 @@ macro_rules! common_optimizer_methods {
                 return Ok(vec![self.book.scalars[i][slot] as f32]);
             }
             self.read_state_impl(state, i)
+        }
+
+        /// Group `group`'s host-side scalar state `state` (Schedule-Free's `k`, `lr_max`,
+        /// `weight_sum`, `scheduled_lr`; see `OptimizerConfig::group_scalar_names`).
+        pub fn group_state(&self, group: usize, state: &str) -> $crate::Result<f64> {
+            let g = self.book.group(group)?;
+            let names = g.config.group_scalar_names();
+            match names.iter().position(|&n| n == state) {
+                Some(slot) => Ok(self.book.group_scalars[group][slot]),
+                None => Err($crate::Error::UnknownState {
+                    name: state.to_string(),
+                    available: names.to_vec(),
+                }),
+            }
+        }
+
+        /// Whether the optimizer is in train mode (see `set_train_mode`). Optimizers start in
+        /// train mode; only groups with modes (Schedule-Free) care.
+        pub fn is_train_mode(&self) -> bool {
+            self.book.train_mode
         }
 
         /// Short name of the optimizer: its groups' configuration names, joined by `+` when
