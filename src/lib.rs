@@ -25,7 +25,8 @@ pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use norm::{GradClipper, NormReducer, NormType};
 pub use optim::{
-    AdadeltaConfig, AdagradConfig, AdamConfig, AsgdConfig, LambConfig, LarsConfig, Optimizer,
-    OptimizerConfig, ParamGroups, Preset, RmspropConfig, RpropConfig, Rule,
+    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig, LambConfig, LarsConfig,
+    NadamConfig, Optimizer, OptimizerConfig, ParamGroups, Preset, RadamConfig, RmspropConfig,
+    RpropConfig, Rule,
     ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig, Select, SgdConfig,
 };

@@ -24,9 +24,12 @@
 pub mod adadelta;
 pub mod adagrad;
 pub mod adam;
+pub mod adamax;
 pub mod asgd;
 pub mod lamb;
 pub mod lars;
+pub mod nadam;
+pub mod radam;
 pub mod rmsprop;
 pub mod rprop;
 pub mod schedule_free;
@@ -48,6 +51,7 @@ use crate::shaders::KernelDef;
 pub use adadelta::AdadeltaConfig;
 pub use adagrad::AdagradConfig;
 pub use adam::AdamConfig;
+pub use adamax::AdamaxConfig;
 pub use asgd::AsgdConfig;
 pub(crate) use book::Book;
 pub use book::{ParamGroups, Select};
@@ -55,6 +59,8 @@ pub use gpu::Optimizer;
 pub(crate) use gpu::{storage_buffer, table_bytes, window_binding};
 pub use lamb::LambConfig;
 pub use lars::LarsConfig;
+pub use nadam::NadamConfig;
+pub use radam::RadamConfig;
 pub use rmsprop::RmspropConfig;
 pub use rprop::RpropConfig;
 pub use schedule_free::{ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig};
@@ -388,6 +394,12 @@ optimizer_table! {
     Lars(LarsConfig) = "lars";
     /// LAMB (timm)
     Lamb(LambConfig) = "lamb";
+    /// torch.optim.NAdam (NAdamW with decoupled_weight_decay)
+    Nadam(NadamConfig) = "nadam";
+    /// torch.optim.RAdam (RAdamW with decoupled_weight_decay)
+    Radam(RadamConfig) = "radam";
+    /// torch.optim.Adamax
+    Adamax(AdamaxConfig) = "adamax";
     /// torch.optim.Adadelta
     Adadelta(AdadeltaConfig) = "adadelta";
     /// torch.optim.ASGD

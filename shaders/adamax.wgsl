@@ -1,0 +1,89 @@
+// adamax.wgsl: fused Adamax step. Requires common.wgsl.
+// Bindings: 0 AdamaxHyper per parameter group, 3 AdamaxTensor table, 7 exp_avg, 8 exp_inf.
+// Mirrors src/optim/adamax.rs::update, in torch.optim.Adamax's order (foreach=False):
+//   g = maximize ? -grad : grad;  g += wd * p
+//   m = lerp(m, g, 1 - beta1);  u = max(u * beta2, |g| + eps)     # eps inside the max
+//   p += (-lr / bc1) * m / u
+// The bias correction comes per tensor from the host (f64, then f32), because frozen tensors
+// keep their own step counts.
+
+struct AdamaxHyper {
+    flags: u32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+struct AdamaxTensor {
+    live: u32,
+    // index into `hypers`
+    group: u32,
+    // -lr / (1 - beta1^t)
+    neg_clr: f32,
+    pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> hypers: array<AdamaxHyper, MAX_SEGMENT_GROUPS>;
+@group(0) @binding(3) var<storage, read> tensors: array<AdamaxTensor>;
+@group(0) @binding(7) var<storage, read_write> exp_avg: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> exp_inf: array<vec4<f32>>;
+
+fn adamax_vec(i: u32, si: u32, mask: vec4<bool>, t: AdamaxTensor, hp: AdamaxHyper) {
+    let p0 = params[i];
+    var g = load_grad(i, hp.flags);
+    if (hp.weight_decay != 0.0) {
+        g = g + hp.weight_decay * p0;
+    }
+    let m0 = exp_avg[si];
+    let u0 = exp_inf[si];
+    let m = lerp_torch(m0, g, hp.one_minus_beta1);
+    let u = max(u0 * hp.beta2, abs(g) + hp.eps);
+    exp_avg[si] = select(m0, m, mask);
+    exp_inf[si] = select(u0, u, mask);
+    params[i] = select(p0, p0 + (t.neg_clr * m) / u, mask);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn adamax_step(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let c = chunk_for(wid, nwg);
+    // Idle invocations (past the end of a short chunk) leave before the tensor-table load.
+    if (!c.ok || lid * 4u >= c.len) {
+        return;
+    }
+    if (PACKED) {
+        // Several small tensors: each vec4 loads its own tensor's scalars.
+        for (var k = 0u; k < VEC_PER_LANE; k++) {
+            let v = k * WG_SIZE + lid;
+            if (v * 4u >= c.len) {
+                break;
+            }
+            let pv = packed_vec(c, v);
+            let t = tensors[pv.x];
+            if (t.live == 0u) {
+                continue;
+            }
+            adamax_vec(c.base + v, c.sbase + v, first_lanes(pv.y), t, hypers[t.group]);
+        }
+        return;
+    }
+    let t = tensors[c.tensor];
+    if (t.live == 0u) {
+        return;
+    }
+    let hp = hypers[c.group];
+    for (var k = 0u; k < VEC_PER_LANE; k++) {
+        let v = k * WG_SIZE + lid;
+        if (v * 4u >= c.len) {
+            break;
+        }
+        adamax_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
+    }
+}
