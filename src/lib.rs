@@ -29,4 +29,5 @@ pub use optim::{
     NadamConfig, Optimizer, OptimizerConfig, ParamGroups, Preset, RadamConfig, RmspropConfig,
     RpropConfig, Rule,
     ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig, Select, SgdConfig,
+    AdoptConfig, LionConfig,
 };

@@ -25,9 +25,11 @@ pub mod adadelta;
 pub mod adagrad;
 pub mod adam;
 pub mod adamax;
+pub mod adopt;
 pub mod asgd;
 pub mod lamb;
 pub mod lars;
+pub mod lion;
 pub mod nadam;
 pub mod radam;
 pub mod rmsprop;
@@ -52,6 +54,7 @@ pub use adadelta::AdadeltaConfig;
 pub use adagrad::AdagradConfig;
 pub use adam::AdamConfig;
 pub use adamax::AdamaxConfig;
+pub use adopt::AdoptConfig;
 pub use asgd::AsgdConfig;
 pub(crate) use book::Book;
 pub use book::{ParamGroups, Select};
@@ -59,6 +62,7 @@ pub use gpu::Optimizer;
 pub(crate) use gpu::{storage_buffer, table_bytes, window_binding};
 pub use lamb::LambConfig;
 pub use lars::LarsConfig;
+pub use lion::LionConfig;
 pub use nadam::NadamConfig;
 pub use radam::RadamConfig;
 pub use rmsprop::RmspropConfig;
@@ -406,6 +410,10 @@ optimizer_table! {
     Asgd(AsgdConfig) = "asgd";
     /// torch.optim.Rprop
     Rprop(RpropConfig) = "rprop";
+    /// Lion (timm)
+    Lion(LionConfig) = "lion";
+    /// ADOPT (timm)
+    Adopt(AdoptConfig) = "adopt";
     /// AdamWScheduleFree (the schedulefree package)
     ScheduleFreeAdamW(ScheduleFreeAdamWConfig) = "schedule_free_adamw";
     /// SGDScheduleFree (the schedulefree package)
