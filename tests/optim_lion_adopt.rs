@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use common::{assert_close, f32s, gpu, randn, ATOL, RTOL};
 use wgpu_optim::optim::{adopt, lion};
 use wgpu_optim::{
-    AdamConfig, AdoptConfig, CpuOptimizer, Error, LionConfig, Optimizer, OptimizerConfig,
-    ParamArena, ParamGroups, Select, TensorSpec,
+    AdamConfig, AdoptConfig, CpuOptimizer, Error, GpuContext, LionConfig, Optimizer,
+    OptimizerConfig, ParamArena, ParamGroups, Select, TensorSpec,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -255,13 +255,15 @@ fn fixture_cases_on_gpu(optimizer: &str) {
         }
         let what = format!("gpu {optimizer} case {ci} {:?}", case.hyper);
         check_case(&what, case, &arena.read_all_params().unwrap(), &opt);
-        // And bit for bit the CPU reference.
+        // And the CPU reference, bit for bit on lavapipe.
         let (params, _) = run_cpu(case);
         let got = arena.read_all_params().unwrap();
         for (i, (g, c)) in got.iter().zip(&params).enumerate() {
-            assert!(
-                bits_eq(g, c),
-                "{what}: tensor {i} differs from the CPU reference"
+            assert_twin(
+                &ctx,
+                &format!("{what}: tensor {i} vs the CPU reference"),
+                g,
+                c,
             );
         }
     }
@@ -269,6 +271,22 @@ fn fixture_cases_on_gpu(optimizer: &str) {
 
 fn bits_eq(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// Whether the adapter is lavapipe (a CPU adapter): its compiler neither fuses `a * b + c` nor
+/// reorders, so the kernels equal their CPU twins bit for bit there. Other compilers may fuse
+/// (SPIR-V from naga carries no NoContraction).
+fn exact_adapter(ctx: &GpuContext) -> bool {
+    ctx.adapter_info().device_type == wgpu::DeviceType::Cpu
+}
+
+/// GPU against the CPU twin: bit for bit on lavapipe, at the fp32 tolerance elsewhere.
+fn assert_twin(ctx: &GpuContext, what: &str, gpu: &[f32], cpu: &[f32]) {
+    if exact_adapter(ctx) {
+        assert!(bits_eq(gpu, cpu), "{what}: not bit-identical");
+    } else {
+        assert_close(what, gpu, cpu, ATOL, RTOL);
+    }
 }
 
 #[test]
@@ -412,11 +430,12 @@ fn lion_caution_matches_an_f64_timm_loop() {
                 arena.write_all_grads(&grads).unwrap();
                 opt.step(arena).unwrap();
                 let got = arena.read_all_params().unwrap();
+                let ctx = ctx.as_ref().unwrap();
                 for i in 0..lens.len() {
-                    assert!(bits_eq(&got[i], &params[i]), "{what} gpu param {i}");
+                    assert_twin(ctx, &format!("{what} gpu param {i}"), &got[i], &params[i]);
                     let m = opt.read_state("exp_avg", &names[i]).unwrap();
                     let want = cpu.read_state("exp_avg", &names[i]).unwrap();
-                    assert!(bits_eq(&m, &want), "{what} gpu m {i}");
+                    assert_twin(ctx, &format!("{what} gpu m {i}"), &m, &want);
                 }
             }
         }
@@ -473,7 +492,7 @@ fn caution_with_an_all_masked_tensor_stays_finite() {
             }
             let got = arena.read_all_params().unwrap();
             for i in 0..2 {
-                assert!(bits_eq(&got[i], &params[i]), "{what} gpu tensor {i}");
+                assert_twin(ctx, &format!("{what} gpu tensor {i}"), &got[i], &params[i]);
             }
         }
     }
@@ -524,19 +543,12 @@ fn caution_over_many_chunks_and_windows_matches_cpu() {
             cpu.step(&mut params, &grads).unwrap();
             let got = arena.read_all_params().unwrap();
             for i in 0..lens.len() {
-                assert!(
-                    bits_eq(&got[i], &params[i]),
-                    "{} step {k} tensor {i}",
-                    cfg.name()
-                );
+                let what = format!("{} step {k} tensor {i}", cfg.name());
+                assert_twin(&ctx, &what, &got[i], &params[i]);
                 for st in cpu.tensor_state_names(&format!("t{i}")).unwrap() {
                     let want = cpu.read_state(st, &format!("t{i}")).unwrap();
                     let g = opt.read_state(st, &format!("t{i}")).unwrap();
-                    assert!(
-                        bits_eq(&g, &want),
-                        "{} step {k} tensor {i} {st}",
-                        cfg.name()
-                    );
+                    assert_twin(&ctx, &format!("{what} {st}"), &g, &want);
                 }
             }
         }
@@ -1045,6 +1057,10 @@ fn l2_decay_fma_is_exact_on_the_gpu() {
         let normal = a.is_normal() && b.is_normal() && c.is_normal();
         let want = if normal { a.mul_add(b, c) } else { a * b + c };
         fused += normal as usize;
+        if !normal && !exact_adapter(&ctx) {
+            // The float fallback: other compilers may fuse it or flush subnormals.
+            continue;
+        }
         assert!(
             g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
             "fma({a:e}, {b:e}, {c:e}): gpu {g:e} ({:#010x}) want {want:e} ({:#010x})",
