@@ -25,9 +25,8 @@ pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use norm::{GradClipper, NormReducer, NormType};
 pub use optim::{
-    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig, LambConfig, LarsConfig,
-    NadamConfig, Optimizer, OptimizerConfig, ParamGroups, Preset, RadamConfig, RmspropConfig,
-    RpropConfig, Rule,
-    ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig, Select, SgdConfig,
-    AdoptConfig, LionConfig,
+    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AdoptConfig, AsgdConfig, LambConfig,
+    LarsConfig, LionConfig, NadamConfig, Optimizer, OptimizerConfig, ParamGroups, Preset,
+    RadamConfig, RmspropConfig, RpropConfig, Rule, ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig,
+    Select, SgdConfig,
 };

@@ -931,3 +931,28 @@ fn two_segments_with_adamw_match_cpu() {
         eprintln!("{what}: bit-identical {bitwise}");
     }
 }
+
+/// A NaN gradient element makes `exp_inf` NaN there, as `torch.maximum` propagates NaN (WGSL's
+/// `max` and `f32::max` would drop it), on the CPU and on the GPU alike.
+#[test]
+fn adamax_nan_gradient_propagates_into_exp_inf() {
+    let specs = [wgpu_optim::TensorSpec::new("t", 9)];
+    let mut g = vec![0.5f32; 9];
+    g[4] = f32::NAN;
+    let mut cpu =
+        wgpu_optim::CpuOptimizer::new(wgpu_optim::AdamaxConfig::default(), &specs).unwrap();
+    let mut p = vec![vec![1.0f32; 9]];
+    cpu.step(&mut p, &[g.clone()]).unwrap();
+    let u = cpu.read_state("exp_inf", "t").unwrap();
+    assert!(u[4].is_nan() && u[3] == 0.5 + 1e-8, "{u:?}");
+    let Some(ctx) = common::gpu() else { return };
+    let arena = wgpu_optim::ParamArena::new(&ctx, &specs).unwrap();
+    arena.write_all_params(&[vec![1.0f32; 9]]).unwrap();
+    arena.write_all_grads(&[g]).unwrap();
+    let mut opt =
+        wgpu_optim::Optimizer::new(&ctx, &arena, wgpu_optim::AdamaxConfig::default()).unwrap();
+    opt.step(&arena).unwrap();
+    let ug = opt.read_state("exp_inf", "t").unwrap();
+    assert!(ug[4].is_nan(), "{ug:?}");
+    assert_eq!(ug[3].to_bits(), u[3].to_bits());
+}

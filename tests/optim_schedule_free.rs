@@ -226,15 +226,9 @@ fn cpu_twin_matches_the_f64_reference_over_20_steps() {
             if k % 7 == 6 {
                 reference.swap(false);
                 cpu.eval(&mut params).unwrap();
-                for t in 0..LENS.len() {
+                for (t, (got, want)) in params.iter().zip(&reference.p).enumerate() {
                     let what = format!("{} step {k} x of t{t}", cfg.name());
-                    assert_close(
-                        &what,
-                        &params[t],
-                        &to_f32(&reference.p[t]),
-                        REF_ATOL,
-                        REF_RTOL,
-                    );
+                    assert_close(&what, got, &to_f32(want), REF_ATOL, REF_RTOL);
                 }
                 reference.swap(true);
                 cpu.train(&mut params).unwrap();

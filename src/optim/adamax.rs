@@ -11,8 +11,8 @@
 //! `u` (state `exp_inf`) has no bias correction, and is at least eps after a tensor's first
 //! step, so exact-zero gradients divide by eps, not by zero. The bias correction is per tensor
 //! (frozen tensors keep their own `t`), computed on the host in f64 as torch's for-loop does.
-//! `max` is Rust's `f32::max` and WGSL's `max`: a NaN gradient leaves `exp_inf` finite where
-//! torch's `torch.maximum` propagates it (`exp_avg` and the params become NaN in both).
+//! The max propagates NaN as `torch.maximum` does (`f32::max` and WGSL's `max` would drop it):
+//! a NaN gradient makes `exp_inf`, `exp_avg` and the params NaN, as in torch.
 //! Kernel: `shaders/adamax.wgsl`. Paper: Kingma & Ba 2015, section 7.1.
 
 use bytemuck::{Pod, Zeroable};
@@ -171,7 +171,9 @@ impl Rule for AdamaxConfig {
                 gi += h.weight_decay * pi;
             }
             let mi = lerp_torch(m[i], gi, h.one_minus_beta1);
-            let ui = (u[i] * h.beta2).max(gi.abs() + h.eps);
+            // torch.maximum propagates NaN (f32::max would drop it), as the kernel does.
+            let (a, b) = (u[i] * h.beta2, gi.abs() + h.eps);
+            let ui = if a.is_nan() { a } else if b.is_nan() { b } else { a.max(b) };
             m[i] = mi;
             u[i] = ui;
             p[i] = pi + (ts.neg_clr * mi) / ui;

@@ -110,7 +110,10 @@ pub(crate) struct Group {
 
 /// Each group's initial host scalars.
 fn out_groups_scalars(groups: &[Group]) -> Vec<crate::optim::Scalars> {
-    groups.iter().map(|g| g.config.init_group_scalars()).collect()
+    groups
+        .iter()
+        .map(|g| g.config.init_group_scalars())
+        .collect()
 }
 
 /// Where a tensor is optimized.

@@ -59,8 +59,13 @@ trait GpuSegment: std::fmt::Debug + Send + Sync {
     fn record(&self, pass: &mut wgpu::ComputePass<'_>);
     /// Writes the tensor table of a mode swap (to train mode with `to_train`); false when the
     /// segment's rule has no swap or no tensor to swap (then nothing is written).
-    fn write_swap_table(&mut self, ctx: &GpuContext, book: &Book, seg: usize, to_train: bool)
-        -> bool;
+    fn write_swap_table(
+        &mut self,
+        ctx: &GpuContext,
+        book: &Book,
+        seg: usize,
+        to_train: bool,
+    ) -> bool;
     /// Records the mode-swap dispatches (after `write_swap_table` returned true).
     fn record_swap(&self, pass: &mut wgpu::ComputePass<'_>);
     /// Bind groups with `aux` as binding 4 (the clip coefficient, or the constant 1).
@@ -637,12 +642,12 @@ impl Optimizer {
         if !self.book.check_mode_swap(train)? {
             return Ok(());
         }
-        let mut encoder = self
-            .ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("optimizer mode swap"),
-            });
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("optimizer mode swap"),
+                });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("optimizer mode swap"),

@@ -19,6 +19,15 @@ pub fn with_lr_wd(cfg: &OptimizerConfig, lr: f64, weight_decay: f64) -> Optimize
         OptimizerConfig::Adagrad(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
         OptimizerConfig::Lars(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
         OptimizerConfig::Lamb(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::Adadelta(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::Asgd(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::Nadam(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::Radam(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::Adamax(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::Lion(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::Adopt(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::ScheduleFreeAdamW(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::ScheduleFreeSgd(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
         _ => {}
     }
     c
