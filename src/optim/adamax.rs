@@ -173,7 +173,13 @@ impl Rule for AdamaxConfig {
             let mi = lerp_torch(m[i], gi, h.one_minus_beta1);
             // torch.maximum propagates NaN (f32::max would drop it), as the kernel does.
             let (a, b) = (u[i] * h.beta2, gi.abs() + h.eps);
-            let ui = if a.is_nan() { a } else if b.is_nan() { b } else { a.max(b) };
+            let ui = if a.is_nan() {
+                a
+            } else if b.is_nan() {
+                b
+            } else {
+                a.max(b)
+            };
             m[i] = mi;
             u[i] = ui;
             p[i] = pi + (ts.neg_clr * mi) / ui;
