@@ -10,8 +10,8 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{assert_close, f32s, gpu, randn, ATOL, RTOL};
-use serde_json::{Map, Value};
+use common::more_cases::{self, MoreCase as Case, Probe};
+use common::{assert_close, bits_eq, f32s, gpu, randn, ATOL, RTOL};
 use wgpu_optim::optim::{adadelta, asgd, rprop, HyperCtx};
 use wgpu_optim::shaders::{KernelDef, FLAG_MAXIMIZE};
 use wgpu_optim::{
@@ -21,154 +21,64 @@ use wgpu_optim::{
 
 const FAMILIES: [&str; 3] = ["adadelta", "asgd", "rprop"];
 
-#[derive(Debug, serde::Deserialize)]
-struct Fixtures {
-    cases: Vec<Case>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct Case {
-    optimizer: String,
-    hyper: Map<String, Value>,
-    shapes: Vec<Vec<usize>>,
-    lengths: Vec<usize>,
-    steps: usize,
-    frozen: Vec<Vec<bool>>,
-    init: Vec<Vec<f64>>,
-    /// `null` is no gradient (only where frozen).
-    grads: Vec<Vec<Option<Vec<f64>>>>,
-    expected: Expected,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct Expected {
-    params: Vec<Vec<f64>>,
-    state: BTreeMap<String, Vec<f64>>,
-    #[serde(default)]
-    step: BTreeMap<String, f64>,
-}
-
 /// The fixture cases of our three optimizers.
 fn cases() -> Vec<Case> {
-    let text = include_str!("fixtures/torch_optim_more_cases.json");
-    serde_json::from_str::<Fixtures>(text)
-        .expect("fixture JSON parses")
-        .cases
-        .into_iter()
-        .filter(|c| FAMILIES.contains(&c.optimizer.as_str()))
-        .collect()
+    more_cases::cases_of(&FAMILIES)
 }
 
-impl Case {
-    fn f(&self, key: &str, default: f64) -> f64 {
-        match self.hyper.get(key) {
-            Some(v) => v
-                .as_f64()
-                .unwrap_or_else(|| panic!("{key} = {v} is not a number")),
-            None => default,
-        }
-    }
-
-    fn pair(&self, key: &str, default: (f64, f64)) -> (f64, f64) {
-        match self.hyper.get(key) {
-            Some(Value::Array(a)) if a.len() == 2 => {
-                (a[0].as_f64().unwrap(), a[1].as_f64().unwrap())
+/// The PyTorch constructor call as our config; every keyword must be one we know.
+fn config(case: &Case) -> OptimizerConfig {
+    let known: &[&str] = match case.optimizer.as_str() {
+        "adadelta" => &["lr", "rho", "eps", "weight_decay", "maximize"],
+        "asgd" => &["lr", "lambd", "alpha", "t0", "weight_decay", "maximize"],
+        "rprop" => &["lr", "etas", "step_sizes", "maximize"],
+        o => panic!("not ours: {o}"),
+    };
+    case.check_keys(known);
+    match case.optimizer.as_str() {
+        "adadelta" => {
+            let d = AdadeltaConfig::default();
+            AdadeltaConfig {
+                lr: case.f_or("lr", d.lr),
+                rho: case.f_or("rho", d.rho),
+                eps: case.f_or("eps", d.eps),
+                weight_decay: case.f_or("weight_decay", d.weight_decay),
+                maximize: case.b_or_false("maximize"),
             }
-            Some(v) => panic!("{key} = {v} is not a pair"),
-            None => default,
+            .into()
         }
-    }
-
-    fn b(&self, key: &str) -> bool {
-        self.hyper.get(key).is_some_and(|v| v.as_bool().unwrap())
-    }
-
-    /// The PyTorch constructor call as our config; every keyword must be one we know.
-    fn config(&self) -> OptimizerConfig {
-        let known: &[&str] = match self.optimizer.as_str() {
-            "adadelta" => &["lr", "rho", "eps", "weight_decay", "maximize"],
-            "asgd" => &["lr", "lambd", "alpha", "t0", "weight_decay", "maximize"],
-            "rprop" => &["lr", "etas", "step_sizes", "maximize"],
-            o => panic!("not ours: {o}"),
-        };
-        for k in self.hyper.keys() {
-            assert!(
-                known.contains(&k.as_str()),
-                "{} keyword {k} not mapped",
-                self.optimizer
-            );
-        }
-        match self.optimizer.as_str() {
-            "adadelta" => {
-                let d = AdadeltaConfig::default();
-                AdadeltaConfig {
-                    lr: self.f("lr", d.lr),
-                    rho: self.f("rho", d.rho),
-                    eps: self.f("eps", d.eps),
-                    weight_decay: self.f("weight_decay", d.weight_decay),
-                    maximize: self.b("maximize"),
-                }
-                .into()
+        "asgd" => {
+            let d = AsgdConfig::default();
+            AsgdConfig {
+                lr: case.f_or("lr", d.lr),
+                lambd: case.f_or("lambd", d.lambd),
+                alpha: case.f_or("alpha", d.alpha),
+                t0: case.f_or("t0", d.t0),
+                weight_decay: case.f_or("weight_decay", d.weight_decay),
+                maximize: case.b_or_false("maximize"),
             }
-            "asgd" => {
-                let d = AsgdConfig::default();
-                AsgdConfig {
-                    lr: self.f("lr", d.lr),
-                    lambd: self.f("lambd", d.lambd),
-                    alpha: self.f("alpha", d.alpha),
-                    t0: self.f("t0", d.t0),
-                    weight_decay: self.f("weight_decay", d.weight_decay),
-                    maximize: self.b("maximize"),
-                }
-                .into()
+            .into()
+        }
+        _ => {
+            let d = RpropConfig::default();
+            let (etaminus, etaplus) = case.pair("etas", (d.etaminus, d.etaplus));
+            let (step_size_min, step_size_max) =
+                case.pair("step_sizes", (d.step_size_min, d.step_size_max));
+            RpropConfig {
+                lr: case.f_or("lr", d.lr),
+                etaminus,
+                etaplus,
+                step_size_min,
+                step_size_max,
+                maximize: case.b_or_false("maximize"),
             }
-            _ => {
-                let d = RpropConfig::default();
-                let (etaminus, etaplus) = self.pair("etas", (d.etaminus, d.etaplus));
-                let (step_size_min, step_size_max) =
-                    self.pair("step_sizes", (d.step_size_min, d.step_size_max));
-                RpropConfig {
-                    lr: self.f("lr", d.lr),
-                    etaminus,
-                    etaplus,
-                    step_size_min,
-                    step_size_max,
-                    maximize: self.b("maximize"),
-                }
-                .into()
-            }
+            .into()
         }
     }
+}
 
-    fn specs(&self) -> Vec<TensorSpec> {
-        let specs: Vec<TensorSpec> = self
-            .shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| TensorSpec::shaped(format!("t{i}"), s))
-            .collect();
-        for (s, &n) in specs.iter().zip(&self.lengths) {
-            assert_eq!(s.len, n, "shape and length of {}", s.name);
-        }
-        specs
-    }
-
-    fn init(&self) -> Vec<Vec<f32>> {
-        self.init.iter().map(|v| f32s(v)).collect()
-    }
-
-    /// Step k's gradients (zeros where PyTorch had none: those tensors are frozen).
-    fn grads_at(&self, k: usize) -> Vec<Vec<f32>> {
-        self.grads[k]
-            .iter()
-            .zip(&self.lengths)
-            .map(|(g, &n)| g.as_ref().map_or_else(|| vec![0.0; n], |g| f32s(g)))
-            .collect()
-    }
-
-    fn describe(&self, ci: usize) -> String {
-        format!("{} case {ci} {:?}", self.optimizer, self.hyper)
-    }
+fn describe(case: &Case, ci: usize) -> String {
+    format!("{} case {ci} {:?}", case.optimizer, case.hyper)
 }
 
 /// What one engine ended with, in the fixture's terms.
@@ -247,70 +157,34 @@ fn compare(case: &Case, what: &str, got: &Got) {
     }
 }
 
-fn run_cpu(case: &Case) -> Got {
-    let specs = case.specs();
-    let mut opt = CpuOptimizer::new(case.config(), &specs).unwrap();
-    let mut params = case.init();
-    for k in 0..case.steps {
-        for (i, &fz) in case.frozen[k].iter().enumerate() {
-            opt.set_frozen(&format!("t{i}"), fz).unwrap();
-        }
-        opt.step(&mut params, &case.grads_at(k)).unwrap();
-    }
+/// Every `i.KEY` state of the fixture, step counts and state names, from either engine.
+fn got(case: &Case, params: Vec<Vec<f32>>, opt: &dyn Probe) -> Got {
     let state = case
         .expected
         .state
         .keys()
         .map(|key| {
             let (i, name) = key.split_once('.').unwrap();
-            (key.clone(), opt.read_state(name, &format!("t{i}")).unwrap())
+            (key.clone(), opt.state(name, &format!("t{i}")).unwrap())
         })
         .collect();
-    let n = specs.len();
+    let n = case.lengths.len();
     Got {
         params,
         state,
-        steps: (0..n)
-            .map(|i| opt.step_count(&format!("t{i}")).unwrap())
-            .collect(),
-        names: (0..n)
-            .map(|i| opt.tensor_state_names(&format!("t{i}")).unwrap())
-            .collect(),
+        steps: (0..n).map(|i| opt.steps(&format!("t{i}"))).collect(),
+        names: (0..n).map(|i| opt.names(&format!("t{i}"))).collect(),
     }
 }
 
+fn run_cpu(case: &Case) -> Got {
+    let (params, opt) = more_cases::run_cpu(case, config(case));
+    got(case, params, &opt)
+}
+
 fn run_gpu(ctx: &GpuContext, case: &Case) -> Got {
-    let specs = case.specs();
-    let arena = ParamArena::new(ctx, &specs).unwrap();
-    arena.write_all_params(&case.init()).unwrap();
-    let mut opt = Optimizer::new(ctx, &arena, case.config()).unwrap();
-    for k in 0..case.steps {
-        for (i, &fz) in case.frozen[k].iter().enumerate() {
-            opt.set_frozen(&format!("t{i}"), fz).unwrap();
-        }
-        arena.write_all_grads(&case.grads_at(k)).unwrap();
-        opt.step(&arena).unwrap();
-    }
-    let state = case
-        .expected
-        .state
-        .keys()
-        .map(|key| {
-            let (i, name) = key.split_once('.').unwrap();
-            (key.clone(), opt.read_state(name, &format!("t{i}")).unwrap())
-        })
-        .collect();
-    let n = specs.len();
-    Got {
-        params: arena.read_all_params().unwrap(),
-        state,
-        steps: (0..n)
-            .map(|i| opt.step_count(&format!("t{i}")).unwrap())
-            .collect(),
-        names: (0..n)
-            .map(|i| opt.tensor_state_names(&format!("t{i}")).unwrap())
-            .collect(),
-    }
+    let (params, opt) = more_cases::run_gpu(ctx, case, config(case));
+    got(case, params, &opt)
 }
 
 #[test]
@@ -333,7 +207,7 @@ fn fixture_holds_three_cases_of_each() {
 #[test]
 fn cpu_matches_pytorch_fixtures() {
     for (ci, case) in cases().iter().enumerate() {
-        compare(case, &format!("cpu {}", case.describe(ci)), &run_cpu(case));
+        compare(case, &format!("cpu {}", describe(case, ci)), &run_cpu(case));
     }
 }
 
@@ -343,7 +217,7 @@ fn gpu_matches_pytorch_fixtures() {
     for (ci, case) in cases().iter().enumerate() {
         compare(
             case,
-            &format!("gpu {}", case.describe(ci)),
+            &format!("gpu {}", describe(case, ci)),
             &run_gpu(&ctx, case),
         );
     }
@@ -633,20 +507,8 @@ fn uniform_structs_have_the_wgsl_sizes() {
             size_of::<rprop::RpropTensor>(),
         ),
     ];
-    for (k, name, rust_size) in cases {
-        let module = naga::front::wgsl::parse_str(k.source)
-            .unwrap_or_else(|e| panic!("{}: {}", k.entry, e.emit_to_string(k.source)));
-        let mut layouter = naga::proc::Layouter::default();
-        layouter.update(module.to_ctx()).unwrap();
-        let (handle, _) = module
-            .types
-            .iter()
-            .find(|(_, t)| t.name.as_deref() == Some(name))
-            .unwrap_or_else(|| panic!("{name} not in {}", k.entry));
-        assert_eq!(layouter[handle].size as usize, rust_size, "{name}");
-        // Multiples of 16 bytes keep the uniform array's stride equal to the struct size.
-        assert_eq!(rust_size % 16, 0, "{name}");
-    }
+    // Multiples of 16 bytes keep the uniform array's stride equal to the struct size.
+    common::naga_sizes::assert_wgsl_sizes(&cases, true);
 }
 
 /// Every flag and every branch of the three rules is in the table's variants (which
@@ -719,13 +581,6 @@ fn awkward_grads(rng: &mut fastrand::Rng, prev: Option<&[f32]>, n: usize) -> Vec
             _ => randn(rng, 1, 0.5)[0],
         })
         .collect()
-}
-
-fn bits_eq(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
 }
 
 /// GPU against CPU on gradients full of exact zeros and sign changes (what Rprop's masks and

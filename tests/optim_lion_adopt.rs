@@ -7,168 +7,57 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::{assert_close, f32s, gpu, randn, ATOL, RTOL};
+use common::more_cases::{self, three_cases, MoreCase, Probe};
+use common::{assert_close, assert_twin, exact_adapter, f32s, gpu, randn, ATOL, RTOL};
 use wgpu_optim::optim::{adopt, lion};
 use wgpu_optim::{
-    AdamConfig, AdoptConfig, CpuOptimizer, Error, GpuContext, LionConfig, Optimizer,
-    OptimizerConfig, ParamArena, ParamGroups, Select, TensorSpec,
+    AdamConfig, AdoptConfig, CpuOptimizer, Error, LionConfig, Optimizer, OptimizerConfig,
+    ParamArena, ParamGroups, Select, TensorSpec,
 };
 
 // ---------------------------------------------------------------------------------------------
 // The fixtures (tests/fixtures/torch_optim_more_cases.json, format in tests/fixtures/README.md).
 
-#[derive(Debug, serde::Deserialize)]
-struct MoreFixtures {
-    cases: Vec<MoreCase>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct MoreCase {
-    optimizer: String,
-    hyper: serde_json::Map<String, serde_json::Value>,
-    shapes: Vec<Vec<usize>>,
-    lengths: Vec<usize>,
-    steps: usize,
-    frozen: Vec<Vec<bool>>,
-    init: Vec<Vec<f64>>,
-    grads: Vec<Vec<Vec<f64>>>,
-    expected: MoreExpected,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct MoreExpected {
-    params: Vec<Vec<f64>>,
-    state: BTreeMap<String, Vec<f64>>,
-    #[serde(default)]
-    step: BTreeMap<String, f64>,
-}
-
-fn cases(optimizer: &str) -> Vec<MoreCase> {
-    let text = include_str!("fixtures/torch_optim_more_cases.json");
-    let all: MoreFixtures = serde_json::from_str(text).expect("fixture JSON parses");
-    let out: Vec<MoreCase> = all
-        .cases
-        .into_iter()
-        .filter(|c| c.optimizer == optimizer)
-        .collect();
-    assert_eq!(out.len(), 3, "{optimizer}: three cases");
-    out
-}
-
-impl MoreCase {
-    fn f(&self, key: &str) -> f64 {
-        self.hyper[key]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{key} is a number"))
-    }
-    fn b(&self, key: &str) -> bool {
-        self.hyper[key]
-            .as_bool()
-            .unwrap_or_else(|| panic!("{key} is a bool"))
-    }
-    fn beta(&self, i: usize) -> f64 {
-        self.hyper["betas"][i].as_f64().unwrap()
-    }
-    fn check_keys(&self, known: &[&str]) {
-        for k in self.hyper.keys() {
-            assert!(known.contains(&k.as_str()), "unhandled hyperparameter {k}");
-        }
-    }
-
-    /// The timm constructor call as our config.
-    fn config(&self) -> OptimizerConfig {
-        match self.optimizer.as_str() {
-            "lion" => {
-                self.check_keys(&["lr", "betas", "weight_decay", "caution", "maximize"]);
-                LionConfig {
-                    lr: self.f("lr"),
-                    beta1: self.beta(0),
-                    beta2: self.beta(1),
-                    weight_decay: self.f("weight_decay"),
-                    caution: self.b("caution"),
-                    maximize: self.b("maximize"),
-                }
-                .into()
+/// The timm constructor call as our config.
+fn config(case: &MoreCase) -> OptimizerConfig {
+    match case.optimizer.as_str() {
+        "lion" => {
+            case.check_keys(&["lr", "betas", "weight_decay", "caution", "maximize"]);
+            LionConfig {
+                lr: case.f("lr"),
+                beta1: case.beta(0),
+                beta2: case.beta(1),
+                weight_decay: case.f("weight_decay"),
+                caution: case.b("caution"),
+                maximize: case.b("maximize"),
             }
-            "adopt" => {
-                self.check_keys(&[
-                    "lr",
-                    "betas",
-                    "eps",
-                    "clip_exp",
-                    "weight_decay",
-                    "decoupled",
-                    "caution",
-                    "maximize",
-                ]);
-                AdoptConfig {
-                    lr: self.f("lr"),
-                    beta1: self.beta(0),
-                    beta2: self.beta(1),
-                    eps: self.f("eps"),
-                    clip_exp: self.hyper["clip_exp"].as_f64(),
-                    weight_decay: self.f("weight_decay"),
-                    decoupled: self.b("decoupled"),
-                    caution: self.b("caution"),
-                    maximize: self.b("maximize"),
-                }
-                .into()
-            }
-            o => panic!("not a case of this file: {o}"),
+            .into()
         }
-    }
-
-    fn specs(&self) -> Vec<TensorSpec> {
-        self.shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let spec = TensorSpec::shaped(format!("t{i}"), s);
-                assert_eq!(spec.len, self.lengths[i], "shape {s:?}");
-                spec
-            })
-            .collect()
-    }
-
-    fn grads_at(&self, k: usize) -> Vec<Vec<f32>> {
-        self.grads[k].iter().map(|g| f32s(g)).collect()
-    }
-
-    fn steps_of(&self, i: usize) -> u64 {
-        (0..self.steps).filter(|&k| !self.frozen[k][i]).count() as u64
-    }
-}
-
-/// What both optimizers expose for the checks.
-trait Probe {
-    fn state(&self, key: &str, tensor: &str) -> wgpu_optim::Result<Vec<f32>>;
-    fn steps(&self, tensor: &str) -> u64;
-    fn names(&self, tensor: &str) -> Vec<&'static str>;
-}
-
-impl Probe for CpuOptimizer {
-    fn state(&self, key: &str, tensor: &str) -> wgpu_optim::Result<Vec<f32>> {
-        self.read_state(key, tensor)
-    }
-    fn steps(&self, tensor: &str) -> u64 {
-        self.step_count(tensor).unwrap()
-    }
-    fn names(&self, tensor: &str) -> Vec<&'static str> {
-        self.tensor_state_names(tensor).unwrap()
-    }
-}
-
-impl Probe for Optimizer {
-    fn state(&self, key: &str, tensor: &str) -> wgpu_optim::Result<Vec<f32>> {
-        self.read_state(key, tensor)
-    }
-    fn steps(&self, tensor: &str) -> u64 {
-        self.step_count(tensor).unwrap()
-    }
-    fn names(&self, tensor: &str) -> Vec<&'static str> {
-        self.tensor_state_names(tensor).unwrap()
+        "adopt" => {
+            case.check_keys(&[
+                "lr",
+                "betas",
+                "eps",
+                "clip_exp",
+                "weight_decay",
+                "decoupled",
+                "caution",
+                "maximize",
+            ]);
+            AdoptConfig {
+                lr: case.f("lr"),
+                beta1: case.beta(0),
+                beta2: case.beta(1),
+                eps: case.f("eps"),
+                clip_exp: case.hyper["clip_exp"].as_f64(),
+                weight_decay: case.f("weight_decay"),
+                decoupled: case.b("decoupled"),
+                caution: case.b("caution"),
+                maximize: case.b("maximize"),
+            }
+            .into()
+        }
+        o => panic!("not a case of this file: {o}"),
     }
 }
 
@@ -220,19 +109,11 @@ fn check_case(what: &str, case: &MoreCase, got_params: &[Vec<f32>], opt: &dyn Pr
 }
 
 fn run_cpu(case: &MoreCase) -> (Vec<Vec<f32>>, CpuOptimizer) {
-    let mut cpu = CpuOptimizer::new(case.config(), &case.specs()).unwrap();
-    let mut params: Vec<Vec<f32>> = case.init.iter().map(|v| f32s(v)).collect();
-    for k in 0..case.steps {
-        for (i, &fz) in case.frozen[k].iter().enumerate() {
-            cpu.set_frozen(&format!("t{i}"), fz).unwrap();
-        }
-        cpu.step(&mut params, &case.grads_at(k)).unwrap();
-    }
-    (params, cpu)
+    more_cases::run_cpu(case, config(case))
 }
 
 fn fixture_cases_on_cpu(optimizer: &str) {
-    for (ci, case) in cases(optimizer).iter().enumerate() {
+    for (ci, case) in three_cases(optimizer).iter().enumerate() {
         let (params, cpu) = run_cpu(case);
         let what = format!("cpu {optimizer} case {ci} {:?}", case.hyper);
         check_case(&what, case, &params, &cpu);
@@ -241,23 +122,12 @@ fn fixture_cases_on_cpu(optimizer: &str) {
 
 fn fixture_cases_on_gpu(optimizer: &str) {
     let Some(ctx) = gpu() else { return };
-    for (ci, case) in cases(optimizer).iter().enumerate() {
-        let arena = ParamArena::new(&ctx, &case.specs()).unwrap();
-        let mut opt = Optimizer::new(&ctx, &arena, case.config()).unwrap();
-        let init: Vec<Vec<f32>> = case.init.iter().map(|v| f32s(v)).collect();
-        arena.write_all_params(&init).unwrap();
-        for k in 0..case.steps {
-            for (i, &fz) in case.frozen[k].iter().enumerate() {
-                opt.set_frozen(&format!("t{i}"), fz).unwrap();
-            }
-            arena.write_all_grads(&case.grads_at(k)).unwrap();
-            opt.step(&arena).unwrap();
-        }
+    for (ci, case) in three_cases(optimizer).iter().enumerate() {
+        let (got, opt) = more_cases::run_gpu(&ctx, case, config(case));
         let what = format!("gpu {optimizer} case {ci} {:?}", case.hyper);
-        check_case(&what, case, &arena.read_all_params().unwrap(), &opt);
+        check_case(&what, case, &got, &opt);
         // And the CPU reference, bit for bit on lavapipe.
         let (params, _) = run_cpu(case);
-        let got = arena.read_all_params().unwrap();
         for (i, (g, c)) in got.iter().zip(&params).enumerate() {
             assert_twin(
                 &ctx,
@@ -266,26 +136,6 @@ fn fixture_cases_on_gpu(optimizer: &str) {
                 c,
             );
         }
-    }
-}
-
-fn bits_eq(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-}
-
-/// Whether the adapter is lavapipe (a CPU adapter): its compiler neither fuses `a * b + c` nor
-/// reorders, so the kernels equal their CPU twins bit for bit there. Other compilers may fuse
-/// (SPIR-V from naga carries no NoContraction).
-fn exact_adapter(ctx: &GpuContext) -> bool {
-    ctx.adapter_info().device_type == wgpu::DeviceType::Cpu
-}
-
-/// GPU against the CPU twin: bit for bit on lavapipe, at the fp32 tolerance elsewhere.
-fn assert_twin(ctx: &GpuContext, what: &str, gpu: &[f32], cpu: &[f32]) {
-    if exact_adapter(ctx) {
-        assert!(bits_eq(gpu, cpu), "{what}: not bit-identical");
-    } else {
-        assert_close(what, gpu, cpu, ATOL, RTOL);
     }
 }
 
@@ -747,19 +597,8 @@ fn wgsl_structs_have_the_rust_sizes() {
             size_of::<adopt::AdoptTensor>(),
         ),
     ];
-    for (k, name, rust_size) in cases {
-        let module = naga::front::wgsl::parse_str(k.source).unwrap();
-        let mut layouter = naga::proc::Layouter::default();
-        layouter.update(module.to_ctx()).unwrap();
-        let (handle, _) = module
-            .types
-            .iter()
-            .find(|(_, t)| t.name.as_deref() == Some(name))
-            .unwrap_or_else(|| panic!("{name} not in {}", k.entry));
-        assert_eq!(layouter[handle].size as usize, rust_size, "{name}");
-        // Uniform array stride and the table rows stay 16-byte multiples.
-        assert_eq!(rust_size % 16, 0, "{name}");
-    }
+    // Uniform array stride and the table rows stay 16-byte multiples.
+    common::naga_sizes::assert_wgsl_sizes(&cases, true);
     // The flag constants agree with the WGSL.
     let wgsl_const = |src: &str, name: &str| -> u32 {
         let line = src

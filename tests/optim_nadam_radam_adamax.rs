@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::{assert_close, f32s, gpu, randn, ATOL, RTOL};
+use common::more_cases::{self, three_cases, MoreCase, Probe};
+use common::{assert_close, bits_eq, f32s, gpu, randn, ATOL, RTOL};
 use wgpu_optim::{
     AdamConfig, AdamaxConfig, CpuOptimizer, Error, NadamConfig, Optimizer, OptimizerConfig,
     ParamArena, ParamGroups, RadamConfig, Select, TensorSpec,
@@ -17,163 +16,66 @@ use wgpu_optim::{
 // ---------------------------------------------------------------------------------------------
 // The golden cases (tests/fixtures/torch_optim_more_cases.json).
 
-#[derive(Debug, serde::Deserialize)]
-struct MoreCase {
-    optimizer: String,
-    hyper: serde_json::Map<String, serde_json::Value>,
-    shapes: Vec<Vec<usize>>,
-    lengths: Vec<usize>,
-    steps: usize,
-    frozen: Vec<Vec<bool>>,
-    init: Vec<Vec<f64>>,
-    grads: Vec<Vec<Vec<f64>>>,
-    expected: MoreExpected,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct MoreExpected {
-    params: Vec<Vec<f64>>,
-    state: BTreeMap<String, Vec<f64>>,
-    #[serde(default)]
-    step: BTreeMap<String, f64>,
-}
-
-/// The fixture's cases of `optimizer` (the other optimizers' cases are not parsed).
-fn cases(optimizer: &str) -> Vec<MoreCase> {
-    let text = include_str!("fixtures/torch_optim_more_cases.json");
-    let all: serde_json::Value = serde_json::from_str(text).expect("fixture JSON parses");
-    let out: Vec<MoreCase> = all["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .filter(|c| c["optimizer"] == optimizer)
-        .map(|c| serde_json::from_value(c.clone()).expect("case parses"))
-        .collect();
-    assert_eq!(out.len(), 3, "{optimizer}: 3 cases");
-    out
-}
-
-impl MoreCase {
-    fn f(&self, key: &str) -> f64 {
-        self.hyper[key]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{key} is a number"))
-    }
-    fn b(&self, key: &str) -> bool {
-        self.hyper[key]
-            .as_bool()
-            .unwrap_or_else(|| panic!("{key} is a bool"))
-    }
-    fn beta(&self, i: usize) -> f64 {
-        self.hyper["betas"][i].as_f64().expect("betas")
-    }
-
-    /// The constructor call as our config; every key of `hyper` must be understood.
-    fn config(&self) -> OptimizerConfig {
-        let known: &[&str] = match self.optimizer.as_str() {
-            "nadam" => &[
-                "lr",
-                "betas",
-                "eps",
-                "weight_decay",
-                "momentum_decay",
-                "decoupled_weight_decay",
-                "maximize",
-            ],
-            "radam" => &[
-                "lr",
-                "betas",
-                "eps",
-                "weight_decay",
-                "decoupled_weight_decay",
-                "maximize",
-            ],
-            "adamax" => &["lr", "betas", "eps", "weight_decay", "maximize"],
-            other => panic!("not a case of this file: {other}"),
-        };
-        for k in self.hyper.keys() {
-            assert!(known.contains(&k.as_str()), "unhandled hyperparameter {k}");
+/// The constructor call as our config; every key of `hyper` must be understood.
+fn config(case: &MoreCase) -> OptimizerConfig {
+    let known: &[&str] = match case.optimizer.as_str() {
+        "nadam" => &[
+            "lr",
+            "betas",
+            "eps",
+            "weight_decay",
+            "momentum_decay",
+            "decoupled_weight_decay",
+            "maximize",
+        ],
+        "radam" => &[
+            "lr",
+            "betas",
+            "eps",
+            "weight_decay",
+            "decoupled_weight_decay",
+            "maximize",
+        ],
+        "adamax" => &["lr", "betas", "eps", "weight_decay", "maximize"],
+        other => panic!("not a case of this file: {other}"),
+    };
+    case.check_keys(known);
+    match case.optimizer.as_str() {
+        "nadam" => NadamConfig {
+            lr: case.f("lr"),
+            beta1: case.beta(0),
+            beta2: case.beta(1),
+            eps: case.f("eps"),
+            weight_decay: case.f("weight_decay"),
+            momentum_decay: case.f("momentum_decay"),
+            decoupled_weight_decay: case.b("decoupled_weight_decay"),
+            maximize: case.b("maximize"),
         }
-        match self.optimizer.as_str() {
-            "nadam" => NadamConfig {
-                lr: self.f("lr"),
-                beta1: self.beta(0),
-                beta2: self.beta(1),
-                eps: self.f("eps"),
-                weight_decay: self.f("weight_decay"),
-                momentum_decay: self.f("momentum_decay"),
-                decoupled_weight_decay: self.b("decoupled_weight_decay"),
-                maximize: self.b("maximize"),
-            }
-            .into(),
-            "radam" => RadamConfig {
-                lr: self.f("lr"),
-                beta1: self.beta(0),
-                beta2: self.beta(1),
-                eps: self.f("eps"),
-                weight_decay: self.f("weight_decay"),
-                decoupled_weight_decay: self.b("decoupled_weight_decay"),
-                maximize: self.b("maximize"),
-            }
-            .into(),
-            _ => AdamaxConfig {
-                lr: self.f("lr"),
-                beta1: self.beta(0),
-                beta2: self.beta(1),
-                eps: self.f("eps"),
-                weight_decay: self.f("weight_decay"),
-                maximize: self.b("maximize"),
-            }
-            .into(),
+        .into(),
+        "radam" => RadamConfig {
+            lr: case.f("lr"),
+            beta1: case.beta(0),
+            beta2: case.beta(1),
+            eps: case.f("eps"),
+            weight_decay: case.f("weight_decay"),
+            decoupled_weight_decay: case.b("decoupled_weight_decay"),
+            maximize: case.b("maximize"),
         }
-    }
-
-    fn specs(&self) -> Vec<TensorSpec> {
-        self.shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| TensorSpec::shaped(format!("t{i}"), s))
-            .collect()
-    }
-
-    fn grads_at(&self, k: usize) -> Vec<Vec<f32>> {
-        self.grads[k].iter().map(|g| f32s(g)).collect()
-    }
-
-    fn label(&self, n: usize, path: &str) -> String {
-        format!("{} case {n} {path} {:?}", self.optimizer, self.hyper)
+        .into(),
+        _ => AdamaxConfig {
+            lr: case.f("lr"),
+            beta1: case.beta(0),
+            beta2: case.beta(1),
+            eps: case.f("eps"),
+            weight_decay: case.f("weight_decay"),
+            maximize: case.b("maximize"),
+        }
+        .into(),
     }
 }
 
-/// What the CPU and GPU optimizers both answer (the same method names on both).
-trait Probe {
-    fn state(&self, key: &str, tensor: &str) -> wgpu_optim::Result<Vec<f32>>;
-    fn steps(&self, tensor: &str) -> u64;
-    fn names(&self, tensor: &str) -> Vec<&'static str>;
-}
-
-impl Probe for CpuOptimizer {
-    fn state(&self, key: &str, tensor: &str) -> wgpu_optim::Result<Vec<f32>> {
-        self.read_state(key, tensor)
-    }
-    fn steps(&self, tensor: &str) -> u64 {
-        self.step_count(tensor).unwrap()
-    }
-    fn names(&self, tensor: &str) -> Vec<&'static str> {
-        self.tensor_state_names(tensor).unwrap()
-    }
-}
-
-impl Probe for Optimizer {
-    fn state(&self, key: &str, tensor: &str) -> wgpu_optim::Result<Vec<f32>> {
-        self.read_state(key, tensor)
-    }
-    fn steps(&self, tensor: &str) -> u64 {
-        self.step_count(tensor).unwrap()
-    }
-    fn names(&self, tensor: &str) -> Vec<&'static str> {
-        self.tensor_state_names(tensor).unwrap()
-    }
+fn label(case: &MoreCase, n: usize, path: &str) -> String {
+    format!("{} case {n} {path} {:?}", case.optimizer, case.hyper)
 }
 
 /// Worst |got - want| / (atol + rtol |want|) over a comparison.
@@ -221,26 +123,14 @@ fn check_case(case: &MoreCase, what: &str, params: &[Vec<f32>], opt: &dyn Probe)
 }
 
 fn run_cpu(case: &MoreCase) -> (Vec<Vec<f32>>, CpuOptimizer) {
-    let specs = case.specs();
-    for (s, &n) in specs.iter().zip(&case.lengths) {
-        assert_eq!(s.len, n, "shape and length agree");
-    }
-    let mut cpu = CpuOptimizer::new(case.config(), &specs).unwrap();
-    let mut params: Vec<Vec<f32>> = case.init.iter().map(|p| f32s(p)).collect();
-    for k in 0..case.steps {
-        for (i, &fz) in case.frozen[k].iter().enumerate() {
-            cpu.set_frozen(&format!("t{i}"), fz).unwrap();
-        }
-        cpu.step(&mut params, &case.grads_at(k)).unwrap();
-    }
-    (params, cpu)
+    more_cases::run_cpu(case, config(case))
 }
 
 fn fixtures_on_cpu(optimizer: &str) {
     let mut worst = 0.0f64;
-    for (n, case) in cases(optimizer).iter().enumerate() {
+    for (n, case) in three_cases(optimizer).iter().enumerate() {
         let (params, cpu) = run_cpu(case);
-        worst = worst.max(check_case(case, &case.label(n, "cpu"), &params, &cpu));
+        worst = worst.max(check_case(case, &label(case, n, "cpu"), &params, &cpu));
     }
     eprintln!("{optimizer} cpu vs torch: worst error / tolerance {worst:.3}");
 }
@@ -248,26 +138,14 @@ fn fixtures_on_cpu(optimizer: &str) {
 fn fixtures_on_gpu(optimizer: &str) {
     let Some(ctx) = gpu() else { return };
     let mut worst = 0.0f64;
-    for (n, case) in cases(optimizer).iter().enumerate() {
-        let specs = case.specs();
-        let arena = ParamArena::new(&ctx, &specs).unwrap();
-        let init: Vec<Vec<f32>> = case.init.iter().map(|p| f32s(p)).collect();
-        arena.write_all_params(&init).unwrap();
-        let mut opt = Optimizer::new(&ctx, &arena, case.config()).unwrap();
-        for k in 0..case.steps {
-            for (i, &fz) in case.frozen[k].iter().enumerate() {
-                opt.set_frozen(&format!("t{i}"), fz).unwrap();
-            }
-            arena.write_all_grads(&case.grads_at(k)).unwrap();
-            opt.step(&arena).unwrap();
-        }
-        let params = arena.read_all_params().unwrap();
-        worst = worst.max(check_case(case, &case.label(n, "gpu"), &params, &opt));
+    for (n, case) in three_cases(optimizer).iter().enumerate() {
+        let (params, opt) = more_cases::run_gpu(&ctx, case, config(case));
+        worst = worst.max(check_case(case, &label(case, n, "gpu"), &params, &opt));
         // The CPU twin, for the same case: close (bit-identical on lavapipe).
         let (cpu_params, _) = run_cpu(case);
         for (i, (g, c)) in params.iter().zip(&cpu_params).enumerate() {
             assert_close(
-                &case.label(n, &format!("gpu vs cpu t{i}")),
+                &label(case, n, &format!("gpu vs cpu t{i}")),
                 g,
                 c,
                 ATOL,
@@ -312,11 +190,11 @@ fn adamax_fixtures_on_gpu() {
 /// schedules, both weight decays, maximize, exact-zero gradients.
 #[test]
 fn fixtures_cover_the_branches() {
-    let radam = cases("radam");
+    let radam = three_cases("radam");
     let mut rectified = false;
     let mut plain = false;
     for case in &radam {
-        let OptimizerConfig::Radam(cfg) = case.config() else {
+        let OptimizerConfig::Radam(cfg) = config(case) else {
             unreachable!()
         };
         for &t in case.expected.step.values() {
@@ -325,10 +203,10 @@ fn fixtures_cover_the_branches() {
         }
     }
     assert!(rectified && plain, "RAdam fixtures take both branches");
-    let nadam = cases("nadam");
+    let nadam = three_cases("nadam");
     assert!(nadam.iter().any(|c| c.f("momentum_decay") != 4e-3));
     assert!(nadam.iter().any(|c| c.b("maximize")));
-    assert!(cases("adamax").iter().any(|c| c.b("maximize")));
+    assert!(three_cases("adamax").iter().any(|c| c.b("maximize")));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -673,18 +551,7 @@ fn uniform_structs_have_the_wgsl_sizes() {
             size_of::<adamax::AdamaxTensor>(),
         ),
     ];
-    for (k, name, rust_size) in cases {
-        let module = naga::front::wgsl::parse_str(k.source).unwrap();
-        let mut layouter = naga::proc::Layouter::default();
-        layouter.update(module.to_ctx()).unwrap();
-        let (handle, _) = module
-            .types
-            .iter()
-            .find(|(_, t)| t.name.as_deref() == Some(name))
-            .unwrap_or_else(|| panic!("{name} not in {}", k.entry));
-        assert_eq!(layouter[handle].size as usize, rust_size, "{name}");
-        assert_eq!(rust_size % 16, 0, "{name}: uniform array stride");
-    }
+    common::naga_sizes::assert_wgsl_sizes(&cases, true);
     // The WGSL flag constants equal the Rust ones.
     for (k, wgsl, rust) in [
         (nadam::NADAM_STEP, "NADAM_DECOUPLED", nadam::NADAM_DECOUPLED),
@@ -765,10 +632,6 @@ fn variants_exercise_every_flag() {
 
 // ---------------------------------------------------------------------------------------------
 // GPU against CPU: RAdam past its switch, and two segments.
-
-fn bits_eq(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-}
 
 /// Steps `cfgs` (as a single optimizer when `groups` is None) for `steps` steps on the GPU and
 /// the CPU side by side, freezing by `frozen(step, tensor)`, comparing params and every state

@@ -8,7 +8,6 @@ mod common;
 
 use common::{assert_close, gpu, randn, ATOL, RTOL};
 use wgpu_optim::optim::schedule_free::{self, ScheduleFreeHyper, ScheduleFreeTensor};
-use wgpu_optim::shaders::KernelDef;
 use wgpu_optim::{
     AdamConfig, CpuOptimizer, Error, Optimizer, OptimizerConfig, ParamArena, ParamGroups,
     ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig, Select, TensorSpec,
@@ -662,18 +661,6 @@ fn invalid_hyperparameters_are_rejected() {
     CpuOptimizer::new(odd, &specs()).unwrap();
 }
 
-fn wgsl_size(k: KernelDef, name: &str) -> usize {
-    let module = naga::front::wgsl::parse_str(k.source).unwrap();
-    let mut layouter = naga::proc::Layouter::default();
-    layouter.update(module.to_ctx()).unwrap();
-    let (handle, _) = module
-        .types
-        .iter()
-        .find(|(_, t)| t.name.as_deref() == Some(name))
-        .unwrap_or_else(|| panic!("{name} not in {k:?}"));
-    layouter[handle].size as usize
-}
-
 #[test]
 fn wgsl_validates_and_structs_have_the_rust_sizes() {
     let k = schedule_free::SCHEDULE_FREE_ADAMW_STEP;
@@ -696,11 +683,11 @@ fn wgsl_validates_and_structs_have_the_rust_sizes() {
             .any(|e| e.name == entry.entry_point()));
     }
     assert_eq!(
-        wgsl_size(k, "ScheduleFreeHyper"),
+        common::naga_sizes::wgsl_size(k, "ScheduleFreeHyper"),
         std::mem::size_of::<ScheduleFreeHyper>()
     );
     assert_eq!(
-        wgsl_size(k, "ScheduleFreeTensor"),
+        common::naga_sizes::wgsl_size(k, "ScheduleFreeTensor"),
         std::mem::size_of::<ScheduleFreeTensor>()
     );
     assert_eq!(std::mem::size_of::<ScheduleFreeHyper>() % 16, 0);

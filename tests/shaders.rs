@@ -1,6 +1,8 @@
 //! Every composed shader parses and validates with naga, and the WGSL constants agree with
 //! their Rust twins. Needs no GPU.
 
+mod common;
+
 use wgpu_optim::shaders::{self, KernelDef};
 
 fn validate(src: &str) -> Result<naga::valid::ModuleInfo, String> {
@@ -140,17 +142,7 @@ fn uniform_structs_have_the_wgsl_sizes() {
             size_of::<adagrad::AdagradTensor>(),
         ),
     ];
-    for (k, name, rust_size) in cases {
-        let module = naga::front::wgsl::parse_str(k.source).unwrap();
-        let mut layouter = naga::proc::Layouter::default();
-        layouter.update(module.to_ctx()).unwrap();
-        let (handle, _) = module
-            .types
-            .iter()
-            .find(|(_, t)| t.name.as_deref() == Some(name))
-            .unwrap_or_else(|| panic!("{name} not in {k:?}"));
-        assert_eq!(layouter[handle].size as usize, rust_size, "{name}");
-    }
+    common::naga_sizes::assert_wgsl_sizes(&cases, false);
     // A chunk row is read as one vec4<u32> in common.wgsl.
     assert_eq!(size_of::<wgpu_optim::arena::ChunkEntry>(), 16);
     assert_eq!(size_of::<wgpu_optim::arena::WindowUniform>(), 32);

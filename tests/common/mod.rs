@@ -233,3 +233,27 @@ impl Case {
         self.grads[k].iter().map(|g| f32s(g)).collect()
     }
 }
+
+pub mod more_cases;
+pub mod naga_sizes;
+
+/// The same f32 bits, element for element.
+pub fn bits_eq(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// Whether the adapter is lavapipe (a CPU adapter): its compiler neither fuses `a * b + c` nor
+/// reorders, so the kernels equal their CPU twins bit for bit there. Other compilers may fuse
+/// (SPIR-V from naga carries no NoContraction).
+pub fn exact_adapter(ctx: &GpuContext) -> bool {
+    ctx.adapter_info().device_type == wgpu::DeviceType::Cpu
+}
+
+/// GPU against the CPU twin: bit for bit on lavapipe, at the fp32 tolerance elsewhere.
+pub fn assert_twin(ctx: &GpuContext, what: &str, gpu: &[f32], cpu: &[f32]) {
+    if exact_adapter(ctx) {
+        assert!(bits_eq(gpu, cpu), "{what}: not bit-identical");
+    } else {
+        assert_close(what, gpu, cpu, ATOL, RTOL);
+    }
+}
