@@ -1,5 +1,5 @@
 //! Every WGSL kernel, embedded at compile time. Each kernel is `common.wgsl` followed by its
-//! family's file, joined with `concat!` ([`kernel_source!`]): no build script, no runtime
+//! family's file, joined with `concat!` (`kernel_source!`): no build script, no runtime
 //! string work, no templating. A kernel is described by a [`KernelDef`] that sits beside the
 //! Rust code that dispatches it (each optimizer module defines its own), and compiled once per
 //! context through the pipeline cache, keyed by the definition and its WGSL `override`
