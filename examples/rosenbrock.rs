@@ -32,6 +32,10 @@
 //! better than 1e-6 (the elementwise optimizers bit for bit on lavapipe); past about 2000
 //! steps LARS and LAMB no longer agree to 1e-4 and the check fails for them.
 
+// The font loader optbench's --plot uses.
+#[path = "../optbench/src/font.rs"]
+mod font;
+
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -164,49 +168,6 @@ const TAB10: [(u8, u8, u8); 10] = [
     (188, 189, 34),
     (23, 190, 207),
 ];
-
-/// Loads a system TTF and registers it as plotters' "sans-serif" (as optbench's `--plot`).
-fn register_font() -> Result<()> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(p) = std::env::var("OPTBENCH_FONT") {
-        candidates.push(p.into());
-    }
-    for p in [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/TTF/DejaVuSans.ttf",
-        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
-        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-        "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
-        "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
-        "/usr/share/fonts/noto/NotoSans-Regular.ttf",
-        "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
-        "/Library/Fonts/Arial.ttf",
-        "/System/Library/Fonts/Supplemental/Arial.ttf",
-        "C:\\Windows\\Fonts\\arial.ttf",
-    ] {
-        candidates.push(p.into());
-    }
-    for p in &candidates {
-        if let Ok(bytes) = std::fs::read(p) {
-            // plotters keeps registered fonts for the life of the process.
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                return Ok(());
-            }
-        }
-    }
-    bail!(
-        "the picture needs a TrueType font for its text and found none (looked at {}). Install \
-         one (Debian/Ubuntu: `apt-get install fonts-dejavu-core`) or set \
-         OPTBENCH_FONT=/path/to/font.ttf",
-        candidates
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-}
 
 /// The contour band of f (log-spaced levels).
 fn band(f: f64) -> i32 {
@@ -583,7 +544,7 @@ fn main() -> Result<()> {
         }
         None => PathBuf::from("docs/rosenbrock.png"),
     };
-    register_font()?;
+    font::register_font()?;
 
     let ctx = GpuContext::new().context("no GPU adapter (see README: scripts/setup-vulkan.sh)")?;
     println!("adapter: {}", ctx.adapter_info().name);

@@ -15,6 +15,9 @@
 #[allow(dead_code)]
 #[path = "train_digits/mlp.rs"]
 mod mlp;
+// The font loader optbench's --plot uses.
+#[path = "../optbench/src/font.rs"]
+mod font;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -505,40 +508,6 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Loads a system TrueType font as plotters' "sans-serif" (plotters draws no text without one).
-fn register_font() -> Result<()> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(p) = std::env::var("OPTBENCH_FONT") {
-        candidates.push(p.into());
-    }
-    for p in [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/TTF/DejaVuSans.ttf",
-        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
-        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-        "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
-        "/Library/Fonts/Arial.ttf",
-        "/System/Library/Fonts/Supplemental/Arial.ttf",
-        "C:\\Windows\\Fonts\\arial.ttf",
-    ] {
-        candidates.push(p.into());
-    }
-    for p in &candidates {
-        if let Ok(bytes) = std::fs::read(p) {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            let style = plotters::style::FontStyle::Normal;
-            if plotters::style::register_font("sans-serif", style, bytes).is_ok() {
-                return Ok(());
-            }
-        }
-    }
-    bail!(
-        "--compare draws text and needs a TrueType font; none found (Debian/Ubuntu: \
-         `apt-get install fonts-dejavu-core`), or set OPTBENCH_FONT=/path/to/font.ttf"
-    )
-}
-
 /// Colour of an optimizer family, and a dash pattern per preset within it (dash, gap in px;
 /// a gap of 0 is a solid line).
 fn line_style(results: &[RunResult], i: usize) -> (plotters::style::RGBColor, (u32, u32)) {
@@ -619,7 +588,7 @@ fn above(pts: &[(f64, f64)], floor: f64) -> Vec<Vec<(f64, f64)>> {
 /// Two panels: training loss and test accuracy against epoch, one line per optimizer.
 fn plot(results: &[RunResult], path: &Path) -> Result<()> {
     use plotters::prelude::*;
-    register_font()?;
+    font::register_font()?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -41,13 +41,8 @@ fn adamax_vec(i: u32, si: u32, mask: vec4<bool>, t: AdamaxTensor, hp: AdamaxHype
     let m0 = exp_avg[si];
     let u0 = exp_inf[si];
     let m = lerp_torch(m0, g, hp.one_minus_beta1);
-    // torch.maximum propagates NaN; WGSL's max need not, so NaN is carried explicitly (tested
-    // on the bits: compilers may fold x != x away).
-    let a = u0 * hp.beta2;
-    let b = abs(g) + hp.eps;
-    let nan_a = (bitcast<vec4<u32>>(a) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
-    let nan_b = (bitcast<vec4<u32>>(b) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
-    let u = select(select(max(a, b), b, nan_b), a, nan_a);
+    // torch.maximum propagates NaN; WGSL's max need not.
+    let u = max_nan4(u0 * hp.beta2, abs(g) + hp.eps);
     exp_avg[si] = select(m0, m, mask);
     exp_inf[si] = select(u0, u, mask);
     params[i] = select(p0, p0 + (t.neg_clr * m) / u, mask);

@@ -52,9 +52,6 @@ struct AdoptTensor {
 @group(0) @binding(7) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
-// Per-invocation (agreeing, elements) sums of the per-tensor pass.
-var<workgroup> adopt_counts: array<vec2<u32>, RED_SIZE>;
-
 // BEGIN fma_exact (standalone: tests/optim_lion_adopt.rs runs it on its own)
 // torch's CPU kernels fuse `grad.add(param, alpha=weight_decay)` into one fma (ATen's
 // vectorized add is fmadd). Where g + wd*p nearly cancels, the unfused sum is off by up to an ulp
@@ -261,12 +258,6 @@ fn adopt_moment(g: vec4<f32>, m: vec4<f32>, v: vec4<f32>, t: AdoptTensor, hp: Ad
     return lerp_torch(m, n, hp.one_minus_beta1);
 }
 
-// How many of the lanes selected by `mask` have `k`.
-fn adopt_count_lanes(k: vec4<bool>, mask: vec4<bool>) -> f32 {
-    let c = select(vec4<f32>(0.0), vec4<f32>(1.0), k & mask);
-    return ((c.x + c.y) + c.z) + c.w;
-}
-
 @compute @workgroup_size(WG_SIZE)
 fn adopt_caution_count(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -299,12 +290,9 @@ fn adopt_caution_count(
         }
         let g = adopt_grad(i, p, hp);
         let m = adopt_moment(g, exp_avg[si], exp_avg_sq[si], t, hp);
-        acc += adopt_count_lanes(m * g > vec4<f32>(0.0), lane_mask(c.len, v));
+        acc += count_lanes(m * g > vec4<f32>(0.0), lane_mask(c.len, v));
     }
-    let total = workgroup_reduce(lid, WG_SIZE, vec4<f32>(acc, 0.0, 0.0, 0.0));
-    if (lid == 0u) {
-        partials[win.chunk_base + group_index(wid, nwg)] = vec4<f32>(total.x, f32(c.len), 0.0, 0.0);
-    }
+    store_chunk_count(win.chunk_base + group_index(wid, nwg), lid, acc, c.len);
 }
 
 @compute @workgroup_size(RED_SIZE)
@@ -325,24 +313,7 @@ fn adopt_caution_scale(
     if ((hp.flags & ADOPT_CAUTION) == 0u) {
         return;
     }
-    var acc = vec2<u32>(0u);
-    for (var j = lid; j < t.chunk_count; j += RED_SIZE) {
-        let e = partials[t.first_chunk + j];
-        acc += vec2<u32>(u32(e.x), u32(e.y));
-    }
-    adopt_counts[lid] = acc;
-    workgroupBarrier();
-    if (lid == 0u) {
-        var total = vec2<u32>(0u);
-        for (var j = 0u; j < RED_SIZE; j++) {
-            total += adopt_counts[j];
-        }
-        if (total.y > 0u) {
-            let mean = f32(total.x) / f32(total.y);
-            let clamped = select(mean, 0.001, mean < 0.001);
-            partials[win.tensor_base + ti] = vec4<f32>(1.0 / clamped, mean, 0.0, 0.0);
-        }
-    }
+    store_caution_scale(ti, t.first_chunk, t.chunk_count, lid);
 }
 
 @compute @workgroup_size(WG_SIZE)

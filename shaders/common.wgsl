@@ -156,6 +156,24 @@ fn load_grad(i: u32, flags: u32) -> vec4<f32> {
     return g;
 }
 
+// NaN test on the bits: compilers may fold `x != x` away, and WGSL leaves max() with a NaN
+// operand implementation-defined (most GPUs return the other operand).
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// max that propagates NaN, as torch.maximum and torch's inf norm do (the first NaN wins).
+fn max_nan(a: f32, b: f32) -> f32 {
+    return select(select(max(a, b), b, is_nan(b)), a, is_nan(a));
+}
+
+// max_nan on each lane.
+fn max_nan4(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    let nan_a = (bitcast<vec4<u32>>(a) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+    let nan_b = (bitcast<vec4<u32>>(b) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+    return select(select(max(a, b), b, nan_b), a, nan_a);
+}
+
 // torch.lerp's CPU formula: the form used depends on |w| < 0.5, for accuracy near both ends.
 fn lerp_torch(start: vec4<f32>, end: vec4<f32>, w: f32) -> vec4<f32> {
     if (abs(w) < 0.5) {

@@ -40,9 +40,6 @@ struct LionTensor {
 @group(0) @binding(3) var<storage, read> tensors: array<LionTensor>;
 @group(0) @binding(7) var<storage, read_write> exp_avg: array<vec4<f32>>;
 
-// Per-invocation (agreeing, elements) sums of the per-tensor pass.
-var<workgroup> lion_counts: array<vec2<u32>, RED_SIZE>;
-
 // torch's sign: 1, -1, or 0 for zeros and NaN.
 fn sign_torch(x: vec4<f32>) -> vec4<f32> {
     let one = vec4<f32>(1.0);
@@ -52,12 +49,6 @@ fn sign_torch(x: vec4<f32>) -> vec4<f32> {
 
 fn lion_direction(m: vec4<f32>, g: vec4<f32>, hp: LionHyper) -> vec4<f32> {
     return sign_torch(lerp_torch(m, g, hp.one_minus_beta1));
-}
-
-// How many of the lanes selected by `mask` have `k`.
-fn lion_count_lanes(k: vec4<bool>, mask: vec4<bool>) -> f32 {
-    let c = select(vec4<f32>(0.0), vec4<f32>(1.0), k & mask);
-    return ((c.x + c.y) + c.z) + c.w;
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -85,12 +76,9 @@ fn lion_caution_count(
         }
         let g = load_grad(c.base + v, hp.flags);
         let u = lion_direction(exp_avg[c.sbase + v], g, hp);
-        acc += lion_count_lanes(u * g > vec4<f32>(0.0), lane_mask(c.len, v));
+        acc += count_lanes(u * g > vec4<f32>(0.0), lane_mask(c.len, v));
     }
-    let total = workgroup_reduce(lid, WG_SIZE, vec4<f32>(acc, 0.0, 0.0, 0.0));
-    if (lid == 0u) {
-        partials[win.chunk_base + group_index(wid, nwg)] = vec4<f32>(total.x, f32(c.len), 0.0, 0.0);
-    }
+    store_chunk_count(win.chunk_base + group_index(wid, nwg), lid, acc, c.len);
 }
 
 @compute @workgroup_size(RED_SIZE)
@@ -111,24 +99,7 @@ fn lion_caution_scale(
     if ((hp.flags & LION_CAUTION) == 0u) {
         return;
     }
-    var acc = vec2<u32>(0u);
-    for (var j = lid; j < t.chunk_count; j += RED_SIZE) {
-        let e = partials[t.first_chunk + j];
-        acc += vec2<u32>(u32(e.x), u32(e.y));
-    }
-    lion_counts[lid] = acc;
-    workgroupBarrier();
-    if (lid == 0u) {
-        var total = vec2<u32>(0u);
-        for (var j = 0u; j < RED_SIZE; j++) {
-            total += lion_counts[j];
-        }
-        if (total.y > 0u) {
-            let mean = f32(total.x) / f32(total.y);
-            let clamped = select(mean, 0.001, mean < 0.001);
-            partials[win.tensor_base + ti] = vec4<f32>(1.0 / clamped, mean, 0.0, 0.0);
-        }
-    }
+    store_caution_scale(ti, t.first_chunk, t.chunk_count, lid);
 }
 
 @compute @workgroup_size(WG_SIZE)

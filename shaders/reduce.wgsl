@@ -28,18 +28,6 @@ const RED_SIZE: u32 = 32u;
 var<workgroup> scratch: array<vec4<f32>, WG_SIZE>;
 var<workgroup> group_sums: array<vec4<f32>, 16>;
 
-// NaN test on the bits: compilers may fold `x != x` away, and WGSL leaves max() with a NaN
-// operand implementation-defined (most GPUs return the other operand).
-fn is_nan(x: f32) -> bool {
-    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
-}
-
-// max that propagates NaN, as torch's inf norm does: a NaN anywhere gives a NaN norm. Sums
-// propagate NaN by IEEE arithmetic already.
-fn max_nan(a: f32, b: f32) -> f32 {
-    return select(select(max(a, b), b, is_nan(b)), a, is_nan(a));
-}
-
 fn red_combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(a.x + b.x, max_nan(a.y, b.y), a.z + b.z, max_nan(a.w, b.w));
 }
@@ -97,4 +85,51 @@ fn fold_chunks(first: u32, count: u32, lid: u32) -> vec4<f32> {
 // Linear workgroup id of a grid that may spill into y.
 fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
+}
+
+// Caution (timm's Lion and ADOPT): per tensor, the fraction of elements whose update agrees in
+// sign with the gradient, counted exactly. Pass 1 stores each chunk's (agreeing, elements)
+// count in partials[chunk] (counts of at most CHUNK in f32 are exact); pass 2 sums a tensor's
+// counts in u32 (exact at any size, unlike an f32 sum past 2^24) and stores the scale
+// 1 / max(mean, 1e-3) in partials[win.tensor_base + tensor].
+
+var<workgroup> count_sums: array<vec2<u32>, RED_SIZE>;
+
+// How many of the lanes selected by `mask` have `k`.
+fn count_lanes(k: vec4<bool>, mask: vec4<bool>) -> f32 {
+    let c = select(vec4<f32>(0.0), vec4<f32>(1.0), k & mask);
+    return ((c.x + c.y) + c.z) + c.w;
+}
+
+// Pass 1 epilogue: reduces each invocation's agreeing count over the chunk workgroup into
+// partials[chunk] = (agreeing, elements, 0, 0).
+fn store_chunk_count(chunk: u32, lid: u32, agreeing: f32, len: u32) {
+    let total = workgroup_reduce(lid, WG_SIZE, vec4<f32>(agreeing, 0.0, 0.0, 0.0));
+    if (lid == 0u) {
+        partials[chunk] = vec4<f32>(total.x, f32(len), 0.0, 0.0);
+    }
+}
+
+// Pass 2: folds the counts of chunks [first, first + count) in u32 and stores tensor ti's
+// caution scale (and the mean) in partials[win.tensor_base + ti]. Every invocation of the
+// RED_SIZE workgroup must call it.
+fn store_caution_scale(ti: u32, first: u32, count: u32, lid: u32) {
+    var acc = vec2<u32>(0u);
+    for (var j = lid; j < count; j += RED_SIZE) {
+        let e = partials[first + j];
+        acc += vec2<u32>(u32(e.x), u32(e.y));
+    }
+    count_sums[lid] = acc;
+    workgroupBarrier();
+    if (lid == 0u) {
+        var total = vec2<u32>(0u);
+        for (var j = 0u; j < RED_SIZE; j++) {
+            total += count_sums[j];
+        }
+        if (total.y > 0u) {
+            let mean = f32(total.x) / f32(total.y);
+            let clamped = select(mean, 0.001, mean < 0.001);
+            partials[win.tensor_base + ti] = vec4<f32>(1.0 / clamped, mean, 0.0, 0.0);
+        }
+    }
 }

@@ -934,6 +934,31 @@ fn state_specs() -> Vec<TensorSpec> {
     ]
 }
 
+/// What both engines answer for the state of `state_specs()` tensors that keep none: "free"
+/// is in no group, "t" is plain SGD (no state), "missing" does not exist. The CPU and GPU
+/// optimizers have the same methods, so one macro checks either.
+macro_rules! assert_states_missing {
+    ($opt:expr) => {{
+        let opt = &$opt;
+        assert_eq!(
+            opt.read_state("exp_avg", "free").unwrap_err(),
+            unknown_state("exp_avg", &[])
+        );
+        assert_eq!(
+            opt.read_state("exp_avg", "t").unwrap_err(),
+            unknown_state("exp_avg", &[])
+        );
+        assert_eq!(
+            opt.read_state("momentum_buffer", "t").unwrap_err(),
+            unknown_state("momentum_buffer", &[])
+        );
+        assert_eq!(
+            opt.read_state("exp_avg", "missing").unwrap_err(),
+            Error::UnknownTensor("missing".into())
+        );
+    }};
+}
+
 #[test]
 fn state_of_tensors_without_it_is_unknown_state_on_cpu() {
     let specs = state_specs();
@@ -943,22 +968,7 @@ fn state_of_tensors_without_it_is_unknown_state_on_cpu() {
         .group(Select::names(["t"]), SgdConfig::default());
     for groups in [two, state_groups()] {
         let cpu = CpuOptimizer::with_groups(&specs, groups).unwrap();
-        assert_eq!(
-            cpu.read_state("exp_avg", "free").unwrap_err(),
-            unknown_state("exp_avg", &[])
-        );
-        assert_eq!(
-            cpu.read_state("exp_avg", "t").unwrap_err(),
-            unknown_state("exp_avg", &[])
-        );
-        assert_eq!(
-            cpu.read_state("momentum_buffer", "t").unwrap_err(),
-            unknown_state("momentum_buffer", &[])
-        );
-        assert_eq!(
-            cpu.read_state("exp_avg", "missing").unwrap_err(),
-            Error::UnknownTensor("missing".into())
-        );
+        assert_states_missing!(cpu);
         assert_eq!(cpu.read_state("exp_avg", "a").unwrap(), vec![0.0; 8]);
     }
 }
@@ -985,22 +995,7 @@ fn state_of_tensors_without_it_is_unknown_state() {
     opt.step(&arena).unwrap();
     let before = snapshot(&arena, &opt);
     assert_eq!(opt.group_of("free").unwrap(), None);
-    assert_eq!(
-        opt.read_state("exp_avg", "free").unwrap_err(),
-        unknown_state("exp_avg", &[])
-    );
-    assert_eq!(
-        opt.read_state("exp_avg", "t").unwrap_err(),
-        unknown_state("exp_avg", &[])
-    );
-    assert_eq!(
-        opt.read_state("momentum_buffer", "t").unwrap_err(),
-        unknown_state("momentum_buffer", &[])
-    );
-    assert_eq!(
-        opt.read_state("exp_avg", "missing").unwrap_err(),
-        Error::UnknownTensor("missing".into())
-    );
+    assert_states_missing!(opt);
     assert_eq!(
         opt.read_state_image("momentum_buffer").unwrap_err(),
         unknown_state("momentum_buffer", &["exp_avg", "exp_avg_sq"])

@@ -10,6 +10,7 @@
 //! ```
 
 mod bench;
+mod font;
 mod info;
 mod plot;
 mod tables;
@@ -27,7 +28,7 @@ use wgpu_optim::{ContextOptions, GpuContext};
 
 use crate::bench::{bench, print_bench, BenchPlan, BenchReport};
 use crate::info::{info, print_info, Info};
-use crate::plot::{plot, register_font};
+use crate::plot::plot;
 use crate::tune::{print_tune_copy, tune_copy, TuneReport};
 use crate::verify::{print_verify, verify, VerifyReport};
 
@@ -191,7 +192,7 @@ fn main() -> Result<()> {
                 p.display()
             ),
         }
-        register_font()?;
+        font::register_font()?;
     }
     let ctx = GpuContext::with_options(ContextOptions {
         adapter: opts.adapter.clone(),

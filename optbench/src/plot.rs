@@ -1,64 +1,15 @@
 //! `--plot`: GB/s against size per optimizer, with the copy kernel as the roofline (PNG or SVG).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::bench::BenchReport;
 use crate::tables::fmt_elems;
 
-/// Loads a system TTF and registers it as plotters' "sans-serif".
-pub(crate) fn register_font() -> Result<()> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(p) = std::env::var("OPTBENCH_FONT") {
-        candidates.push(p.into());
-    }
-    for p in [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/TTF/DejaVuSans.ttf",
-        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
-        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-        "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
-        "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
-        "/usr/share/fonts/noto/NotoSans-Regular.ttf",
-        "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
-        "/Library/Fonts/Arial.ttf",
-        "/System/Library/Fonts/Supplemental/Arial.ttf",
-        "C:\\Windows\\Fonts\\arial.ttf",
-    ] {
-        candidates.push(p.into());
-    }
-    for p in &candidates {
-        if let Ok(bytes) = std::fs::read(p) {
-            // plotters keeps registered fonts for the life of the process.
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            if plotters::style::register_font(
-                "sans-serif",
-                plotters::style::FontStyle::Normal,
-                bytes,
-            )
-            .is_ok()
-            {
-                return Ok(());
-            }
-        }
-    }
-    bail!(
-        "--plot needs a TrueType font for its text and found none (looked at {}). Install one \
-         (Debian/Ubuntu: `apt-get install fonts-dejavu-core`; Fedora: `dnf install \
-         dejavu-sans-fonts`) or set OPTBENCH_FONT=/path/to/font.ttf",
-        candidates
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-}
-
 pub(crate) fn plot(r: &BenchReport, path: &Path) -> Result<()> {
     use plotters::prelude::*;
-    register_font()?;
+    crate::font::register_font()?;
     const W: u32 = 1000;
     const H: u32 = 640;
     fn draw<DB: DrawingBackend>(

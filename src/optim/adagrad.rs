@@ -12,7 +12,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{maximize_flag, ChunkRange, HyperCtx, OptimizerConfig, Rule, StateSpec};
+use super::{maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
 use crate::error::{check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -91,18 +91,6 @@ impl Rule for AdagradConfig {
         check_non_negative("weight_decay", self.weight_decay)?;
         check_non_negative("initial_accumulator_value", self.initial_accumulator_value)?;
         check_non_negative("eps", self.eps)
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    fn of(c: &OptimizerConfig) -> Option<&Self> {
-        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {

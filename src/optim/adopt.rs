@@ -40,9 +40,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::adam::moment_states;
 use super::lion::caution_scale;
-use super::{
-    lerp_torch, maximize_flag, ChunkRange, HyperCtx, OptimizerConfig, Pass, Rule, StateSpec,
-};
+use super::{lerp_torch, maximize_flag, ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -217,18 +215,6 @@ impl Rule for AdoptConfig {
             Some(e) => check_finite("clip_exp", e),
             None => Ok(()),
         }
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    fn of(c: &OptimizerConfig) -> Option<&Self> {
-        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {

@@ -23,7 +23,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{maximize_flag, ChunkRange, HyperCtx, OptimizerConfig, Rule, Scalars, StateSpec};
+use super::{maximize_flag, ChunkRange, HyperCtx, Rule, Scalars, StateSpec};
 use crate::error::{check_non_negative, Error, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -121,18 +121,6 @@ impl Rule for AsgdConfig {
             });
         }
         Ok(())
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    fn of(c: &OptimizerConfig) -> Option<&Self> {
-        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {

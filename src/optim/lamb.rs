@@ -18,7 +18,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::adam::moment_states;
 use super::lars::norm_f64;
-use super::{ChunkRange, HyperCtx, OptimizerConfig, Pass, Rule, StateSpec};
+use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -134,18 +134,6 @@ impl Rule for LambConfig {
         check_unit_interval("beta2", self.beta2)?;
         check_non_negative("eps", self.eps)?;
         check_non_negative("weight_decay", self.weight_decay)
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    fn of(c: &OptimizerConfig) -> Option<&Self> {
-        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {

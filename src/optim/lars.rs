@@ -19,7 +19,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::sgd::{check_nesterov, momentum_states, sgd_momentum};
-use super::{ChunkRange, HyperCtx, OptimizerConfig, Pass, Rule, StateSpec};
+use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -148,18 +148,6 @@ impl Rule for LarsConfig {
         check_non_negative("trust_coefficient", self.trust_coefficient)?;
         check_non_negative("eps", self.eps)?;
         check_nesterov(self.nesterov, self.momentum, self.dampening)
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    fn of(c: &OptimizerConfig) -> Option<&Self> {
-        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {

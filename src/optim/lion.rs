@@ -30,9 +30,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{
-    lerp_torch, maximize_flag, ChunkRange, HyperCtx, OptimizerConfig, Pass, Rule, StateSpec,
-};
+use super::{lerp_torch, maximize_flag, ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -153,18 +151,6 @@ impl Rule for LionConfig {
         check_unit_interval("beta2", self.beta2)?;
         // timm does not check weight_decay; a non-finite one could only give NaN.
         check_finite("weight_decay", self.weight_decay)
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    fn of(c: &OptimizerConfig) -> Option<&Self> {
-        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {

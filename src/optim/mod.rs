@@ -117,7 +117,7 @@ pub struct HyperCtx {
 /// `update` is the definition the GPU kernel is checked against; it must perform the same f32
 /// operations in the same order as the kernel.
 pub trait Rule:
-    Clone + Debug + Default + PartialEq + Send + Sync + 'static + Into<OptimizerConfig>
+    TableEntry + Clone + Debug + Default + PartialEq + Send + Sync + 'static + Into<OptimizerConfig>
 {
     /// Per-group scalars and flags, mirrored field by field by the kernel's `<Kernel>Hyper`.
     type Hyper: Pod + Debug + Send + Sync;
@@ -131,10 +131,6 @@ pub trait Rule:
     fn name(&self) -> &'static str;
     /// Checks every hyperparameter the way PyTorch's constructor does.
     fn validate(&self) -> Result<()>;
-    /// Learning rate.
-    fn lr(&self) -> f64;
-    /// Sets the learning rate (already validated).
-    fn set_lr(&mut self, lr: f64);
     /// State buffers this configuration keeps.
     fn states(&self) -> Vec<StateSpec>;
     /// The dispatches of one step, in order (default: the kernel once per window).
@@ -218,6 +214,15 @@ pub trait Rule:
     /// Every flag combination the tests and `optbench verify` check (each flag at least once,
     /// with a non-default lr so that lr reaches the kernel).
     fn variants() -> Vec<Self>;
+}
+
+/// What every config in the library's table has, written by `optimizer_table!` (from the
+/// config's `lr` field and its table row), so a rule's own file does not repeat it.
+pub trait TableEntry {
+    /// Learning rate.
+    fn lr(&self) -> f64;
+    /// Sets the learning rate (already validated).
+    fn set_lr(&mut self, lr: f64);
     /// This configuration, if `c` is of this algorithm.
     fn of(c: &OptimizerConfig) -> Option<&Self>;
 }
@@ -365,15 +370,23 @@ macro_rules! optimizer_table {
             pub(crate) fn visit<V: RuleVisitor>(configs: &[&OptimizerConfig], v: V) -> V::Out {
                 match configs[0] {
                     $(OptimizerConfig::$variant(_) => v.visit::<$config>(
-                        configs.iter().filter_map(|c| <$config as Rule>::of(c).cloned()).collect(),
+                        configs.iter().filter_map(|c| <$config as TableEntry>::of(c).cloned()).collect(),
                     ),)*
                 }
             }
         }
 
         $(
-            impl $config {
-                pub(crate) fn of_config(c: &OptimizerConfig) -> Option<&Self> {
+            impl TableEntry for $config {
+                fn lr(&self) -> f64 {
+                    self.lr
+                }
+
+                fn set_lr(&mut self, lr: f64) {
+                    self.lr = lr;
+                }
+
+                fn of(c: &OptimizerConfig) -> Option<&Self> {
                     match c {
                         OptimizerConfig::$variant(x) => Some(x),
                         #[allow(unreachable_patterns)]

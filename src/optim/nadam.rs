@@ -28,8 +28,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{
-    lerp_torch, maximize_flag, ChunkRange, HyperCtx, OptimizerConfig, Rule, Scalars, StateSpec,
-    MAX_SCALARS,
+    lerp_torch, maximize_flag, ChunkRange, HyperCtx, Rule, Scalars, StateSpec, MAX_SCALARS,
 };
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
@@ -166,18 +165,6 @@ impl Rule for NadamConfig {
         check_unit_interval("beta2", self.beta2)?;
         check_non_negative("weight_decay", self.weight_decay)?;
         check_non_negative("momentum_decay", self.momentum_decay)
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    fn of(c: &OptimizerConfig) -> Option<&Self> {
-        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {

@@ -27,7 +27,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{lerp_torch, maximize_flag, ChunkRange, HyperCtx, OptimizerConfig, Rule, StateSpec};
+use super::{lerp_torch, maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -152,18 +152,6 @@ impl Rule for RadamConfig {
         check_unit_interval("beta1", self.beta1)?;
         check_unit_interval("beta2", self.beta2)?;
         check_non_negative("weight_decay", self.weight_decay)
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    fn of(c: &OptimizerConfig) -> Option<&Self> {
-        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {

@@ -15,7 +15,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{lerp_torch, maximize_flag, ChunkRange, HyperCtx, OptimizerConfig, Rule, StateSpec};
+use super::{lerp_torch, maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
 use crate::error::{check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -113,18 +113,6 @@ impl Rule for RmspropConfig {
         check_non_negative("momentum", self.momentum)?;
         check_non_negative("weight_decay", self.weight_decay)?;
         check_non_negative("alpha", self.alpha)
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    fn of(c: &OptimizerConfig) -> Option<&Self> {
-        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {

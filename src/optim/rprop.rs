@@ -22,7 +22,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{maximize_flag, ChunkRange, HyperCtx, OptimizerConfig, Rule, StateSpec};
+use super::{maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
 use crate::error::{check_non_negative, Error, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -161,18 +161,6 @@ impl Rule for RpropConfig {
         }
         not_nan("step_size_min", self.step_size_min)?;
         not_nan("step_size_max", self.step_size_max)
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    fn of(c: &OptimizerConfig) -> Option<&Self> {
-        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {

@@ -40,7 +40,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{lerp_torch, ChunkRange, HyperCtx, OptimizerConfig, Rule, Scalars, StateSpec};
+use super::{lerp_torch, ChunkRange, HyperCtx, Rule, Scalars, StateSpec};
 use crate::error::{check_non_negative, Error, Result};
 use crate::shaders::KernelDef;
 
@@ -316,18 +316,6 @@ impl Rule for ScheduleFreeAdamWConfig {
         Ok(())
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    fn of(c: &OptimizerConfig) -> Option<&Self> {
-        Self::of_config(c)
-    }
-
     fn states(&self) -> Vec<StateSpec> {
         vec![
             z_state(),
@@ -455,18 +443,6 @@ impl Rule for ScheduleFreeSgdConfig {
             });
         }
         Ok(())
-    }
-
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
-
-    fn of(c: &OptimizerConfig) -> Option<&Self> {
-        Self::of_config(c)
     }
 
     fn states(&self) -> Vec<StateSpec> {
