@@ -3,8 +3,7 @@
 //! device has them and host wall clock around a queue wait otherwise ([`StepTimer`]), order
 //! statistics ([`Summary`]) and the host memcpy bandwidth ([`host_memcpy`]).
 //!
-//! Only with the `bench` cargo feature (off by default; it adds serde for the `Serialize`
-//! derives), which optbench turns on.
+//! Only with the `bench` cargo feature (off by default), which optbench turns on.
 //!
 //! Everything here allocates at construction only: timing a batch creates command encoders
 //! (one per submission, as any training loop does) and nothing else.

@@ -13,6 +13,7 @@ trait CpuSegment: std::fmt::Debug + Send + Sync {
     /// The mode swap (`Rule::swap`) of every tensor of the segment that has stepped.
     fn swap(&mut self, book: &Book, seg: usize, params: &mut [&mut [f32]], to_train: bool);
     fn state(&self, name: &str, local: usize) -> Option<&[f32]>;
+    fn state_mut(&mut self, name: &str, local: usize) -> Option<&mut Vec<f32>>;
 }
 
 #[derive(Debug)]
@@ -92,6 +93,11 @@ impl<R: Rule> CpuSegment for Segment<R> {
         let &(_, slot) = self.names.iter().find(|(n, _)| *n == name)?;
         self.state.get(slot)?.get(local).map(|v| v.as_slice())
     }
+
+    fn state_mut(&mut self, name: &str, local: usize) -> Option<&mut Vec<f32>> {
+        let &(_, slot) = self.names.iter().find(|(n, _)| *n == name)?;
+        self.state.get_mut(slot)?.get_mut(local)
+    }
 }
 
 struct BuildSegment<'a> {
@@ -131,6 +137,7 @@ impl RuleVisitor for BuildSegment<'_> {
 #[derive(Debug)]
 pub struct CpuOptimizer {
     book: Book,
+    tensors: Vec<crate::arena::TensorInfo>,
     lens: Vec<usize>,
     segments: Vec<Box<dyn CpuSegment>>,
 }
@@ -166,6 +173,7 @@ impl CpuOptimizer {
             .collect();
         Ok(Self {
             book,
+            tensors: layout.tensors().to_vec(),
             lens,
             segments,
         })
@@ -185,6 +193,44 @@ impl CpuOptimizer {
                 name: state.to_string(),
                 available: self.book.segment_states(loc.segment),
             })
+    }
+
+    pub(crate) fn book(&self) -> &Book {
+        &self.book
+    }
+
+    pub(crate) fn book_mut(&mut self) -> &mut Book {
+        &mut self.book
+    }
+
+    pub(crate) fn tensor_infos(&self) -> &[crate::arena::TensorInfo] {
+        &self.tensors
+    }
+
+    /// State `name` of every member of segment `s`, in member order.
+    pub(crate) fn read_segment_members(&self, s: usize, name: &str) -> Vec<Vec<f32>> {
+        (0..self.book.segments[s].members.len())
+            .map(|local| {
+                self.segments[s]
+                    .state(name, local)
+                    .map(|x| x.to_vec())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Writes state `name` of the listed members (local index, values) of segment `s`.
+    pub(crate) fn write_segment_members(
+        &mut self,
+        s: usize,
+        name: &str,
+        members: &[(usize, Vec<f32>)],
+    ) {
+        for (local, data) in members {
+            if let Some(v) = self.segments[s].state_mut(name, *local) {
+                v.clone_from(data);
+            }
+        }
     }
 
     /// One step over every tensor in a group (one slice per arena tensor, in arena order).

@@ -171,6 +171,22 @@ pub enum Error {
     /// wgpu ran out of memory.
     #[error("out of GPU memory: {0}")]
     OutOfMemory(String),
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed, and the OS error.
+        message: String,
+    },
+    /// A checkpoint's bytes are not a valid checkpoint (truncated, bad header, wrong dtype,
+    /// a value out of range, ...).
+    #[error("corrupt checkpoint: {0}")]
+    CorruptCheckpoint(String),
+    /// A valid checkpoint that does not fit this optimizer; the message names the first
+    /// difference.
+    #[error("the checkpoint does not match this optimizer: {0}")]
+    CheckpointMismatch(String),
 }
 
 impl Error {

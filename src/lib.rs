@@ -10,6 +10,7 @@ pub mod arena;
 // Measurement tools for optbench; only with the `bench` feature (see src/bench.rs's docs).
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod checkpoint;
 pub mod context;
 pub mod cpu;
 pub mod dispatch;
@@ -20,6 +21,7 @@ pub mod pipeline;
 pub mod readback;
 
 pub use arena::{ParamArena, ParamLayout, SegmentLayout, TensorInfo, TensorSpec};
+pub use checkpoint::{Checkpoint, PendingCheckpoint};
 pub use context::{ContextOptions, GpuContext, ADAPTER_ENV};
 pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};

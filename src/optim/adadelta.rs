@@ -25,7 +25,8 @@ pub const ADADELTA_STEP: KernelDef =
     KernelDef::step("adadelta_step", crate::kernel_source!("adadelta.wgsl"), 2);
 
 /// Adadelta hyperparameters; `Default` is `torch.optim.Adadelta`'s.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AdadeltaConfig {
     /// Learning rate, a factor on `delta` (default 1.0).
     pub lr: f64,

@@ -21,7 +21,8 @@ pub const ADAGRAD_STEP: KernelDef =
     KernelDef::step("adagrad_step", crate::kernel_source!("adagrad.wgsl"), 1);
 
 /// Adagrad hyperparameters; `Default` is PyTorch's.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AdagradConfig {
     /// Learning rate (default 1e-2).
     pub lr: f64,

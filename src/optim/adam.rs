@@ -32,7 +32,8 @@ pub const ADAM_DECOUPLED: u32 = 512;
 
 /// Adam hyperparameters; `Default` is `torch.optim.Adam`'s, [`AdamConfig::adamw`] is
 /// `torch.optim.AdamW`'s.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AdamConfig {
     /// Learning rate (default 1e-3).
     pub lr: f64,

@@ -26,7 +26,8 @@ pub const ADAMAX_STEP: KernelDef =
     KernelDef::step("adamax_step", crate::kernel_source!("adamax.wgsl"), 2);
 
 /// Adamax hyperparameters; `Default` is `torch.optim.Adamax`'s.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AdamaxConfig {
     /// Learning rate (default 2e-3).
     pub lr: f64,

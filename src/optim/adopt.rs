@@ -62,7 +62,8 @@ pub const ADOPT_DECOUPLED: u32 = 512;
 pub const ADOPT_CLIP: u32 = 1024;
 
 /// ADOPT hyperparameters; `Default` is timm 1.0.31's `Adopt`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AdoptConfig {
     /// Learning rate (default 1e-3).
     pub lr: f64,

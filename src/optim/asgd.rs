@@ -37,7 +37,8 @@ const ETA: usize = 0;
 const MU: usize = 1;
 
 /// ASGD hyperparameters; `Default` is `torch.optim.ASGD`'s.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AsgdConfig {
     /// Learning rate: the first step's eta, and the scale of every later eta (default 1e-2).
     pub lr: f64,
@@ -46,6 +47,7 @@ pub struct AsgdConfig {
     /// Power of the eta schedule (default 0.75).
     pub alpha: f64,
     /// Step after which averaging starts (default 1e6; any value but NaN).
+    #[serde(with = "crate::optim::json_f64")]
     pub t0: f64,
     /// L2 penalty added to the gradient (default 0).
     pub weight_decay: f64,

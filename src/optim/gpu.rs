@@ -538,6 +538,51 @@ impl Optimizer {
         readback::read_f32(&self.ctx, buf, off as u64, self.layout.tensors()[i].len)
     }
 
+    pub(crate) fn book(&self) -> &Book {
+        &self.book
+    }
+
+    pub(crate) fn book_mut(&mut self) -> &mut Book {
+        &mut self.book
+    }
+
+    pub(crate) fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// State `name` of every member of segment `s`, in member order (one readback).
+    pub(crate) fn read_segment_members(&self, s: usize, name: &str) -> Result<Vec<Vec<f32>>> {
+        let img = self.read_segment_state_image(s, name)?;
+        let l = self.segments[s].layout();
+        Ok(l.members()
+            .iter()
+            .zip(l.state_offsets())
+            .map(|(&i, &off)| img[off..off + self.layout.tensors()[i].len].to_vec())
+            .collect())
+    }
+
+    /// Writes state `name` of the listed members (local index, values) of segment `s`
+    /// (lengths already checked; takes effect at the next submission, before any step).
+    pub(crate) fn write_segment_members(
+        &self,
+        s: usize,
+        name: &str,
+        members: &[(usize, Vec<f32>)],
+    ) {
+        let seg = &self.segments[s];
+        let Some(buf) = seg.state_buffer(name) else {
+            return;
+        };
+        let offs = seg.layout().state_offsets();
+        for (local, data) in members {
+            if let Some(&off) = offs.get(*local) {
+                self.ctx
+                    .queue()
+                    .write_buffer(buf, off as u64 * 4, bytemuck::cast_slice(data));
+            }
+        }
+    }
+
     /// The context the optimizer was built on.
     pub fn context(&self) -> &GpuContext {
         &self.ctx
@@ -583,7 +628,7 @@ impl Optimizer {
         self.clipper.as_ref()
     }
 
-    fn check_arena(&self, arena: &ParamArena) -> Result<()> {
+    pub(crate) fn check_arena(&self, arena: &ParamArena) -> Result<()> {
         self.ctx.check_alive()?;
         if arena.id() != self.arena_id {
             return Err(Error::ArenaMismatch {

@@ -34,7 +34,8 @@ pub const LAMB_APPLY: KernelDef = KernelDef::reducing("lamb_apply", LAMB_WGSL, 2
 pub const LAMB_TRUST_CLIP: u32 = 256;
 
 /// LAMB hyperparameters; `Default` is the SPEC's (timm's, without built-in clipping).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LambConfig {
     /// Learning rate (default 1e-3).
     pub lr: f64,

@@ -39,7 +39,8 @@ pub const LARS_NESTEROV: u32 = 512;
 pub const LARS_TRUST_CLIP: u32 = 1024;
 
 /// LARS hyperparameters; `Default` is timm's `Lars`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LarsConfig {
     /// Learning rate (default 1.0).
     pub lr: f64,

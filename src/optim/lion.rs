@@ -46,7 +46,8 @@ pub const LION_STEP: KernelDef = KernelDef::reducing("lion_step", LION_WGSL, 1);
 pub const LION_CAUTION: u32 = 256;
 
 /// Lion hyperparameters; `Default` is timm 1.0.31's `Lion`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LionConfig {
     /// Learning rate (default 1e-4).
     pub lr: f64,

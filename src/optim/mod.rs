@@ -366,6 +366,46 @@ macro_rules! optimizer_table {
                 out
             }
 
+            /// Every algorithm family of the table, in table order.
+            pub fn families() -> &'static [&'static str] {
+                &[$($family,)*]
+            }
+
+            /// The configuration's fields as a JSON object under PyTorch's `param_groups` keys
+            /// where they differ from the field names (`betas` for `beta1`/`beta2`), as a
+            /// checkpoint stores them.
+            pub(crate) fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+                let v = match self { $(OptimizerConfig::$variant(c) => serde_json::to_value(c),)* };
+                let mut m = match v {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    // A struct of numbers and flags always serializes to an object.
+                    _ => serde_json::Map::new(),
+                };
+                json_keys::to_torch(&mut m);
+                m
+            }
+
+            /// A configuration of `family` from a checkpoint's group object: known keys are
+            /// read (PyTorch's spellings too), missing ones take the family's `Default`, and
+            /// unknown ones (`foreach`, `capturable`, `params`, ...) are ignored, as PyTorch's
+            /// `load_state_dict` keeps them without use. Not validated here.
+            pub(crate) fn from_json(
+                family: &str,
+                mut m: serde_json::Map<String, serde_json::Value>,
+            ) -> std::result::Result<Self, String> {
+                json_keys::from_torch(&mut m)?;
+                let v = serde_json::Value::Object(m);
+                $(if family == $family {
+                    return serde_json::from_value::<$config>(v)
+                        .map(OptimizerConfig::$variant)
+                        .map_err(|e| format!("{family} hyperparameters: {e}"));
+                })*
+                Err(format!(
+                    "unknown optimizer family {family:?} (this library has {:?})",
+                    Self::families()
+                ))
+            }
+
             /// Calls `v` with the rule type of `configs` (all of one family, non-empty).
             pub(crate) fn visit<V: RuleVisitor>(configs: &[&OptimizerConfig], v: V) -> V::Out {
                 match configs[0] {
@@ -446,6 +486,74 @@ impl OptimizerConfig {
             .into_iter()
             .find(|p| p.name == name)
             .map(|p| p.config)
+    }
+}
+
+/// An f64 field that may be infinite (ASGD's `t0 = -inf`), which JSON numbers cannot hold:
+/// written as a number when finite and as `"inf"`, `"-inf"` or `"nan"` otherwise (Python's
+/// `float()` spellings); read back from either.
+pub(crate) mod json_f64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("nan")
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrStr {
+        Num(f64),
+        Str(String),
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match NumOrStr::deserialize(d)? {
+            NumOrStr::Num(x) => Ok(x),
+            NumOrStr::Str(s) => match s.as_str() {
+                "inf" | "Infinity" => Ok(f64::INFINITY),
+                "-inf" | "-Infinity" => Ok(f64::NEG_INFINITY),
+                "nan" | "NaN" => Ok(f64::NAN),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected a number, \"inf\", \"-inf\" or \"nan\", got {other:?}"
+                ))),
+            },
+        }
+    }
+}
+
+/// PyTorch's `param_groups` spellings of configuration fields.
+mod json_keys {
+    use serde_json::{Map, Value};
+
+    /// `beta1`, `beta2` -> `betas: [beta1, beta2]` (torch's Adam family, NAdam, RAdam, Adamax).
+    pub(super) fn to_torch(m: &mut Map<String, Value>) {
+        if let (Some(b1), Some(b2)) = (m.get("beta1").cloned(), m.get("beta2").cloned()) {
+            m.remove("beta1");
+            m.remove("beta2");
+            m.insert("betas".into(), Value::Array(vec![b1, b2]));
+        }
+    }
+
+    /// The inverse of [`to_torch`]; a `betas` that is not a pair of numbers is an error.
+    pub(super) fn from_torch(m: &mut Map<String, Value>) -> Result<(), String> {
+        if let Some(b) = m.remove("betas") {
+            match b.as_array().map(|a| a.as_slice()) {
+                Some([b1, b2]) if b1.is_number() && b2.is_number() => {
+                    m.insert("beta1".into(), b1.clone());
+                    m.insert("beta2".into(), b2.clone());
+                }
+                _ => return Err(format!("betas must be a pair of numbers, got {b}")),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -41,7 +41,8 @@ pub const NADAM_STEP: KernelDef =
 pub const NADAM_DECOUPLED: u32 = 256;
 
 /// NAdam hyperparameters; `Default` is `torch.optim.NAdam`'s.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct NadamConfig {
     /// Learning rate (default 2e-3).
     pub lr: f64,

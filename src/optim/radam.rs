@@ -39,7 +39,8 @@ pub const RADAM_STEP: KernelDef =
 pub const RADAM_DECOUPLED: u32 = 256;
 
 /// RAdam hyperparameters; `Default` is `torch.optim.RAdam`'s.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RadamConfig {
     /// Learning rate (default 1e-3).
     pub lr: f64,

@@ -29,7 +29,8 @@ pub const RMS_CENTERED: u32 = 256;
 pub const RMS_MOMENTUM: u32 = 512;
 
 /// RMSprop hyperparameters; `Default` is PyTorch's.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RmspropConfig {
     /// Learning rate (default 1e-2).
     pub lr: f64,

@@ -32,7 +32,8 @@ pub const RPROP_STEP: KernelDef =
 
 /// Rprop hyperparameters; `Default` is `torch.optim.Rprop`'s. PyTorch's `etas` is
 /// `(etaminus, etaplus)` and `step_sizes` is `(step_size_min, step_size_max)`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RpropConfig {
     /// The initial step size of every element (default 1e-2); not used after a tensor's first
     /// step.

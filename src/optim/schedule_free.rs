@@ -67,7 +67,8 @@ pub const SCHEDULE_FREE_SWAP: KernelDef = KernelDef::step(
 const GROUP_SCALARS: &[&str] = &["k", "lr_max", "weight_sum", "scheduled_lr"];
 
 /// `AdamWScheduleFree` hyperparameters; `Default` is the package's.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ScheduleFreeAdamWConfig {
     /// Learning rate, the peak of the built-in warmup (default 0.0025).
     pub lr: f64,
@@ -103,7 +104,8 @@ impl Default for ScheduleFreeAdamWConfig {
 }
 
 /// `SGDScheduleFree` hyperparameters; `Default` is the package's.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ScheduleFreeSgdConfig {
     /// Learning rate, the peak of the built-in warmup (default 1.0).
     pub lr: f64,

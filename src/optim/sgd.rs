@@ -26,7 +26,8 @@ pub const SGD_MOMENTUM: u32 = 256;
 pub const SGD_NESTEROV: u32 = 512;
 
 /// SGD hyperparameters; `Default` is PyTorch 2.15's.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SgdConfig {
     /// Learning rate (default 1e-3).
     pub lr: f64,
