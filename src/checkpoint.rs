@@ -881,10 +881,16 @@ fn add_params<P: AsRef<[f32]>>(
 
 impl crate::Optimizer {
     /// The optimizer's whole state as a [`Checkpoint`] (one readback per state buffer), with
-    /// the arena's params too when `arena` is given. See [`crate::checkpoint`] for the format.
-    pub fn save_checkpoint(&self, arena: Option<&crate::ParamArena>) -> Result<Checkpoint> {
+    /// the arena's params too when `arena` is given, and the AMP guard's loss-scale state
+    /// when one is attached. See [`crate::checkpoint`] for the format.
+    pub fn save_checkpoint(&mut self, arena: Option<&crate::ParamArena>) -> Result<Checkpoint> {
         self.context().check_alive()?;
+        // A step whose non-finite check is unread may have to be taken back first.
+        self.found_inf()?;
         let mut ck = export(self)?;
+        if let Some(st) = self.amp_state()? {
+            ck.set_metadata(GRAD_SCALER_KEY, grad_scaler_json(&st));
+        }
         if let Some(a) = arena {
             self.check_arena(a)?;
             add_params(&mut ck, self.layout().tensors(), &a.read_all_params()?)?;
@@ -905,7 +911,15 @@ impl crate::Optimizer {
         if let Some(a) = arena {
             self.check_arena(a)?;
         }
+        self.found_inf()?;
+        let amp = match (ck.metadata(GRAD_SCALER_KEY), self.amp()) {
+            (Some(s), Some(_)) => Some(parse_grad_scaler(s)?),
+            _ => None,
+        };
         let params = import(self, ck, arena.is_some())?;
+        if let Some(st) = amp {
+            self.set_amp_state(&st);
+        }
         if let (Some(a), Some(p)) = (arena, params) {
             a.write_all_params(&p)?;
         }
@@ -916,7 +930,7 @@ impl crate::Optimizer {
     ///
     /// [`Optimizer::save_checkpoint`]: crate::Optimizer::save_checkpoint
     pub fn save_checkpoint_file(
-        &self,
+        &mut self,
         path: impl AsRef<Path>,
         arena: Option<&crate::ParamArena>,
     ) -> Result<()> {
@@ -945,6 +959,9 @@ impl crate::CpuOptimizer {
         if let Some(p) = params {
             add_params(&mut ck, self.tensor_infos(), p)?;
         }
+        if let Some(st) = self.amp_state() {
+            ck.set_metadata(GRAD_SCALER_KEY, grad_scaler_json(&st));
+        }
         Ok(ck)
     }
 
@@ -957,10 +974,53 @@ impl crate::CpuOptimizer {
         params: Option<&mut Vec<Vec<f32>>>,
     ) -> Result<()> {
         let want = params.is_some();
+        let amp = match (ck.metadata(GRAD_SCALER_KEY), self.amp_state()) {
+            (Some(s), Some(_)) => Some(parse_grad_scaler(s)?),
+            _ => None,
+        };
         let loaded = import(self, ck, want)?;
+        if let Some(st) = amp {
+            self.set_amp_state(st);
+        }
         if let (Some(out), Some(p)) = (params, loaded) {
             *out = p;
         }
         Ok(())
     }
+}
+
+/// Metadata key of the AMP guard's state, under GradScaler's `state_dict` names.
+const GRAD_SCALER_KEY: &str = "grad_scaler";
+
+fn grad_scaler_json(st: &crate::AmpState) -> String {
+    serde_json::json!({
+        "scale": st.scale,
+        "_growth_tracker": st.growth_tracker,
+        "found_inf": st.found,
+        "skipped": st.skipped,
+    })
+    .to_string()
+}
+
+fn parse_grad_scaler(s: &str) -> Result<crate::AmpState> {
+    let v: Value =
+        serde_json::from_str(s).map_err(|e| corrupt(format!("grad_scaler is not JSON: {e}")))?;
+    let int = |k: &str| -> Result<u32> {
+        v.get(k)
+            .and_then(|x| x.as_u64())
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| corrupt(format!("grad_scaler.{k} is not a count")))
+    };
+    let scale = v
+        .get("scale")
+        .and_then(|x| x.as_f64())
+        .map(|x| x as f32)
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .ok_or_else(|| corrupt("grad_scaler.scale is not a positive number"))?;
+    Ok(crate::AmpState {
+        scale,
+        growth_tracker: int("_growth_tracker")?,
+        found: int("found_inf")?.min(1),
+        skipped: int("skipped")?,
+    })
 }

@@ -3,6 +3,7 @@
 //! the definition the GPU kernels are checked against, and is usable on its own (for example,
 //! to train without a GPU). It knows nothing of the GPU.
 
+use crate::amp::{AmpConfig, AmpHyper, AmpState};
 use crate::arena::{ParamLayout, TensorSpec};
 use crate::error::{Error, Result};
 use crate::optim::{Book, HyperCtx, OptimizerConfig, ParamGroups, Rule, RuleVisitor};
@@ -140,6 +141,11 @@ pub struct CpuOptimizer {
     tensors: Vec<crate::arena::TensorInfo>,
     lens: Vec<usize>,
     segments: Vec<Box<dyn CpuSegment>>,
+    /// Loss scaling and the non-finite skip, with its state and last decision.
+    amp: Option<(AmpConfig, AmpState)>,
+    last_found: Option<bool>,
+    /// Reused: the gradients times the AMP coefficient.
+    scaled: Vec<Vec<f32>>,
 }
 
 impl CpuOptimizer {
@@ -176,6 +182,9 @@ impl CpuOptimizer {
             tensors: layout.tensors().to_vec(),
             lens,
             segments,
+            amp: None,
+            last_found: None,
+            scaled: Vec::new(),
         })
     }
 
@@ -247,13 +256,58 @@ impl CpuOptimizer {
         )?;
         check_shapes(&self.lens, grads.iter().map(|g| g.as_ref().len()), "grads")?;
         self.book.check_train_mode()?;
+        let mut g: Vec<&[f32]> = grads.iter().map(|g| g.as_ref()).collect();
+        if let Some((cfg, st)) = &mut self.amp {
+            // amp.wgsl's decision, then the kernels' `g * aux[0]` on every gradient.
+            let h = AmpHyper::new(cfg, 0, None);
+            let live = (0..g.len()).filter(|&i| self.book.live(i)).map(|i| g[i]);
+            let (coef, skip) = crate::amp::decide(&h, st, crate::amp::max_abs_nan(live), None);
+            self.last_found = Some(st.found != 0);
+            if skip {
+                return Ok(());
+            }
+            self.scaled.resize(g.len(), Vec::new());
+            for (out, x) in self.scaled.iter_mut().zip(&g) {
+                out.clear();
+                out.extend(x.iter().map(|v| v * coef));
+            }
+            g = self.scaled.iter().map(|v| v.as_slice()).collect();
+        }
         self.book.advance();
         let mut p: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut()).collect();
-        let g: Vec<&[f32]> = grads.iter().map(|g| g.as_ref()).collect();
         for (s, seg) in self.segments.iter_mut().enumerate() {
             seg.step(&mut self.book, s, &mut p, &g);
         }
         Ok(())
+    }
+
+    /// Attaches (or detaches) loss scaling and the non-finite skip, as
+    /// [`crate::Optimizer::set_amp`] (without a clipper: the CPU optimizer has none). A
+    /// skipped step returns `Ok` with nothing changed; [`CpuOptimizer::found_inf`] says so.
+    pub fn set_amp(&mut self, amp: Option<AmpConfig>) -> Result<()> {
+        if let Some(c) = &amp {
+            c.validate()?;
+        }
+        self.amp = amp.map(|c| (c, AmpState::new(&c)));
+        self.last_found = None;
+        Ok(())
+    }
+
+    /// Whether the last step's unscaled gradients held a NaN or Inf (`None` without AMP or
+    /// before the first step).
+    pub fn found_inf(&self) -> Option<bool> {
+        self.last_found
+    }
+
+    /// The AMP state (scale, growth tracker, last found flag, skipped steps).
+    pub fn amp_state(&self) -> Option<AmpState> {
+        self.amp.map(|(_, st)| st)
+    }
+
+    pub(crate) fn set_amp_state(&mut self, st: crate::amp::AmpState) {
+        if let Some((_, s)) = &mut self.amp {
+            *s = st;
+        }
     }
 
     /// Switches every group with train and eval modes (Schedule-Free) to train mode

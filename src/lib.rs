@@ -6,6 +6,7 @@
 #[macro_use]
 pub mod shaders;
 
+pub mod amp;
 pub mod arena;
 // Measurement tools for optbench; only with the `bench` feature (see src/bench.rs's docs).
 #[cfg(feature = "bench")]
@@ -20,6 +21,7 @@ pub mod optim;
 pub mod pipeline;
 pub mod readback;
 
+pub use amp::{AmpConfig, AmpState, GradScalerConfig, LossScale};
 pub use arena::{ParamArena, ParamLayout, SegmentLayout, TensorInfo, TensorSpec};
 pub use checkpoint::{Checkpoint, PendingCheckpoint};
 pub use context::{ContextOptions, GpuContext, ADAPTER_ENV};

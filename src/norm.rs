@@ -275,7 +275,7 @@ impl NormReducer {
 
     /// Replaces the per-tensor chunk ranges the combine pass folds (a range with count 0
     /// leaves its tensor out of the global norm).
-    fn write_ranges(&self, ranges: &[ChunkRange]) {
+    pub(crate) fn write_ranges(&self, ranges: &[ChunkRange]) {
         if !ranges.is_empty() {
             self.ctx
                 .queue()

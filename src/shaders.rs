@@ -77,6 +77,8 @@ pub enum LayoutKind {
     Norm,
     /// The streaming copy (copy.wgsl).
     Copy,
+    /// The loss-scaling / non-finite-skip decision (amp.wgsl).
+    Amp,
 }
 
 /// One compute kernel: one entry point of one composed shader.
@@ -159,6 +161,15 @@ impl KernelDef {
                 (10, BindKind::ReadWrite),
                 (12, BindKind::ReadWrite),
             ],
+            LayoutKind::Amp => vec![
+                (0, BindKind::Uniform),
+                (1, BindKind::Read),
+                (2, BindKind::Read),
+                (3, BindKind::Read),
+                (4, BindKind::ReadWrite),
+                (5, BindKind::ReadWrite),
+                (6, BindKind::ReadWrite),
+            ],
             LayoutKind::Copy => vec![
                 (0, BindKind::Uniform),
                 (1, BindKind::Read),
@@ -213,10 +224,17 @@ pub const COPY: KernelDef = KernelDef {
     layout: LayoutKind::Copy,
 };
 
+/// `amp_decide` in amp.wgsl: loss scaling and the non-finite skip (one invocation).
+pub const AMP_DECIDE: KernelDef = KernelDef {
+    entry: "amp_decide",
+    source: include_str!("../shaders/amp.wgsl"),
+    layout: LayoutKind::Amp,
+};
+
 /// Every kernel of the library: the norm family, the copy kernel, and every pass of every
 /// optimizer in the table ([`crate::optim::OptimizerConfig::kernels_of_all`]).
 pub fn all_kernels() -> Vec<KernelDef> {
-    let mut out = vec![NORM_PARTIALS, NORM_COMBINE, NORM_GLOBAL, COPY];
+    let mut out = vec![NORM_PARTIALS, NORM_COMBINE, NORM_GLOBAL, COPY, AMP_DECIDE];
     for k in crate::optim::OptimizerConfig::kernels_of_all() {
         if !out.contains(&k) {
             out.push(k);

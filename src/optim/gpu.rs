@@ -7,6 +7,7 @@ use bytemuck::Zeroable;
 
 use super::book::Book;
 use super::{HyperCtx, OptimizerConfig, ParamGroups, Pass, Rule, RuleVisitor, StateSpec};
+use crate::amp::{AmpConfig, AmpGpu, AmpState};
 use crate::arena::{ArenaTables, ChunkRange, ParamArena, ParamLayout, SegmentLayout, Window};
 use crate::context::GpuContext;
 use crate::dispatch;
@@ -51,12 +52,47 @@ fn state_binding<'a>(buf: &'a wgpu::Buffer, w: &Window) -> wgpu::BindingResource
     })
 }
 
+/// Issues dispatches directly, or through an indirect-argument buffer that holds, for each
+/// dispatch in recording order, the same counts (or zeros: the AMP guard's skipped step).
+pub(crate) struct Dispatcher<'a> {
+    indirect: Option<&'a wgpu::Buffer>,
+    offset: u64,
+}
+
+impl<'a> Dispatcher<'a> {
+    pub(crate) fn direct() -> Self {
+        Self {
+            indirect: None,
+            offset: 0,
+        }
+    }
+
+    pub(crate) fn indirect(buf: &'a wgpu::Buffer) -> Self {
+        Self {
+            indirect: Some(buf),
+            offset: 0,
+        }
+    }
+
+    fn dispatch(&mut self, pass: &mut wgpu::ComputePass<'_>, (x, y): (u32, u32)) {
+        match self.indirect {
+            Some(buf) => {
+                pass.dispatch_workgroups_indirect(buf, self.offset);
+                self.offset += 12;
+            }
+            None => pass.dispatch_workgroups(x, y, 1),
+        }
+    }
+}
+
 /// What every segment does, whatever its rule.
 trait GpuSegment: std::fmt::Debug + Send + Sync {
     /// Writes this step's group and tensor tables (after the book advanced the counts).
     fn write_tables(&mut self, ctx: &GpuContext, book: &mut Book, seg: usize, grad_scale: bool);
-    /// Records the segment's dispatches.
-    fn record(&self, pass: &mut wgpu::ComputePass<'_>);
+    /// Records the segment's dispatches (in the order of `dispatch_grids`).
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>, d: &mut Dispatcher<'_>);
+    /// The workgroup grid of every dispatch `record` issues, in order.
+    fn dispatch_grids(&self) -> Vec<(u32, u32)>;
     /// Writes the tensor table of a mode swap (to train mode with `to_train`); false when the
     /// segment's rule has no swap or no tensor to swap (then nothing is written).
     fn write_swap_table(
@@ -75,7 +111,6 @@ trait GpuSegment: std::fmt::Debug + Send + Sync {
     fn layout(&self) -> &SegmentLayout;
     fn state_buffer(&self, name: &str) -> Option<&wgpu::Buffer>;
     fn state_bytes(&self) -> u64;
-    fn dispatches(&self) -> usize;
     fn partials(&self) -> Option<&wgpu::Buffer>;
 }
 
@@ -230,7 +265,12 @@ impl<R: Rule> Segment<R> {
 impl<R: Rule> Segment<R> {
     /// Records a chunk pass whose plain pipeline is set: one dispatch per window with work,
     /// switching to `packed_kernel` at the first packed window.
-    fn record_chunks(&self, pass: &mut wgpu::ComputePass<'_>, packed_kernel: Option<&Kernel>) {
+    fn record_chunks(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        packed_kernel: Option<&Kernel>,
+        d: &mut Dispatcher<'_>,
+    ) {
         // Plain windows come first, then packed ones (SegmentLayout's order).
         let mut packed_set = false;
         for ((bg, &(x, y)), w) in self
@@ -247,7 +287,7 @@ impl<R: Rule> Segment<R> {
             }
             if x > 0 {
                 pass.set_bind_group(0, bg, &[]);
-                pass.dispatch_workgroups(x, y, 1);
+                d.dispatch(pass, (x, y));
             }
         }
     }
@@ -298,21 +338,33 @@ impl<R: Rule> GpuSegment for Segment<R> {
         }
     }
 
-    fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>, d: &mut Dispatcher<'_>) {
         for (p, kernel, packed_kernel) in &self.passes {
             pass.set_pipeline(&kernel.pipeline);
             match p {
-                Pass::Chunks(_) => self.record_chunks(pass, packed_kernel.as_deref()),
+                Pass::Chunks(_) => self.record_chunks(pass, packed_kernel.as_deref(), d),
                 Pass::Tensors(_) => {
                     // Any window's bind group will do: this pass touches only the tables.
-                    let (x, y) = self.tensor_grid;
-                    if x > 0 {
+                    if self.tensor_grid.0 > 0 {
                         pass.set_bind_group(0, &self.bind_groups[0], &[]);
-                        pass.dispatch_workgroups(x, y, 1);
+                        d.dispatch(pass, self.tensor_grid);
                     }
                 }
             }
         }
+    }
+
+    fn dispatch_grids(&self) -> Vec<(u32, u32)> {
+        let windows: Vec<(u32, u32)> = self.grids.iter().copied().filter(|g| g.0 > 0).collect();
+        let mut out = Vec::new();
+        for (p, _, _) in &self.passes {
+            match p {
+                Pass::Chunks(_) => out.extend(&windows),
+                Pass::Tensors(_) if self.tensor_grid.0 > 0 => out.push(self.tensor_grid),
+                Pass::Tensors(_) => {}
+            }
+        }
+        out
     }
 
     fn write_swap_table(
@@ -347,7 +399,7 @@ impl<R: Rule> GpuSegment for Segment<R> {
     fn record_swap(&self, pass: &mut wgpu::ComputePass<'_>) {
         if let Some((kernel, packed_kernel)) = &self.swap {
             pass.set_pipeline(&kernel.pipeline);
-            self.record_chunks(pass, packed_kernel.as_deref());
+            self.record_chunks(pass, packed_kernel.as_deref(), &mut Dispatcher::direct());
         }
     }
 
@@ -406,17 +458,6 @@ impl<R: Rule> GpuSegment for Segment<R> {
         self.states.iter().map(|(_, b)| b.size()).sum()
     }
 
-    fn dispatches(&self) -> usize {
-        let windows = self.grids.iter().filter(|g| g.0 > 0).count();
-        self.passes
-            .iter()
-            .map(|(p, _, _)| match p {
-                Pass::Chunks(_) => windows,
-                Pass::Tensors(_) => usize::from(self.tensor_grid.0 > 0),
-            })
-            .sum()
-    }
-
     fn partials(&self) -> Option<&wgpu::Buffer> {
         self.partials.as_ref()
     }
@@ -457,8 +498,12 @@ pub struct Optimizer {
     /// Binding 4 without clipping: the constant (1, 0, 0, 0).
     aux: wgpu::Buffer,
     clipper: Option<Arc<GradClipper>>,
-    /// Reused every step: which tensors the clipper counts.
+    /// Reused every step: which tensors the clipper and the AMP guard count.
     clip_ranges: Vec<ChunkRange>,
+    /// Loss scaling and the non-finite skip ([`Optimizer::set_amp`]).
+    amp: Option<AmpGpu>,
+    /// Whether the last resolved step found a NaN or Inf gradient.
+    last_found: Option<bool>,
 }
 
 impl Optimizer {
@@ -519,6 +564,8 @@ impl Optimizer {
             segments,
             aux,
             clipper: None,
+            amp: None,
+            last_found: None,
         })
     }
 
@@ -605,10 +652,14 @@ impl Optimizer {
                 });
             }
         }
-        let aux = match &clipper {
-            Some(c) => c.scale_buffer().clone(),
-            None => self.aux.clone(),
+        let aux = match (&self.amp, &clipper) {
+            (Some(a), _) => a.coef_buffer().clone(),
+            (None, Some(c)) => c.scale_buffer().clone(),
+            (None, None) => self.aux.clone(),
         };
+        if let Some(a) = &mut self.amp {
+            a.rebind(clipper.as_deref())?;
+        }
         // Every segment's new bind groups are built before any is installed.
         let built = self.ctx.scoped(|| {
             self.segments
@@ -639,9 +690,10 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Writes the clipper's live mask (frozen tensors and tensors in no group excluded).
+    /// Writes the clipper's live mask (frozen tensors and tensors in no group excluded), and
+    /// keeps it for the AMP guard.
     fn write_clip_mask(&mut self) {
-        if let Some(c) = &self.clipper {
+        if self.clipper.is_some() || self.amp.is_some() {
             self.clip_ranges.clear();
             for (i, r) in self.layout.all().ranges().iter().enumerate() {
                 self.clip_ranges.push(if self.book.live(i) {
@@ -653,13 +705,121 @@ impl Optimizer {
                     }
                 });
             }
-            c.write_ranges(&self.clip_ranges);
+            if let Some(c) = &self.clipper {
+                c.write_ranges(&self.clip_ranges);
+            }
+        }
+    }
+
+    /// Attaches (or, with `None`, detaches) loss scaling and the non-finite skip (see
+    /// [`crate::amp`]). While attached, every step records an inf-norm check of the live
+    /// gradients and the `amp_decide` kernel before the update, whose dispatches become
+    /// indirect: a step with a NaN or Inf gradient dispatches no update workgroups at all,
+    /// and its step counts are taken back on the host when the flag is read (lazily: at the
+    /// next step, or by [`Optimizer::found_inf`]). With a clipper attached too, the clip
+    /// coefficient is computed from the unscaled norm (PyTorch: `scaler.unscale_` before
+    /// `clip_grad_norm_`). On error nothing changes.
+    pub fn set_amp(&mut self, arena: &ParamArena, amp: Option<AmpConfig>) -> Result<()> {
+        self.check_arena(arena)?;
+        self.resolve_amp()?;
+        let new = match amp {
+            Some(cfg) => {
+                let grids: Vec<(u32, u32)> = self
+                    .segments
+                    .iter()
+                    .flat_map(|s| s.dispatch_grids())
+                    .collect();
+                Some(AmpGpu::new(
+                    &self.ctx,
+                    arena,
+                    cfg,
+                    &grids,
+                    self.clipper.as_deref(),
+                )?)
+            }
+            None => None,
+        };
+        let aux = match (&new, &self.clipper) {
+            (Some(a), _) => a.coef_buffer().clone(),
+            (None, Some(c)) => c.scale_buffer().clone(),
+            (None, None) => self.aux.clone(),
+        };
+        let built = self.ctx.scoped(|| {
+            self.segments
+                .iter()
+                .map(|s| s.bind_groups(&self.ctx, &aux))
+                .collect::<Vec<_>>()
+        })?;
+        for (s, bgs) in self.segments.iter_mut().zip(built) {
+            s.set_bind_groups(bgs);
+        }
+        self.amp = new;
+        self.last_found = None;
+        Ok(())
+    }
+
+    /// The attached AMP configuration.
+    pub fn amp(&self) -> Option<&AmpConfig> {
+        self.amp.as_ref().map(|a| &a.cfg)
+    }
+
+    /// Reads back the decision of the last step if it has not been read (waiting for that
+    /// step), and takes a skipped step back in the host bookkeeping.
+    fn resolve_amp(&mut self) -> Result<()> {
+        let Some(a) = &mut self.amp else {
+            return Ok(());
+        };
+        if let Some(st) = a.take_pending()? {
+            let found = st.found != 0;
+            if found && a.cfg.skip_non_finite {
+                a.snapshot.restore(&mut self.book);
+            }
+            self.last_found = Some(found);
+        }
+        Ok(())
+    }
+
+    /// Whether the last step's unscaled gradients held a NaN or Inf (PyTorch's `found_inf`),
+    /// read back now if it has not been (this waits for that step). With
+    /// `skip_non_finite`, such a step changed nothing, and from this call on the step
+    /// counts say so. `None` without [`Optimizer::set_amp`] or before the first step.
+    pub fn found_inf(&mut self) -> Result<Option<bool>> {
+        self.ctx.check_alive()?;
+        self.resolve_amp()?;
+        Ok(self.last_found)
+    }
+
+    /// The AMP guard's state (scale, growth tracker, last found flag, skipped steps), read
+    /// back from the GPU. `None` without [`Optimizer::set_amp`].
+    pub fn amp_state(&self) -> Result<Option<AmpState>> {
+        self.amp.as_ref().map(|a| a.read_state()).transpose()
+    }
+
+    /// The buffer whose first f32 is the current loss scale (the scale the next backward
+    /// pass should multiply the loss by), for a training loop's own kernels. `None` without
+    /// [`Optimizer::set_amp`].
+    pub fn loss_scale_buffer(&self) -> Option<&wgpu::Buffer> {
+        self.amp.as_ref().map(|a| a.state_buffer())
+    }
+
+    pub(crate) fn set_amp_state(&mut self, st: &AmpState) -> bool {
+        match &self.amp {
+            Some(a) => {
+                a.write_state(st);
+                true
+            }
+            None => false,
         }
     }
 
     fn encode_update(&mut self, encoder: &mut wgpu::CommandEncoder) {
+        let max_norm = self.clipper.as_ref().map(|c| c.max_norm());
+        if let Some(a) = &mut self.amp {
+            a.snapshot.take(&self.book);
+            a.encode(encoder, &self.clip_ranges, max_norm);
+        }
         self.book.advance();
-        let grad_scale = self.clipper.is_some();
+        let grad_scale = self.clipper.is_some() || self.amp.is_some();
         for (s, seg) in self.segments.iter_mut().enumerate() {
             seg.write_tables(&self.ctx, &mut self.book, s, grad_scale);
         }
@@ -667,8 +827,12 @@ impl Optimizer {
             label: Some("optimizer step"),
             timestamp_writes: None,
         });
+        let mut d = match &self.amp {
+            Some(a) => Dispatcher::indirect(a.indirect_buffer()),
+            None => Dispatcher::direct(),
+        };
         for seg in &self.segments {
-            seg.record(&mut pass);
+            seg.record(&mut pass, &mut d);
         }
     }
 
@@ -684,6 +848,7 @@ impl Optimizer {
     /// nothing changes.
     pub fn set_train_mode(&mut self, train: bool, arena: &ParamArena) -> Result<()> {
         self.check_arena(arena)?;
+        self.resolve_amp()?;
         if !self.book.check_mode_swap(train)? {
             return Ok(());
         }
@@ -735,6 +900,7 @@ impl Optimizer {
         arena: &ParamArena,
     ) -> Result<()> {
         self.check_arena(arena)?;
+        self.resolve_amp()?;
         self.book.check_train_mode()?;
         if self
             .clipper
@@ -759,6 +925,7 @@ impl Optimizer {
     /// and step counts untouched.
     pub fn step(&mut self, arena: &ParamArena) -> Result<()> {
         self.check_arena(arena)?;
+        self.resolve_amp()?;
         self.book.check_train_mode()?;
         let device = self.ctx.device().clone();
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -783,7 +950,7 @@ impl Optimizer {
     /// Dispatches recorded per step by this optimizer (one per segment, pass and binding
     /// window with work), not counting an attached clipper's.
     pub fn dispatches_per_step(&self) -> usize {
-        self.segments.iter().map(|s| s.dispatches()).sum()
+        self.segments.iter().map(|s| s.dispatch_grids().len()).sum()
     }
 
     /// Number of segments (algorithm families among the groups).
