@@ -30,3 +30,4 @@ pub use optim::{
     RadamConfig, RmspropConfig, RpropConfig, Rule, ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig,
     Select, SgdConfig,
 };
+pub use optim::{AdamHdConfig, HdScope, SgdHdConfig};
