@@ -447,7 +447,9 @@ fn quadratic_learned_lr_moves_toward_the_stable_range() {
 }
 
 /// `set_group_lr` restarts that group's learned lr from the given value at the next step (which
-/// still adds its hypergradient); the other group's learned lr carries on. The CPU twin agrees.
+/// still adds its hypergradient); the other group's learned lr carries on; `set_lr_factor`
+/// restarts every group from its base lr times the factor. Each step's learned lr is checked
+/// against `alpha_{t-1} + beta * h` with h an f64 dot on the host, and against the CPU twin.
 #[test]
 fn set_group_lr_restarts_the_learned_lr() {
     let Some(ctx) = gpu() else { return };
@@ -479,6 +481,14 @@ fn set_group_lr_restarts_the_learned_lr() {
                 }
             }
             let before = gpu.read_learned_lr().unwrap().unwrap();
+            if k == 2 {
+                // A multiplicative schedule restarts every group from base lr * factor.
+                gpu.set_lr_factor(0.5).unwrap();
+                cpu.set_lr_factor(0.5).unwrap();
+                let now = gpu.read_learned_lr().unwrap().unwrap();
+                let want = [(cfg.lr() * 0.5) as f32, (cfg.lr() * 0.25) as f32];
+                assert_eq!(now, want, "{what}");
+            }
             if k == 5 {
                 gpu.set_group_lr(0, reset).unwrap();
                 cpu.set_group_lr(0, reset).unwrap();
@@ -496,10 +506,10 @@ fn set_group_lr_restarts_the_learned_lr() {
             let lc = cpu.read_learned_lr().unwrap().unwrap();
             assert_twin(&ctx, &format!("{what} step {k} learned lr"), &lg, &lc);
             // alpha_t = alpha_{t-1} + beta h, where alpha_{t-1} is the reset value at step 5.
-            let start = if k == 5 {
-                reset as f32 as f64
-            } else {
-                before[0] as f64
+            let start = match k {
+                2 => (cfg.lr() * 0.5) as f32 as f64,
+                5 => reset as f32 as f64,
+                _ => before[0] as f64,
             };
             let want = start + beta0 * h;
             let tol = 1e-6 * (start.abs() + (beta0 * h).abs()) + 1e-9;

@@ -837,6 +837,8 @@ impl Optimizer {
     /// Per-tensor trust ratios of the last step, in arena order (LARS and LAMB segments; 1
     /// for tensors that do not adapt or are in no such segment; the previous value for
     /// tensors frozen in that step), read back from the GPU. `None` when no segment reduces.
+    /// Hypergradient segments are not counted (their reduction is a learned lr per group; see
+    /// [`Optimizer::read_learned_lr`]).
     pub fn read_trust_ratios(&self) -> Result<Option<Vec<f32>>> {
         let mut out = vec![1.0f32; self.layout.tensors().len()];
         let mut any = false;
