@@ -898,3 +898,87 @@ fn wgsl_structs_and_flags_match_the_rust_twins() {
         println!("exact adapter: {}", exact_adapter(&ctx));
     }
 }
+
+/// Two hypergradient segments (SGDN-HD and Adam-HD) next to AdamW in one optimizer, under
+/// global-norm clipping (applied by the kernels to both the dot and the update): each segment
+/// keeps its own dot and learned lr, AdamW's group reports its configured lr, and everything
+/// matches the CPU twin stepping on host-clipped gradients (fp32 tolerance: the GPU forms the
+/// clip coefficient in f32, the host in f64).
+#[test]
+fn hypergradient_segments_beside_adamw_under_clipping() {
+    use common::{assert_close, ATOL, RTOL};
+    use wgpu_optim::norm::cpu_clip_grad_norm;
+    use wgpu_optim::{GradClipper, NormType};
+    let Some(ctx) = gpu() else { return };
+    let lens = [278011, 255, 257, 1, 4097, 64, 300];
+    let specs: Vec<TensorSpec> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| TensorSpec::new(format!("t{i}"), n))
+        .collect();
+    let names = |r: usize| -> Vec<String> {
+        (0..lens.len())
+            .filter(|i| i % 3 == r)
+            .map(|i| format!("t{i}"))
+            .collect()
+    };
+    let sgdn = SgdHdConfig {
+        lr: 0.01,
+        momentum: 0.9,
+        nesterov: true,
+        hypergrad_lr: 1e-3,
+        ..Default::default()
+    };
+    let adam_hd = AdamHdConfig {
+        lr: 1e-3,
+        hypergrad_lr: 1e-5,
+        ..Default::default()
+    };
+    let groups = ParamGroups::new()
+        .group(Select::names(names(0)), sgdn)
+        .group(Select::names(names(1)), adam_hd)
+        .group(Select::Rest, AdamConfig::adamw());
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let mut gpu = Optimizer::with_groups(&ctx, &arena, groups.clone()).unwrap();
+    let mut cpu = CpuOptimizer::with_groups(&specs, groups).unwrap();
+    assert_eq!(gpu.segments(), 3);
+    let max_norm = 5.0;
+    let clip = std::sync::Arc::new(GradClipper::new(&ctx, &arena, max_norm, NormType::L2).unwrap());
+    gpu.set_grad_clip(Some(clip)).unwrap();
+    let mut rng = fastrand::Rng::with_seed(41);
+    let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    arena.write_all_params(&params).unwrap();
+    let states = gpu.state_names();
+    let mut grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 0.5)).collect();
+    for k in 0..10 {
+        for g in &mut grads {
+            let noise = randn(&mut rng, g.len(), 0.5);
+            for (x, e) in g.iter_mut().zip(noise) {
+                *x = 0.7 * *x + e;
+            }
+        }
+        arena.write_all_grads(&grads).unwrap();
+        gpu.step(&arena).unwrap();
+        let mut clipped = grads.clone();
+        cpu_clip_grad_norm(&mut clipped, max_norm, NormType::L2).unwrap();
+        cpu.step(&mut params, &clipped).unwrap();
+        let w = format!("step {k}");
+        let lg = gpu.read_learned_lr().unwrap().unwrap();
+        let lc = cpu.read_learned_lr().unwrap().unwrap();
+        assert_close(&format!("{w} learned lr"), &lg, &lc, 1e-9, 1e-5);
+        assert_eq!(lg[2], AdamConfig::adamw().lr as f32, "{w}: AdamW's lr");
+        let got = arena.read_all_params().unwrap();
+        for (i, (g, c)) in got.iter().zip(&params).enumerate() {
+            assert_close(&format!("{w} t{i} param"), g, c, ATOL, RTOL);
+            for st in &states {
+                if let Ok(want) = cpu.read_state(st, &format!("t{i}")) {
+                    let have = gpu.read_state(st, &format!("t{i}")).unwrap();
+                    assert_close(&format!("{w} t{i} {st}"), &have, &want, ATOL, RTOL);
+                }
+            }
+        }
+        if k > 0 {
+            assert!(lg[0] != 0.01 && lg[1] != 1e-3, "{w}: {lg:?}");
+        }
+    }
+}
