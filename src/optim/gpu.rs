@@ -475,7 +475,9 @@ impl RuleVisitor for BuildSegment<'_> {
 /// per-group and per-tensor scalar tables with `queue.write_buffer` and records, in one
 /// compute pass, one dispatch per segment, pass and binding window (one in all for a one-rule
 /// optimizer over an arena that fits a storage binding), whatever the tensor count; LARS and
-/// LAMB segments record three passes (norm partials, per-tensor trust ratios, update).
+/// LAMB segments record three passes (norm partials, per-tensor trust ratios, update), and
+/// hypergradient segments (SGD-HD, Adam-HD) three too (dot partials, the per-group learned lr,
+/// update).
 #[derive(Debug)]
 pub struct Optimizer {
     ctx: GpuContext,
