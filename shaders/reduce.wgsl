@@ -133,3 +133,35 @@ fn store_caution_scale(ti: u32, first: u32, count: u32, lid: u32) {
         }
     }
 }
+
+// Per-group reductions and learned scalars (hypergradient descent, Pass::Groups). Each
+// parameter group of a segment keeps a vec4 in partials after the per-tensor entries, at
+// learned_slot(group): x is the group's learned lr, y the last hypergradient. It persists
+// from step to step (no pass but the group pass writes there).
+
+// Where segment group gi's learned scalars sit in partials.
+fn learned_slot(gi: u32) -> u32 {
+    return win.tensor_base + win.n_tensors + gi;
+}
+
+// The sum of a * b over the lanes selected by `mask`, as ((x + y) + z) + w.
+fn lane_dot(a: vec4<f32>, b: vec4<f32>, mask: vec4<bool>) -> f32 {
+    let x = select(vec4<f32>(0.0), a * b, mask);
+    return ((x.x + x.y) + x.z) + x.w;
+}
+
+// One RED_SIZE workgroup per group: invocation i folds the chunk partials i, i + RED_SIZE, ...
+// of the segment (all chunks hold partials[0 .. win.tensor_base]) that belong to group gi
+// (every one with `all`), in order, then the workgroup reduction; valid in invocation 0.
+// Chunks of frozen tensors must hold zeros. The order depends only on the chunk table, so the
+// result is bitwise reproducible; every group folding `all` gets the same bits.
+fn fold_group_chunks(gi: u32, all: bool, lid: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    for (var c = lid; c < win.tensor_base; c += RED_SIZE) {
+        let grp = (chunks[c].z >> 16u) & 0x7fffu;
+        if (all || grp == gi) {
+            acc = red_combine(acc, partials[c]);
+        }
+    }
+    return workgroup_reduce(lid, RED_SIZE, acc);
+}

@@ -360,6 +360,10 @@ pub(crate) trait StateAccess {
     /// Writes state `name` of the listed members (local index, values) of segment `s`.
     /// Called only after every check has passed.
     fn write_segment(&mut self, s: usize, name: &str, members: &[(usize, Vec<f32>)]);
+    /// The learned lr of every group (hypergradient rules), if some group learns it.
+    fn read_learned(&self) -> Result<Option<Vec<f32>>>;
+    /// Writes learned lrs back (checked by the caller).
+    fn write_learned(&mut self, lrs: &[f32]) -> Result<()>;
 }
 
 fn shape_of(t: &TensorInfo) -> Vec<usize> {
@@ -402,6 +406,7 @@ pub(crate) fn export(eng: &impl StateAccess) -> Result<Checkpoint> {
             ck.insert_f64_scalar(&format!("{}.{name}", t.name), book.scalars[i][slot]);
         }
     }
+    let learned = eng.read_learned()?;
     let mut groups = Vec::with_capacity(book.groups.len());
     for (g, group) in book.groups.iter().enumerate() {
         let mut m = Map::new();
@@ -415,6 +420,10 @@ pub(crate) fn export(eng: &impl StateAccess) -> Result<Checkpoint> {
         m.insert("family".into(), group.config.family().into());
         m.extend(group.config.to_json());
         m.insert("initial_lr".into(), group.base_lr.into());
+        if let (true, Some(l)) = (group.config.learns_lr(), &learned) {
+            // The lr the next step starts from (hypergradient descent), exact as f32 -> f64.
+            m.insert(LEARNED_LR_KEY.into(), f64::from(l[g]).into());
+        }
         for (slot, name) in group.config.group_scalar_names().iter().enumerate() {
             m.insert((*name).into(), book.group_scalars[g][slot].into());
         }
@@ -450,10 +459,15 @@ fn torch_family(id: &str) -> Option<&'static str> {
 /// The state writes of a load: segment, state name, (member, values) pairs.
 type StateWrites = Vec<(usize, &'static str, Vec<(usize, Vec<f32>)>)>;
 
+/// Group key of a learned lr (hypergradient descent).
+const LEARNED_LR_KEY: &str = "learned_lr";
+
 /// Everything a load will set, computed and checked before anything changes.
 struct Plan {
     book: Book,
     writes: StateWrites,
+    /// Learned lrs, one per group, when some group learns its lr.
+    learned: Option<Vec<f32>>,
     params: Vec<Option<Vec<f32>>>,
 }
 
@@ -578,6 +592,7 @@ fn plan(eng: &impl StateAccess, ck: &Checkpoint, want_params: bool) -> Result<Pl
         .enumerate()
         .map(|(i, t)| (t.name.as_str(), i))
         .collect();
+    let mut learned: Vec<f32> = Vec::with_capacity(groups.len());
     for (g, pg) in groups.into_iter().enumerate() {
         let mut mine: Vec<&str> = infos
             .iter()
@@ -631,6 +646,15 @@ fn plan(eng: &impl StateAccess, ck: &Checkpoint, want_params: bool) -> Result<Pl
             }
         }
         book.group_scalars[g] = gs;
+        let lr = config.lr() as f32;
+        learned.push(match (config.learns_lr(), pg.rest.get(LEARNED_LR_KEY)) {
+            (true, Some(v)) => v
+                .as_f64()
+                .map(|x| x as f32)
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| corrupt(format!("param_groups[{g}].{LEARNED_LR_KEY} = {v}")))?,
+            _ => lr,
+        });
         book.groups[g].base_lr = pg.initial_lr.unwrap_or(config.lr());
         book.groups[g].config = config;
     }
@@ -770,9 +794,11 @@ fn plan(eng: &impl StateAccess, ck: &Checkpoint, want_params: bool) -> Result<Pl
             .and_then(|v| v.as_bool())
             .ok_or_else(|| corrupt("wgpu_optim.train_mode is not a bool"))?;
     }
+    let learns = book.groups.iter().any(|g| g.config.learns_lr());
     Ok(Plan {
         book,
         writes,
+        learned: learns.then_some(learned),
         params,
     })
 }
@@ -804,12 +830,17 @@ pub(crate) fn import(
     let Plan {
         book,
         writes,
+        learned,
         params,
     } = plan(eng, ck, want_params)?;
     for (s, name, members) in &writes {
         eng.write_segment(*s, name, members);
     }
     *eng.book_mut() = book;
+    if let Some(l) = learned {
+        // Checked above (one finite value per group, and some group learns): cannot fail.
+        eng.write_learned(&l)?;
+    }
     Ok(want_params.then(|| params.into_iter().map(Option::unwrap_or_default).collect()))
 }
 
@@ -841,6 +872,12 @@ impl StateAccess for crate::Optimizer {
     fn write_segment(&mut self, s: usize, name: &str, members: &[(usize, Vec<f32>)]) {
         self.write_segment_members(s, name, members)
     }
+    fn read_learned(&self) -> Result<Option<Vec<f32>>> {
+        self.read_learned_lr()
+    }
+    fn write_learned(&mut self, lrs: &[f32]) -> Result<()> {
+        self.write_learned_lr(lrs)
+    }
 }
 
 impl StateAccess for crate::CpuOptimizer {
@@ -858,6 +895,12 @@ impl StateAccess for crate::CpuOptimizer {
     }
     fn write_segment(&mut self, s: usize, name: &str, members: &[(usize, Vec<f32>)]) {
         self.write_segment_members(s, name, members)
+    }
+    fn read_learned(&self) -> Result<Option<Vec<f32>>> {
+        self.read_learned_lr()
+    }
+    fn write_learned(&mut self, lrs: &[f32]) -> Result<()> {
+        self.write_learned_lr(lrs)
     }
 }
 

@@ -15,6 +15,9 @@ trait CpuSegment: std::fmt::Debug + Send + Sync {
     fn swap(&mut self, book: &Book, seg: usize, params: &mut [&mut [f32]], to_train: bool);
     fn state(&self, name: &str, local: usize) -> Option<&[f32]>;
     fn state_mut(&mut self, name: &str, local: usize) -> Option<&mut Vec<f32>>;
+    /// The learned scalar of each of the segment's groups (`Rule::learns_lr`), or `None`.
+    fn learned(&self) -> Option<&[f32]>;
+    fn learned_mut(&mut self) -> Option<&mut [f32]>;
 }
 
 #[derive(Debug)]
@@ -22,6 +25,8 @@ struct Segment<R: Rule> {
     /// `state[slot][local tensor]`; unused slots hold no vectors.
     state: Vec<Vec<Vec<f32>>>,
     names: Vec<(&'static str, usize)>,
+    /// Per segment group: the learned scalar (`Rule::learns_lr`); empty otherwise.
+    learned: Vec<f32>,
     _rule: std::marker::PhantomData<R>,
 }
 
@@ -31,10 +36,18 @@ impl<R: Rule> CpuSegment for Segment<R> {
         // Once per step per group, before the tensors (the groups' host scalars advance here).
         let mut hypers = Vec::with_capacity(book.segments[seg].groups.len());
         for &g in &book.segments[seg].groups {
+            let ctx = HyperCtx {
+                lr_set: book.lr_set[g],
+                ..HyperCtx::default()
+            };
             hypers.push(match R::of(&book.groups[g].config) {
-                Some(c) => c.group_step(HyperCtx::default(), &mut book.group_scalars[g]),
+                Some(c) => c.group_step(ctx, &mut book.group_scalars[g]),
                 None => bytemuck::Zeroable::zeroed(),
             });
+        }
+        if R::learns_lr() {
+            self.step_learned(book, seg, &hypers, params, grads);
+            return;
         }
         for local in 0..book.segments[seg].members.len() {
             let i = book.segments[seg].members[local];
@@ -99,6 +112,91 @@ impl<R: Rule> CpuSegment for Segment<R> {
         let &(_, slot) = self.names.iter().find(|(n, _)| *n == name)?;
         self.state.get_mut(slot)?.get_mut(local)
     }
+
+    fn learned(&self) -> Option<&[f32]> {
+        R::learns_lr().then_some(self.learned.as_slice())
+    }
+
+    fn learned_mut(&mut self) -> Option<&mut [f32]> {
+        R::learns_lr().then_some(self.learned.as_mut_slice())
+    }
+}
+
+impl<R: Rule> Segment<R> {
+    /// The step of a rule that learns a per-group scalar, in the GPU's three passes: every
+    /// live tensor's chunk partials (zeros for the chunks of the others, in the segment's
+    /// chunk order), each group's new learned value, then the updates with it.
+    fn step_learned(
+        &mut self,
+        book: &mut Book,
+        seg: usize,
+        hypers: &[R::Hyper],
+        params: &mut [&mut [f32]],
+        grads: &[&[f32]],
+    ) {
+        let members = book.segments[seg].members.clone();
+        let mut steps: Vec<Option<R::TensorStep>> = Vec::with_capacity(members.len());
+        let mut partials = Vec::new();
+        let mut chunk_groups = Vec::new();
+        for (local, &i) in members.iter().enumerate() {
+            let group = book.segments[seg].member_groups[local] as u32;
+            let ts = match (book.live(i), book.loc[i]) {
+                (true, Some(loc)) => R::of(&book.groups[loc.group].config).map(|c| {
+                    c.tensor_step_with(
+                        book.steps[i],
+                        group,
+                        crate::arena::ChunkRange::default(),
+                        &mut book.scalars[i],
+                    )
+                }),
+                _ => None,
+            };
+            let chunks = params[i].len().div_ceil(crate::shaders::CHUNK as usize);
+            let before = partials.len();
+            if let Some(ts) = &ts {
+                let views: Vec<&mut [f32]> = self.views(local);
+                R::chunk_partials(
+                    &hypers[group as usize],
+                    ts,
+                    &*params[i],
+                    grads[i],
+                    &views,
+                    &mut partials,
+                );
+            }
+            partials.resize(before + chunks, 0.0);
+            chunk_groups.resize(before + chunks, group);
+            steps.push(ts);
+        }
+        for (local, learned) in self.learned.iter_mut().enumerate() {
+            *learned = R::group_update(hypers, local, &partials, &chunk_groups, *learned);
+        }
+        for (local, &i) in members.iter().enumerate() {
+            let Some(ts) = &steps[local] else { continue };
+            let group = book.segments[seg].member_groups[local] as usize;
+            let learned = self.learned[group];
+            let mut views = self.views(local);
+            R::update_learned(
+                &hypers[group],
+                ts,
+                learned,
+                &mut *params[i],
+                grads[i],
+                &mut views,
+            );
+        }
+    }
+
+    /// Tensor `local`'s state slices, one per slot (empty for unused slots).
+    fn views(&mut self, local: usize) -> Vec<&mut [f32]> {
+        self.state
+            .iter_mut()
+            .map(|slot| match slot.get_mut(local) {
+                Some(v) => v.as_mut_slice(),
+                None => &mut [],
+            })
+            .collect()
+    }
 }
 
 struct BuildSegment<'a> {
@@ -127,6 +225,7 @@ impl RuleVisitor for BuildSegment<'_> {
                 .iter()
                 .map(|s| (s.name, s.slot as usize))
                 .collect(),
+            learned: vec![0.0; self.plan.groups.len()],
             _rule: std::marker::PhantomData,
         })
     }
@@ -278,6 +377,7 @@ impl CpuOptimizer {
         for (s, seg) in self.segments.iter_mut().enumerate() {
             seg.step(&mut self.book, s, &mut p, &g);
         }
+        self.book.lr_set.fill(false);
         Ok(())
     }
 
@@ -339,6 +439,45 @@ impl CpuOptimizer {
     /// `set_train_mode(false, params)` (the package's `optimizer.eval()`).
     pub fn eval<P: AsMut<[f32]>>(&mut self, params: &mut [P]) -> Result<()> {
         self.set_train_mode(false, params)
+    }
+
+    /// The learned learning rate of every parameter group, as
+    /// [`crate::Optimizer::read_learned_lr`] (`None` when no group learns its lr).
+    pub fn read_learned_lr(&self) -> Result<Option<Vec<f32>>> {
+        let mut out: Vec<f32> = self
+            .book
+            .groups
+            .iter()
+            .map(|g| g.config.lr() as f32)
+            .collect();
+        let mut any = false;
+        for (s, seg) in self.segments.iter().enumerate() {
+            let Some(learned) = seg.learned() else {
+                continue;
+            };
+            any = true;
+            for (&g, &v) in self.book.segments[s].groups.iter().zip(learned) {
+                if !self.book.lr_set[g] {
+                    out[g] = v;
+                }
+            }
+        }
+        Ok(any.then_some(out))
+    }
+
+    /// Writes back learned learning rates, as [`crate::Optimizer::write_learned_lr`].
+    pub fn write_learned_lr(&mut self, lrs: &[f32]) -> Result<()> {
+        crate::optim::check_learned(&self.book, lrs)?;
+        for (s, seg) in self.segments.iter_mut().enumerate() {
+            let Some(learned) = seg.learned_mut() else {
+                continue;
+            };
+            for (&g, v) in self.book.segments[s].groups.iter().zip(learned) {
+                *v = lrs[g];
+                self.book.lr_set[g] = false;
+            }
+        }
+        Ok(())
     }
 
     /// State `state` of every tensor, in arena order (empty for tensors without it).

@@ -34,3 +34,4 @@ pub use optim::{
     RadamConfig, RmspropConfig, RpropConfig, Rule, ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig,
     Select, SgdConfig,
 };
+pub use optim::{AdamHdConfig, HdScope, SgdHdConfig};

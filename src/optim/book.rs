@@ -164,6 +164,9 @@ pub(crate) struct Book {
     pub group_scalars: Vec<crate::optim::Scalars>,
     /// Train mode (see `set_train_mode`); starts true.
     pub train_mode: bool,
+    /// Per parameter group: its lr was set since its last step (true before the first step);
+    /// the engines pass it to the rules ([`crate::optim::HyperCtx::lr_set`]) and clear it.
+    pub lr_set: Vec<bool>,
 }
 
 impl Book {
@@ -301,6 +304,7 @@ impl Book {
             frozen: vec![false; n],
             scalars: Vec::new(),
             group_scalars: out_groups_scalars(&out_groups),
+            lr_set: vec![true; out_groups.len()],
             groups: out_groups,
             train_mode: true,
         }
@@ -365,6 +369,7 @@ impl Book {
         let g = &mut self.groups[group];
         g.base_lr = config.lr();
         g.config = config;
+        self.lr_set[group] = true;
         Ok(())
     }
 
@@ -376,6 +381,7 @@ impl Book {
             .ok_or(Error::UnknownGroup { group, groups })?
             .config
             .set_lr(lr);
+        self.lr_set[group] = true;
         Ok(())
     }
 
@@ -384,6 +390,7 @@ impl Book {
         for g in &mut self.groups {
             g.config.set_lr(lr);
         }
+        self.lr_set.fill(true);
         Ok(())
     }
 
@@ -397,6 +404,7 @@ impl Book {
             let lr = g.base_lr * factor;
             g.config.set_lr(lr);
         }
+        self.lr_set.fill(true);
         Ok(())
     }
 

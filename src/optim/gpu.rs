@@ -112,6 +112,9 @@ trait GpuSegment: std::fmt::Debug + Send + Sync {
     fn state_buffer(&self, name: &str) -> Option<&wgpu::Buffer>;
     fn state_bytes(&self) -> u64;
     fn partials(&self) -> Option<&wgpu::Buffer>;
+    /// Where the groups' learned scalars start in `partials`, in f32s, for a rule that learns
+    /// its lr (`Rule::learns_lr`); `None` otherwise.
+    fn learned_offset(&self) -> Option<u64>;
 }
 
 #[derive(Debug)]
@@ -134,6 +137,8 @@ struct Segment<R: Rule> {
     bind_groups: Vec<wgpu::BindGroup>,
     grids: Vec<(u32, u32)>,
     tensor_grid: (u32, u32),
+    /// Parameter groups of the segment (the `Pass::Groups` grid).
+    group_count: u32,
     /// Reused every step: the hot path allocates nothing.
     hyper_table: Vec<R::Hyper>,
     tensor_table: Vec<R::TensorStep>,
@@ -209,9 +214,14 @@ impl<R: Rule> Segment<R> {
         let mut seg = ctx.scoped(|| -> Result<Self> {
             let storage =
                 |name: &str, size: u64| storage_buffer(ctx, &format!("{label} {name}"), size);
-            let partials = R::KERNEL
-                .uses_partials()
-                .then(|| storage("partials", table_bytes::<[f32; 4]>(n_chunks + n_tensors)));
+            // Per chunk, then per tensor, then per group (the learned scalars of
+            // `Rule::learns_lr`, which persist from step to step).
+            let partials = R::KERNEL.uses_partials().then(|| {
+                storage(
+                    "partials",
+                    table_bytes::<[f32; 4]>(n_chunks + n_tensors + n_groups),
+                )
+            });
             let mut states = Vec::with_capacity(plan.states.len());
             for s in &plan.states {
                 let buf = storage(s.name, bytes);
@@ -251,6 +261,7 @@ impl<R: Rule> Segment<R> {
                     .map(|w| dispatch::grid(w.chunk_count, ctx.max_workgroups_per_dim()))
                     .collect(),
                 tensor_grid: dispatch::grid(n_tensors as u32, ctx.max_workgroups_per_dim()),
+                group_count: n_groups as u32,
                 hyper_table: Vec::with_capacity(n_groups),
                 tensor_table: Vec::with_capacity(n_tensors),
                 layout,
@@ -306,7 +317,11 @@ impl<R: Rule> GpuSegment for Segment<R> {
         for &g in &plan.groups {
             // Every group of a segment is of the segment's family (checked on every change).
             if let Some(c) = R::of(&book.groups[g].config) {
-                let h = c.group_step(HyperCtx { extra_flags }, &mut book.group_scalars[g]);
+                let ctx = HyperCtx {
+                    extra_flags,
+                    lr_set: book.lr_set[g],
+                };
+                let h = c.group_step(ctx, &mut book.group_scalars[g]);
                 self.hyper_table.push(h);
             } else {
                 self.hyper_table.push(R::Hyper::zeroed());
@@ -350,6 +365,14 @@ impl<R: Rule> GpuSegment for Segment<R> {
                         d.dispatch(pass, self.tensor_grid);
                     }
                 }
+                Pass::Groups(_) => {
+                    // As Tensors: the tables, the whole chunk table and partials only. At most
+                    // MAX_SEGMENT_GROUPS workgroups, so the grid never spills into y.
+                    if self.group_count > 0 {
+                        pass.set_bind_group(0, &self.bind_groups[0], &[]);
+                        d.dispatch(pass, (self.group_count, 1));
+                    }
+                }
             }
         }
     }
@@ -362,6 +385,8 @@ impl<R: Rule> GpuSegment for Segment<R> {
                 Pass::Chunks(_) => out.extend(&windows),
                 Pass::Tensors(_) if self.tensor_grid.0 > 0 => out.push(self.tensor_grid),
                 Pass::Tensors(_) => {}
+                Pass::Groups(_) if self.group_count > 0 => out.push((self.group_count, 1)),
+                Pass::Groups(_) => {}
             }
         }
         out
@@ -461,6 +486,11 @@ impl<R: Rule> GpuSegment for Segment<R> {
     fn partials(&self) -> Option<&wgpu::Buffer> {
         self.partials.as_ref()
     }
+
+    fn learned_offset(&self) -> Option<u64> {
+        let entries = self.layout.chunks().len() + self.layout.members().len();
+        (R::learns_lr() && self.partials.is_some()).then_some(entries as u64 * 4)
+    }
 }
 
 struct BuildSegment<'a> {
@@ -487,7 +517,9 @@ impl RuleVisitor for BuildSegment<'_> {
 /// per-group and per-tensor scalar tables with `queue.write_buffer` and records, in one
 /// compute pass, one dispatch per segment, pass and binding window (one in all for a one-rule
 /// optimizer over an arena that fits a storage binding), whatever the tensor count; LARS and
-/// LAMB segments record three passes (norm partials, per-tensor trust ratios, update).
+/// LAMB segments record three passes (norm partials, per-tensor trust ratios, update), and
+/// hypergradient segments (SGD-HD, Adam-HD) three too (dot partials, the per-group learned lr,
+/// update).
 #[derive(Debug)]
 pub struct Optimizer {
     ctx: GpuContext,
@@ -823,6 +855,8 @@ impl Optimizer {
         for (s, seg) in self.segments.iter_mut().enumerate() {
             seg.write_tables(&self.ctx, &mut self.book, s, grad_scale);
         }
+        // Every group's lr change has now reached its rule.
+        self.book.lr_set.fill(false);
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("optimizer step"),
             timestamp_writes: None,
@@ -1018,11 +1052,17 @@ impl Optimizer {
     /// Per-tensor trust ratios of the last step, in arena order (LARS and LAMB segments; 1
     /// for tensors that do not adapt or are in no such segment; the previous value for
     /// tensors frozen in that step), read back from the GPU. `None` when no segment reduces.
+    /// Hypergradient segments are not counted (their reduction is a learned lr per group; see
+    /// [`Optimizer::read_learned_lr`]).
     pub fn read_trust_ratios(&self) -> Result<Option<Vec<f32>>> {
         let mut out = vec![1.0f32; self.layout.tensors().len()];
         let mut any = false;
         for seg in &self.segments {
             let Some(p) = seg.partials() else { continue };
+            if seg.learned_offset().is_some() {
+                // Hypergradient segments keep learned lrs there, not ratios.
+                continue;
+            }
             any = true;
             let l = seg.layout();
             let base = l.chunks().len() as u64 * 4;
@@ -1033,4 +1073,84 @@ impl Optimizer {
         }
         Ok(any.then_some(out))
     }
+
+    /// The learned learning rate of every parameter group (hypergradient descent: SGD-HD,
+    /// SGDN-HD, Adam-HD), read back from the GPU, in group order: the lr the group's last step
+    /// used, which its next step starts from. Before a group's first step, and after its lr was
+    /// set (`set_group_lr`, `set_lr`, `set_lr_factor`, `set_group_config`), that is its
+    /// configured lr. Groups that do not learn their lr report their configured lr. `None` when
+    /// no group learns its lr. One readback per hypergradient segment.
+    pub fn read_learned_lr(&self) -> Result<Option<Vec<f32>>> {
+        self.ctx.check_alive()?;
+        let mut out: Vec<f32> = self
+            .book
+            .groups
+            .iter()
+            .map(|g| g.config.lr() as f32)
+            .collect();
+        let mut any = false;
+        for (s, seg) in self.segments.iter().enumerate() {
+            let (Some(p), Some(off)) = (seg.partials(), seg.learned_offset()) else {
+                continue;
+            };
+            any = true;
+            let groups = &self.book.segments[s].groups;
+            let raw = readback::read_f32(&self.ctx, p, off, groups.len() * 4)?;
+            for (local, &g) in groups.iter().enumerate() {
+                if !self.book.lr_set[g] {
+                    out[g] = raw[local * 4];
+                }
+            }
+        }
+        Ok(any.then_some(out))
+    }
+
+    /// Writes back learned learning rates (one per group, as [`Optimizer::read_learned_lr`]
+    /// returns them, e.g. from a checkpoint): the next step of each group that learns its lr
+    /// starts from its value instead of from its configured lr. Entries of groups that do not
+    /// learn their lr are ignored. The learned lr may be negative (it is not clamped), but it
+    /// must be finite. Errors: a length other than the group count, a non-finite value, or no
+    /// group that learns its lr ([`Error::Unsupported`]); nothing changes on error.
+    pub fn write_learned_lr(&mut self, lrs: &[f32]) -> Result<()> {
+        self.ctx.check_alive()?;
+        check_learned(&self.book, lrs)?;
+        for (s, seg) in self.segments.iter().enumerate() {
+            let (Some(p), Some(off)) = (seg.partials(), seg.learned_offset()) else {
+                continue;
+            };
+            let groups = &self.book.segments[s].groups;
+            let image: Vec<f32> = groups
+                .iter()
+                .flat_map(|&g| [lrs[g], 0.0, 0.0, 0.0])
+                .collect();
+            self.ctx
+                .queue()
+                .write_buffer(p, off * 4, bytemuck::cast_slice(&image));
+            for &g in groups {
+                self.book.lr_set[g] = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks learned lrs written back (shared with the CPU engine): one finite value per group,
+/// and some group that learns its lr.
+pub(crate) fn check_learned(book: &Book, lrs: &[f32]) -> Result<()> {
+    if !book.groups.iter().any(|g| g.config.learns_lr()) {
+        return Err(Error::Unsupported(
+            "no parameter group learns its lr (only hypergradient configurations do)",
+        ));
+    }
+    if lrs.len() != book.groups.len() {
+        return Err(Error::LengthMismatch {
+            what: "learned lrs (one per parameter group)".into(),
+            expected: book.groups.len(),
+            got: lrs.len(),
+        });
+    }
+    if let Some(&bad) = lrs.iter().find(|v| !v.is_finite()) {
+        return Err(Error::hyper("learned lr", bad as f64, "must be finite"));
+    }
+    Ok(())
 }

@@ -24,6 +24,7 @@
 pub mod adadelta;
 pub mod adagrad;
 pub mod adam;
+pub mod adam_hd;
 pub mod adamax;
 pub mod adopt;
 pub mod asgd;
@@ -36,6 +37,7 @@ pub mod rmsprop;
 pub mod rprop;
 pub mod schedule_free;
 pub mod sgd;
+pub mod sgd_hd;
 
 pub(crate) mod book;
 mod gpu;
@@ -53,13 +55,14 @@ use crate::shaders::KernelDef;
 pub use adadelta::AdadeltaConfig;
 pub use adagrad::AdagradConfig;
 pub use adam::AdamConfig;
+pub use adam_hd::AdamHdConfig;
 pub use adamax::AdamaxConfig;
 pub use adopt::AdoptConfig;
 pub use asgd::AsgdConfig;
 pub(crate) use book::Book;
 pub use book::{ParamGroups, Select};
 pub use gpu::Optimizer;
-pub(crate) use gpu::{storage_buffer, table_bytes, window_binding};
+pub(crate) use gpu::{check_learned, storage_buffer, table_bytes, window_binding};
 pub use lamb::LambConfig;
 pub use lars::LarsConfig;
 pub use lion::LionConfig;
@@ -69,6 +72,7 @@ pub use rmsprop::RmspropConfig;
 pub use rprop::RpropConfig;
 pub use schedule_free::{ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig};
 pub use sgd::SgdConfig;
+pub use sgd_hd::{HdScope, SgdHdConfig};
 
 /// Most host-side scalar state slots a rule keeps per tensor (see [`Rule::scalar_names`]).
 pub const MAX_SCALARS: usize = 4;
@@ -94,13 +98,16 @@ pub enum Pass {
     Chunks(KernelDef),
     /// One workgroup per tensor (reductions that combine chunk partials).
     Tensors(KernelDef),
+    /// One workgroup per parameter group of the segment (reductions over a group's chunk
+    /// partials, and the per-group learned scalars of [`Rule::learns_lr`]).
+    Groups(KernelDef),
 }
 
 impl Pass {
     /// The kernel of the pass.
     pub fn kernel(&self) -> KernelDef {
         match *self {
-            Pass::Chunks(k) | Pass::Tensors(k) => k,
+            Pass::Chunks(k) | Pass::Tensors(k) | Pass::Groups(k) => k,
         }
     }
 }
@@ -110,6 +117,10 @@ impl Pass {
 pub struct HyperCtx {
     /// Flags set by the engine (e.g. `FLAG_GRAD_SCALE` when clipping is attached).
     pub extra_flags: u32,
+    /// The group's lr was set since its last step (and on its first step): by
+    /// `set_group_lr`, `set_lr`, `set_lr_factor` or `set_group_config`. Rules that learn their
+    /// lr ([`Rule::learns_lr`]) restart the learned value from the configured lr then.
+    pub lr_set: bool,
 }
 
 /// An optimization algorithm: config, kernels, scalars and the host-side update.
@@ -207,6 +218,52 @@ pub trait Rule:
         g: &[f32],
         state: &mut [&mut [f32]],
     );
+    /// Whether the rule learns one f32 per parameter group on the device (hypergradient
+    /// descent's lr, SPEC-2 §2.14). The GPU engine keeps it in the segment's `partials` buffer
+    /// after the per-chunk and per-tensor entries (`partials[tensor_base + n_tensors + group]`,
+    /// a vec4 whose x is the value), where the rule's [`Pass::Groups`] kernel updates it and its
+    /// update pass reads it; the CPU engine keeps one f32 per group. Both then call
+    /// [`Rule::chunk_partials`], [`Rule::group_update`] and [`Rule::update_learned`] instead
+    /// of [`Rule::update`]. Default: false.
+    fn learns_lr() -> bool {
+        false
+    }
+    /// CPU twin of the rule's first (per-chunk) pass on one live tensor: appends one partial
+    /// sum per `CHUNK` elements of the tensor, in chunk order, summed in the kernel's order.
+    fn chunk_partials(
+        _h: &Self::Hyper,
+        _ts: &Self::TensorStep,
+        _p: &[f32],
+        _g: &[f32],
+        _state: &[&mut [f32]],
+        _out: &mut Vec<f32>,
+    ) {
+    }
+    /// CPU twin of the rule's [`Pass::Groups`] kernel for segment group `group`: the group's
+    /// new learned value from its previous one, the hyperparameters of every group of the
+    /// segment, and the segment's chunk partials (`partials[c]`, 0 for frozen tensors) with
+    /// each chunk's group (`chunk_groups[c]`). Default: the value unchanged.
+    fn group_update(
+        _hypers: &[Self::Hyper],
+        _group: usize,
+        _partials: &[f32],
+        _chunk_groups: &[u32],
+        learned: f32,
+    ) -> f32 {
+        learned
+    }
+    /// [`Rule::update`] with the tensor's group's learned value (see [`Rule::learns_lr`]).
+    /// Default: `update`.
+    fn update_learned(
+        h: &Self::Hyper,
+        ts: &Self::TensorStep,
+        _learned: f32,
+        p: &mut [f32],
+        g: &[f32],
+        state: &mut [&mut [f32]],
+    ) {
+        Self::update(h, ts, p, g, state)
+    }
     /// Bytes read and written per element per step (SPEC §5), for bandwidth figures.
     fn bytes_per_element(&self) -> u64;
     /// The named configurations `optbench bench` and the criterion benches offer.
@@ -325,6 +382,12 @@ macro_rules! optimizer_table {
 
             pub(crate) fn init_group_scalars(&self) -> Scalars {
                 match self { $(OptimizerConfig::$variant(c) => c.init_group_scalars(),)* }
+            }
+
+            /// Whether this configuration learns its lr on the device (hypergradient descent;
+            /// see `Optimizer::read_learned_lr`).
+            pub fn learns_lr(&self) -> bool {
+                match self { $(OptimizerConfig::$variant(_) => <$config as Rule>::learns_lr(),)* }
             }
 
             /// Whether this configuration has train and eval modes (Schedule-Free).
@@ -471,6 +534,10 @@ optimizer_table! {
     ScheduleFreeAdamW(ScheduleFreeAdamWConfig) = "schedule_free_adamw";
     /// SGDScheduleFree (the schedulefree package)
     ScheduleFreeSgd(ScheduleFreeSgdConfig) = "schedule_free_sgd";
+    /// SGD-HD and SGDN-HD, hypergradient descent (Baydin et al. 2018)
+    SgdHd(SgdHdConfig) = "sgd_hd";
+    /// Adam-HD, hypergradient descent (Baydin et al. 2018)
+    AdamHd(AdamHdConfig) = "adam_hd";
 }
 
 impl OptimizerConfig {
@@ -631,7 +698,8 @@ macro_rules! common_optimizer_methods {
         }
 
         /// Sets the learning rate of group `group` alone (PyTorch:
-        /// `param_groups[g]["lr"] = lr`). Its base lr is kept.
+        /// `param_groups[g]["lr"] = lr`). Its base lr is kept. A group that learns its lr
+        /// (hypergradient descent) restarts its learned lr from `lr` at its next step.
         pub fn set_group_lr(&mut self, group: usize, lr: f64) -> $crate::Result<()> {
             self.book.set_group_lr(group, lr)
         }

@@ -28,6 +28,8 @@ pub fn with_lr_wd(cfg: &OptimizerConfig, lr: f64, weight_decay: f64) -> Optimize
         OptimizerConfig::Adopt(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
         OptimizerConfig::ScheduleFreeAdamW(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
         OptimizerConfig::ScheduleFreeSgd(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::SgdHd(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
+        OptimizerConfig::AdamHd(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
         _ => {}
     }
     c
