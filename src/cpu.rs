@@ -13,6 +13,8 @@ trait CpuSegment: std::fmt::Debug + Send + Sync {
     /// The mode swap (`Rule::swap`) of every tensor of the segment that has stepped.
     fn swap(&mut self, book: &Book, seg: usize, params: &mut [&mut [f32]], to_train: bool);
     fn state(&self, name: &str, local: usize) -> Option<&[f32]>;
+    /// Every state buffer of member `local` back to its initial value.
+    fn reset(&mut self, local: usize);
 }
 
 #[derive(Debug)]
@@ -20,6 +22,8 @@ struct Segment<R: Rule> {
     /// `state[slot][local tensor]`; unused slots hold no vectors.
     state: Vec<Vec<Vec<f32>>>,
     names: Vec<(&'static str, usize)>,
+    /// Initial value per slot (`StateSpec::init`).
+    init: Vec<f32>,
     _rule: std::marker::PhantomData<R>,
 }
 
@@ -92,6 +96,14 @@ impl<R: Rule> CpuSegment for Segment<R> {
         let &(_, slot) = self.names.iter().find(|(n, _)| *n == name)?;
         self.state.get(slot)?.get(local).map(|v| v.as_slice())
     }
+
+    fn reset(&mut self, local: usize) {
+        for (slot, init) in self.state.iter_mut().zip(&self.init) {
+            if let Some(v) = slot.get_mut(local) {
+                v.fill(*init);
+            }
+        }
+    }
 }
 
 struct BuildSegment<'a> {
@@ -104,7 +116,9 @@ impl RuleVisitor for BuildSegment<'_> {
     fn visit<R: Rule>(self, _configs: Vec<R>) -> Self::Out {
         let slots = R::KERNEL.state_slots() as usize;
         let mut state = vec![Vec::new(); slots];
+        let mut init = vec![0.0; slots];
         for s in &self.plan.states {
+            init[s.slot as usize] = s.init;
             state[s.slot as usize] = self
                 .plan
                 .members
@@ -120,6 +134,7 @@ impl RuleVisitor for BuildSegment<'_> {
                 .iter()
                 .map(|s| (s.name, s.slot as usize))
                 .collect(),
+            init,
             _rule: std::marker::PhantomData,
         })
     }
@@ -131,6 +146,7 @@ impl RuleVisitor for BuildSegment<'_> {
 #[derive(Debug)]
 pub struct CpuOptimizer {
     book: Book,
+    layout: ParamLayout,
     lens: Vec<usize>,
     segments: Vec<Box<dyn CpuSegment>>,
 }
@@ -140,17 +156,17 @@ impl CpuOptimizer {
     pub fn new(config: impl Into<OptimizerConfig>, specs: &[TensorSpec]) -> Result<Self> {
         let layout = host_layout(specs)?;
         let groups = ParamGroups::per_arena_group(&layout, config);
-        Self::build(&layout, &groups)
+        Self::build(layout, &groups)
     }
 
     /// An optimizer over explicit parameter groups, as [`crate::Optimizer::with_groups`].
     pub fn with_groups(specs: &[TensorSpec], groups: ParamGroups) -> Result<Self> {
         let layout = host_layout(specs)?;
-        Self::build(&layout, &groups)
+        Self::build(layout, &groups)
     }
 
-    fn build(layout: &ParamLayout, groups: &ParamGroups) -> Result<Self> {
-        let book = Book::new(layout, groups)?;
+    fn build(layout: ParamLayout, groups: &ParamGroups) -> Result<Self> {
+        let book = Book::new(&layout, groups)?;
         let lens: Vec<usize> = layout.tensors().iter().map(|t| t.len).collect();
         let segments = book
             .segments
@@ -166,6 +182,7 @@ impl CpuOptimizer {
             .collect();
         Ok(Self {
             book,
+            layout,
             lens,
             segments,
         })
@@ -185,6 +202,35 @@ impl CpuOptimizer {
                 name: state.to_string(),
                 available: self.book.segment_states(loc.segment),
             })
+    }
+
+    /// Re-initializes the optimizer state of every tensor in a group, exactly as
+    /// [`crate::Optimizer::reset_state`] defines it (PyTorch: `optimizer.state.clear()`):
+    /// state buffers back to their initial values, step counts to 0, host scalars to their
+    /// initial values; configurations, group scalars and frozen flags are kept.
+    pub fn reset_state(&mut self) {
+        let all: Vec<usize> = (0..self.lens.len()).collect();
+        self.reset_tensors(&all);
+    }
+
+    /// [`CpuOptimizer::reset_state`] for `tensors` (arena indices) alone.
+    pub(crate) fn reset_tensors(&mut self, tensors: &[usize]) {
+        for &i in tensors {
+            if let Some(l) = self.book.loc[i] {
+                self.segments[l.segment].reset(l.local);
+            }
+        }
+        self.book.reset_tensors(tensors);
+    }
+
+    /// The host bookkeeping (groups, frozen flags, step counts).
+    pub(crate) fn book(&self) -> &Book {
+        &self.book
+    }
+
+    /// The host layout of the tensors (names, lengths, shapes, groups).
+    pub(crate) fn layout(&self) -> &ParamLayout {
+        &self.layout
     }
 
     /// One step over every tensor in a group (one slice per arena tensor, in arena order).

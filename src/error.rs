@@ -171,6 +171,9 @@ pub enum Error {
     /// wgpu ran out of memory.
     #[error("out of GPU memory: {0}")]
     OutOfMemory(String),
+    /// A tensor a Lookahead does not wrap: it keeps no slow weights for it.
+    #[error("tensor {0:?} is not wrapped by this Lookahead (it keeps no slow weights for it)")]
+    NotWrapped(String),
 }
 
 impl Error {
