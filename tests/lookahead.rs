@@ -291,6 +291,22 @@ fn nonzero_initial_state_is_restored_by_the_reset() {
     run_case(&ctx, adagrad_nonzero_init(), cfg, Wrap::Some, 50);
 }
 
+#[test]
+fn every_preset_of_the_table_under_lookahead_matches_cpu() {
+    // Any optimizer of the library: multi-pass ones (LARS, LAMB), host scalars (NAdam, ASGD),
+    // train modes (Schedule-Free), non-zero initial state (Rprop), each under one variant.
+    let Some(ctx) = gpu() else { return };
+    for (j, p) in OptimizerConfig::presets().into_iter().enumerate() {
+        let cfg = match j % 3 {
+            0 => paper(true).with_k(2),
+            1 => LookaheadConfig::timm().with_k(3).with_alpha(0.8),
+            _ => paper(false).with_k(3).with_alpha(0.25),
+        };
+        let wrap = if j % 2 == 0 { Wrap::All } else { Wrap::Some };
+        run_case(&ctx, p.config, cfg, wrap, 100 + j as u64);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The CPU twin against the formulas.
 
