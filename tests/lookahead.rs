@@ -223,7 +223,7 @@ fn run_case(ctx: &GpuContext, inner: OptimizerConfig, cfg: LookaheadConfig, wrap
                 }
             }
         }
-        for i in 0..n {
+        for (i, &wrapped_i) in wrapped.iter().enumerate() {
             let name = format!("t{i}");
             let steps_taken = c.inner().step_count(&name).unwrap();
             assert_eq!(
@@ -231,10 +231,10 @@ fn run_case(ctx: &GpuContext, inner: OptimizerConfig, cfg: LookaheadConfig, wrap
                 steps_taken,
                 "{w} {name}"
             );
-            if cfg.reset_state && s % k == 0 && wrapped[i] {
+            if cfg.reset_state && s % k == 0 && wrapped_i {
                 assert_eq!(steps_taken, 0, "{w} {name}: reset at the sync");
             }
-            if !wrapped[i] {
+            if !wrapped_i {
                 let live = (1..=s).filter(|&x| !frozen(x, i, k)).count() as u64;
                 assert_eq!(steps_taken, live, "{w} {name}: not wrapped, never reset");
             }
@@ -346,8 +346,8 @@ impl Transcription {
             return;
         }
         let alpha = cfg.alpha as f32;
-        for t in 0..self.fast.len() {
-            if cfg.variant == LookaheadVariant::Timm && frozen[t] {
+        for (t, &fz) in frozen.iter().enumerate() {
+            if cfg.variant == LookaheadVariant::Timm && fz {
                 continue;
             }
             let slow = self.slow[t].get_or_insert_with(|| self.fast[t].clone());
