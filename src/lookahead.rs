@@ -81,7 +81,9 @@ pub struct LookaheadConfig {
     /// α = 0 sends them back to the slow weights.
     pub alpha: f64,
     /// Re-initialize the inner optimizer's state of the wrapped tensors after each sync (optax
-    /// `reset_state`; paper variant only). See [`Optimizer::reset_state`] for what is reset.
+    /// `reset_state`; paper variant only): every wrapped tensor, frozen ones included (each is
+    /// synced); tensors not wrapped keep theirs. See [`Optimizer::reset_state`] for what is
+    /// reset.
     pub reset_state: bool,
     /// Paper or timm semantics.
     pub variant: LookaheadVariant,

@@ -12,12 +12,12 @@
 
 mod common;
 
-use common::{assert_close, gpu, randn, ATOL, RTOL};
+use common::{assert_close, gpu, gpu_with, randn, ATOL, RTOL};
 use wgpu_optim::lookahead::SLOW_STATE;
 use wgpu_optim::{
-    AdagradConfig, AdamConfig, CpuLookahead, CpuOptimizer, Error, GpuContext, Lookahead,
-    LookaheadConfig, LookaheadVariant, Optimizer, OptimizerConfig, ParamArena, Select, SgdConfig,
-    TensorSpec,
+    AdagradConfig, AdamConfig, ContextOptions, CpuLookahead, CpuOptimizer, Error, GpuContext,
+    GradClipper, Lookahead, LookaheadConfig, LookaheadVariant, NormType, Optimizer,
+    OptimizerConfig, ParamArena, Select, SgdConfig, TensorSpec,
 };
 
 fn specs(lens: &[usize]) -> Vec<TensorSpec> {
@@ -113,8 +113,13 @@ fn run_case(ctx: &GpuContext, inner: OptimizerConfig, cfg: LookaheadConfig, wrap
         c.wrapped(),
         "{what}: wrapped tensors"
     );
-    // One dispatch syncs every wrapped tensor; the slow weights hold those tensors only.
-    assert_eq!(g.dispatches_per_sync(), 1, "{what}");
+    // One dispatch syncs every wrapped tensor (one per binding window when they span more
+    // than one binding); the slow weights hold those tensors only.
+    let windows = g.slow_layout().windows().len();
+    assert_eq!(g.dispatches_per_sync(), windows, "{what}");
+    if ctx.max_binding_bytes() >= arena.layout().buffer_bytes() {
+        assert_eq!(windows, 1, "{what}");
+    }
     assert_eq!(
         g.slow_bytes(),
         g.slow_layout().state_bytes().max(16),
@@ -305,6 +310,68 @@ fn every_preset_of_the_table_under_lookahead_matches_cpu() {
         let wrap = if j % 2 == 0 { Wrap::All } else { Wrap::Some };
         run_case(&ctx, p.config, cfg, wrap, 100 + j as u64);
     }
+}
+
+#[test]
+fn windowed_arena_matches_cpu() {
+    // 64 KiB bindings: the 278011-element tensor spans 17 windows, each its own dispatch.
+    let Some(ctx) = gpu_with(ContextOptions {
+        max_binding_bytes: Some(64 * 1024),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let probe = ParamArena::new(&ctx, &specs(&lengths(60))).unwrap();
+    assert!(
+        probe.layout().windows().len() > 10,
+        "windowing not exercised"
+    );
+    run_case(&ctx, adam(), paper(true), Wrap::All, 60);
+    run_case(
+        &ctx,
+        sgd_momentum(),
+        LookaheadConfig::timm(),
+        Wrap::Some,
+        61,
+    );
+}
+
+#[test]
+fn a_refused_step_changes_nothing() {
+    // A NaN gradient with error_if_nonfinite: the inner step is refused, so no sync either.
+    let Some(ctx) = gpu() else { return };
+    let specs = specs(&[10, 3]);
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let params = vec![vec![0.5f32; 10], vec![-1.0; 3]];
+    arena.write_all_params(&params).unwrap();
+    let mut inner = Optimizer::new(&ctx, &arena, sgd_momentum()).unwrap();
+    let clip = GradClipper::new(&ctx, &arena, 1.0, NormType::L2)
+        .unwrap()
+        .with_error_if_nonfinite(true);
+    inner
+        .set_grad_clip(Some(std::sync::Arc::new(clip)))
+        .unwrap();
+    let mut la = Lookahead::new(&ctx, &arena, inner, paper(true).with_k(1)).unwrap();
+    let before = la.read_slow_image().unwrap();
+    arena
+        .write_all_grads(&[vec![f32::NAN; 10], vec![1.0; 3]])
+        .unwrap();
+    assert!(matches!(la.step(&arena), Err(Error::NonFiniteNorm { .. })));
+    assert_eq!(la.steps(), 0);
+    assert_eq!(la.inner().step_count("t0").unwrap(), 0);
+    assert_eq!(arena.read_all_params().unwrap(), params);
+    assert_eq!(la.read_slow_image().unwrap(), before);
+    // And with finite gradients the same Lookahead steps and syncs.
+    arena
+        .write_all_grads(&[vec![0.1; 10], vec![1.0; 3]])
+        .unwrap();
+    la.step(&arena).unwrap();
+    assert_eq!(la.steps(), 1);
+    let p = arena.read_all_params().unwrap();
+    assert_ne!(p, params);
+    assert_eq!(la.read_slow("t0").unwrap(), p[0]);
+    // The reset after the sync: the next step is the tensors' first again.
+    assert_eq!(la.inner().step_count("t0").unwrap(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
