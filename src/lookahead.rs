@@ -83,7 +83,9 @@ pub struct LookaheadConfig {
     /// Re-initialize the inner optimizer's state of the wrapped tensors after each sync (optax
     /// `reset_state`; paper variant only): every wrapped tensor, frozen ones included (each is
     /// synced); tensors not wrapped keep theirs. See [`Optimizer::reset_state`] for what is
-    /// reset.
+    /// reset. Zero-initialized state is cleared in place; a state with a non-zero initial
+    /// value (Adagrad's `initial_accumulator_value`, Rprop's `step_size`) is copied back from
+    /// an image of its initial values kept on the GPU (one more buffer of that state's size).
     pub reset_state: bool,
     /// Paper or timm semantics.
     pub variant: LookaheadVariant,

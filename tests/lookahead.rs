@@ -374,6 +374,25 @@ fn a_refused_step_changes_nothing() {
     assert_eq!(la.inner().step_count("t0").unwrap(), 0);
 }
 
+#[test]
+fn empty_tensors_only() {
+    // A selection of 0-element tensors (PyTorch allows them): no work, no error.
+    let Some(ctx) = gpu() else { return };
+    let specs = specs(&[0, 5, 0]);
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    arena.write_params("t1", &[1.0; 5]).unwrap();
+    let inner = Optimizer::new(&ctx, &arena, sgd_momentum()).unwrap();
+    let sel = Select::names(["t0", "t2"]);
+    let mut la =
+        Lookahead::with_selection(&ctx, &arena, inner, paper(true).with_k(1), sel).unwrap();
+    assert_eq!(la.dispatches_per_sync(), 0);
+    arena.write_grads("t1", &[1.0; 5]).unwrap();
+    la.step(&arena).unwrap();
+    la.sync_now(&arena).unwrap();
+    assert_eq!(la.read_slow("t0").unwrap(), Vec::<f32>::new());
+    assert_eq!(arena.read_params("t1").unwrap(), vec![1.0 - 0.05; 5]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The CPU twin against the formulas.
 
