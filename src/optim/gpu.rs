@@ -757,7 +757,7 @@ impl Optimizer {
     /// to its [`StateSpec::init`] (0, or e.g. Adagrad's `initial_accumulator_value`), step
     /// counts back to 0 (so the next step is each tensor's first: SGD's momentum buffer
     /// starts as the gradient, Adam's bias corrections restart), host scalars (NAdam's
-    /// `mu_product`, ASGD's `eta`, `mu`, `ax`) back to their initial values. Kept: the
+    /// `mu_product`, ASGD's `eta` and `mu`) back to their initial values. Kept: the
     /// parameters, the groups' configurations and their scalars (Schedule-Free's `k`,
     /// `weight_sum`: `param_groups` entries in PyTorch), frozen flags, the train mode and an
     /// attached clipper. One submission; not for the hot path (it builds its commands and,
