@@ -18,6 +18,8 @@ trait CpuSegment: std::fmt::Debug + Send + Sync {
     /// The learned scalar of each of the segment's groups (`Rule::learns_lr`), or `None`.
     fn learned(&self) -> Option<&[f32]>;
     fn learned_mut(&mut self) -> Option<&mut [f32]>;
+    /// Every state buffer of member `local` back to its initial value.
+    fn reset(&mut self, local: usize);
 }
 
 #[derive(Debug)]
@@ -27,6 +29,8 @@ struct Segment<R: Rule> {
     names: Vec<(&'static str, usize)>,
     /// Per segment group: the learned scalar (`Rule::learns_lr`); empty otherwise.
     learned: Vec<f32>,
+    /// Initial value per slot (`StateSpec::init`).
+    init: Vec<f32>,
     _rule: std::marker::PhantomData<R>,
 }
 
@@ -120,6 +124,14 @@ impl<R: Rule> CpuSegment for Segment<R> {
     fn learned_mut(&mut self) -> Option<&mut [f32]> {
         R::learns_lr().then_some(self.learned.as_mut_slice())
     }
+
+    fn reset(&mut self, local: usize) {
+        for (slot, init) in self.state.iter_mut().zip(&self.init) {
+            if let Some(v) = slot.get_mut(local) {
+                v.fill(*init);
+            }
+        }
+    }
 }
 
 impl<R: Rule> Segment<R> {
@@ -209,7 +221,9 @@ impl RuleVisitor for BuildSegment<'_> {
     fn visit<R: Rule>(self, _configs: Vec<R>) -> Self::Out {
         let slots = R::KERNEL.state_slots() as usize;
         let mut state = vec![Vec::new(); slots];
+        let mut init = vec![0.0; slots];
         for s in &self.plan.states {
+            init[s.slot as usize] = s.init;
             state[s.slot as usize] = self
                 .plan
                 .members
@@ -226,6 +240,7 @@ impl RuleVisitor for BuildSegment<'_> {
                 .map(|s| (s.name, s.slot as usize))
                 .collect(),
             learned: vec![0.0; self.plan.groups.len()],
+            init,
             _rule: std::marker::PhantomData,
         })
     }
@@ -238,6 +253,7 @@ impl RuleVisitor for BuildSegment<'_> {
 pub struct CpuOptimizer {
     book: Book,
     tensors: Vec<crate::arena::TensorInfo>,
+    layout: ParamLayout,
     lens: Vec<usize>,
     segments: Vec<Box<dyn CpuSegment>>,
     /// Loss scaling and the non-finite skip, with its state and last decision.
@@ -252,17 +268,17 @@ impl CpuOptimizer {
     pub fn new(config: impl Into<OptimizerConfig>, specs: &[TensorSpec]) -> Result<Self> {
         let layout = host_layout(specs)?;
         let groups = ParamGroups::per_arena_group(&layout, config);
-        Self::build(&layout, &groups)
+        Self::build(layout, &groups)
     }
 
     /// An optimizer over explicit parameter groups, as [`crate::Optimizer::with_groups`].
     pub fn with_groups(specs: &[TensorSpec], groups: ParamGroups) -> Result<Self> {
         let layout = host_layout(specs)?;
-        Self::build(&layout, &groups)
+        Self::build(layout, &groups)
     }
 
-    fn build(layout: &ParamLayout, groups: &ParamGroups) -> Result<Self> {
-        let book = Book::new(layout, groups)?;
+    fn build(layout: ParamLayout, groups: &ParamGroups) -> Result<Self> {
+        let book = Book::new(&layout, groups)?;
         let lens: Vec<usize> = layout.tensors().iter().map(|t| t.len).collect();
         let segments = book
             .segments
@@ -279,6 +295,7 @@ impl CpuOptimizer {
         Ok(Self {
             book,
             tensors: layout.tensors().to_vec(),
+            layout,
             lens,
             segments,
             amp: None,
@@ -339,6 +356,31 @@ impl CpuOptimizer {
                 v.clone_from(data);
             }
         }
+    }
+
+    /// Re-initializes the optimizer state of every tensor in a group, exactly as
+    /// [`crate::Optimizer::reset_state`] defines it (PyTorch: `optimizer.state.clear()`):
+    /// state buffers back to their initial values, step counts to 0, host scalars to their
+    /// initial values; configurations, group scalars and frozen flags are kept.
+    pub fn reset_state(&mut self) {
+        let all: Vec<usize> = (0..self.lens.len()).collect();
+        self.reset_tensors(&all);
+    }
+
+    /// [`CpuOptimizer::reset_state`] for `tensors` (arena indices) alone.
+    pub(crate) fn reset_tensors(&mut self, tensors: &[usize]) {
+        for &i in tensors {
+            if let Some(l) = self.book.loc[i] {
+                self.segments[l.segment].reset(l.local);
+            }
+        }
+        self.book.reset_tensors(tensors);
+    }
+
+
+    /// The host layout of the tensors (names, lengths, shapes, groups).
+    pub(crate) fn layout(&self) -> &ParamLayout {
+        &self.layout
     }
 
     /// One step over every tensor in a group (one slice per arena tensor, in arena order).

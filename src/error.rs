@@ -187,6 +187,9 @@ pub enum Error {
     /// difference.
     #[error("the checkpoint does not match this optimizer: {0}")]
     CheckpointMismatch(String),
+    /// A tensor a Lookahead does not wrap: it keeps no slow weights for it.
+    #[error("tensor {0:?} is not wrapped by this Lookahead (it keeps no slow weights for it)")]
+    NotWrapped(String),
 }
 
 impl Error {

@@ -16,6 +16,7 @@ pub mod context;
 pub mod cpu;
 pub mod dispatch;
 pub mod error;
+pub mod lookahead;
 pub mod norm;
 pub mod optim;
 pub mod pipeline;
@@ -27,6 +28,7 @@ pub use checkpoint::{Checkpoint, PendingCheckpoint};
 pub use context::{ContextOptions, GpuContext, ADAPTER_ENV};
 pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
+pub use lookahead::{CpuLookahead, Lookahead, LookaheadConfig, LookaheadVariant};
 pub use norm::{GradClipper, NormReducer, NormType};
 pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AdoptConfig, AsgdConfig, LambConfig,

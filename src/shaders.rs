@@ -231,10 +231,12 @@ pub const AMP_DECIDE: KernelDef = KernelDef {
     layout: LayoutKind::Amp,
 };
 
-/// Every kernel of the library: the norm family, the copy kernel, and every pass of every
-/// optimizer in the table ([`crate::optim::OptimizerConfig::kernels_of_all`]).
+/// Every kernel of the library: the norm family, the copy kernel, the AMP decision, the
+/// Lookahead sync, and every pass of every optimizer in the table
+/// ([`crate::optim::OptimizerConfig::kernels_of_all`]).
 pub fn all_kernels() -> Vec<KernelDef> {
     let mut out = vec![NORM_PARTIALS, NORM_COMBINE, NORM_GLOBAL, COPY, AMP_DECIDE];
+    out.push(crate::lookahead::LOOKAHEAD_SYNC_KERNEL);
     for k in crate::optim::OptimizerConfig::kernels_of_all() {
         if !out.contains(&k) {
             out.push(k);

@@ -147,3 +147,22 @@ fn uniform_structs_have_the_wgsl_sizes() {
     assert_eq!(size_of::<wgpu_optim::arena::ChunkEntry>(), 16);
     assert_eq!(size_of::<wgpu_optim::arena::WindowUniform>(), 32);
 }
+
+#[test]
+fn lookahead_sync_validates_and_matches_its_rust_twins() {
+    use std::mem::size_of;
+    use wgpu_optim::lookahead as la;
+    let k = la::LOOKAHEAD_SYNC_KERNEL;
+    assert!(shaders::all_kernels().contains(&k));
+    validate(k.source).unwrap_or_else(|e| panic!("{k:?}: {e}"));
+    assert_eq!(wgsl_const(k.source, "LOOKAHEAD_SKIP"), la::LOOKAHEAD_SKIP);
+    assert_eq!(wgsl_const(k.source, "LOOKAHEAD_SYNC"), la::LOOKAHEAD_SYNC);
+    assert_eq!(wgsl_const(k.source, "LOOKAHEAD_INIT"), la::LOOKAHEAD_INIT);
+    common::naga_sizes::assert_wgsl_sizes(
+        &[
+            (k, "LookaheadHyper", size_of::<la::LookaheadHyper>()),
+            (k, "LookaheadTensor", size_of::<la::LookaheadTensor>()),
+        ],
+        true,
+    );
+}

@@ -9,7 +9,10 @@ use wgpu_optim::bench::{
     gb_per_s, host_memcpy, CopyConfig, CopyKernel, StepTimer, Summary, TimerKind,
     COPY_BYTES_PER_ELEMENT,
 };
-use wgpu_optim::{CpuOptimizer, GpuContext, Optimizer, OptimizerConfig, ParamArena, TensorSpec};
+use wgpu_optim::{
+    CpuOptimizer, GpuContext, Lookahead, LookaheadConfig, Optimizer, OptimizerConfig, ParamArena,
+    TensorSpec,
+};
 
 use crate::tables::{f2, f3, fmt_elems, opt_f, table};
 use crate::util::{copy_buffers, progress, randn, summary};
@@ -31,6 +34,7 @@ pub(crate) struct BenchPlan {
     /// (optimizer, size) pairs that get the per-tensor baseline.
     baseline: Vec<(String, u64)>,
     cpu: bool,
+    lookahead: bool,
 }
 
 impl BenchPlan {
@@ -132,6 +136,7 @@ impl BenchPlan {
             batch_target_s: if quick { 0.02 } else { 0.05 },
             baseline,
             cpu: !opts.no_cpu,
+            lookahead: opts.lookahead,
         })
     }
 }
@@ -172,6 +177,17 @@ struct CpuRow {
     gb_per_s: f64,
 }
 
+/// The same case under Lookahead (`--lookahead`).
+#[derive(Serialize, Debug, Clone)]
+struct LookaheadRow {
+    /// Per-step time with k = 1: the inner step and a sync, in one submission.
+    ms_k1: Summary,
+    /// Median k = 1 time minus the plain step's median: one sync.
+    sync_ms: f64,
+    /// (plain + sync / 5) / plain: Lookahead's per-step cost at the paper's k = 5.
+    cost_vs_plain_k5: f64,
+}
+
 #[derive(Serialize, Debug, Clone)]
 pub(crate) struct CaseRow {
     pub(crate) optimizer: String,
@@ -192,6 +208,7 @@ pub(crate) struct CaseRow {
     time_vs_one_tensor: Option<f64>,
     per_tensor_baseline: Option<BaselineRow>,
     cpu_reference: Option<CpuRow>,
+    lookahead: Option<LookaheadRow>,
 }
 
 #[derive(Serialize, Debug)]
@@ -386,7 +403,30 @@ pub(crate) fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<B
                 let bpe = cfg.bytes_per_element();
                 let gbs = gb_per_s((n * bpe) as f64, s.median * 1e-3);
                 let dispatches = opt.dispatches_per_step();
-                drop(opt);
+                // Lookahead around the same optimizer, every step a sync, on the same arena.
+                let lookahead = if plan.lookahead {
+                    let cfg = LookaheadConfig::default().with_k(1);
+                    let mut la = Lookahead::new(ctx, &arena, opt, cfg)?;
+                    let (lms, _, _) = measure(
+                        ctx,
+                        &timer,
+                        plan.warmup,
+                        plan.iters,
+                        plan.batch_target_s,
+                        3,
+                        |e| la.encode_step(e, &arena),
+                    )?;
+                    let ls = summary(&lms)?;
+                    let sync_ms = ls.median - s.median;
+                    Some(LookaheadRow {
+                        ms_k1: ls,
+                        sync_ms,
+                        cost_vs_plain_k5: (s.median + sync_ms / 5.0) / s.median,
+                    })
+                } else {
+                    drop(opt);
+                    None
+                };
                 drop(arena);
                 pb.inc(1);
 
@@ -465,6 +505,7 @@ pub(crate) fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<B
                     time_vs_one_tensor: None,
                     per_tensor_baseline: baseline,
                     cpu_reference: cpu_row,
+                    lookahead,
                 });
             }
         }
@@ -680,6 +721,45 @@ pub(crate) fn print_bench(r: &BenchReport) {
             &rows
         )
     );
+    if r.cases.iter().any(|c| c.lookahead.is_some()) {
+        println!();
+        println!(
+            "Lookahead (--lookahead): k = 1, so every step also syncs; sync = k=1 median - plain \
+             median (same run); cost at k = 5 = (plain + sync / 5) / plain"
+        );
+        let rows: Vec<Vec<String>> = r
+            .cases
+            .iter()
+            .filter_map(|c| {
+                let l = c.lookahead.as_ref()?;
+                Some(vec![
+                    c.optimizer.clone(),
+                    fmt_elems(c.elements),
+                    c.tensors.to_string(),
+                    f3(c.ms.median),
+                    f3(l.ms_k1.median),
+                    f3(l.sync_ms),
+                    f2(l.cost_vs_plain_k5),
+                ])
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &[
+                    "optimizer",
+                    "elements",
+                    "tensors",
+                    "plain ms",
+                    "k=1 ms",
+                    "sync ms",
+                    "x plain at k=5",
+                ],
+                1,
+                &rows
+            )
+        );
+    }
     println!();
     print!("bench took {:.1} s", r.total_s);
     if let (Some(a), Some(b)) = (r.load_average_start, r.load_average_end) {

@@ -7,6 +7,7 @@
 //! optbench verify [--optimizers adam,sgd] [--json]
 //! optbench bench [--sizes 1M,4M,16M] [--tensors 1,1000,10000] [--optimizers adam,sgd-momentum]
 //!                [--iters 10] [--warmup 3] [--quick] [--json] [--plot bench.png|bench.svg]
+//!                [--lookahead]
 //! ```
 
 mod bench;
@@ -120,6 +121,10 @@ struct Opts {
     /// Skip the CPU reference timing.
     #[arg(long, global = true)]
     no_cpu: bool,
+    /// Also time every bench case under Lookahead with k = 1 (each step syncs) and report the
+    /// sync's cost and the per-step cost at k = 5 against the plain step of the same run.
+    #[arg(long, global = true)]
+    lookahead: bool,
     /// Cap on workgroups per dispatch dimension, below the device limit (larger grids spill
     /// into y). For experiments with the grid shape.
     #[arg(long, global = true, value_name = "N")]

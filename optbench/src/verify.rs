@@ -214,7 +214,7 @@ pub(crate) fn verify(
                     .any(|f| label.starts_with(f.as_str()) || cfgs.iter().any(|c| c.name() == f))
         })
         .collect();
-    if variants.is_empty() {
+    if variants.is_empty() && !opts.optimizers.iter().any(|o| o == "lookahead") {
         bail!(
             "--optimizers {:?} matches no verify variant",
             opts.optimizers
@@ -324,6 +324,9 @@ pub(crate) fn verify(
     if opts.optimizers.is_empty() || opts.optimizers.iter().any(|o| o == "norm") {
         rows.extend(verify_norms(ctx, &mut rng)?);
     }
+    if opts.optimizers.is_empty() || opts.optimizers.iter().any(|o| o == "lookahead") {
+        rows.extend(verify_lookahead(ctx, steps, &mut rng)?);
+    }
     let passed = rows.iter().all(|r| r.pass);
     Ok(VerifyReport {
         atol: ATOL,
@@ -388,4 +391,93 @@ pub(crate) fn print_verify(r: &VerifyReport) {
         println!("{fails} of {} buffers FAIL", r.rows.len());
     }
     println!();
+}
+
+/// Lookahead (k = 3, so a few steps cross syncs) around SGD with momentum (paper, with the
+/// inner-state reset) and AdamW (timm), on the GPU against `CpuLookahead`: params, slow
+/// weights and the inner state, frozen tensors included.
+fn verify_lookahead(
+    ctx: &GpuContext,
+    steps: usize,
+    rng: &mut fastrand::Rng,
+) -> Result<Vec<VerifyRow>> {
+    use wgpu_optim::{CpuLookahead, Lookahead, LookaheadConfig};
+    let lens = VERIFY_LENS;
+    let specs: Vec<TensorSpec> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| TensorSpec::new(format!("t{i}"), n))
+        .collect();
+    let cases = [
+        (
+            OptimizerConfig::preset("sgd-momentum").expect("sgd-momentum preset"),
+            LookaheadConfig::paper().with_k(3).with_reset_state(true),
+        ),
+        (
+            OptimizerConfig::preset("adamw").expect("adamw preset"),
+            LookaheadConfig::timm().with_k(3),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (inner, cfg) in cases {
+        let label = format!(
+            "lookahead({:?}, k={}) {}",
+            cfg.variant,
+            cfg.k,
+            inner.describe()
+        );
+        let arena = ParamArena::new(ctx, &specs)?;
+        let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(rng, n, 1.0)).collect();
+        arena.write_all_params(&params)?;
+        let mut gpu = Lookahead::new(
+            ctx,
+            &arena,
+            Optimizer::new(ctx, &arena, inner.clone())?,
+            cfg,
+        )?;
+        let mut cpu = CpuLookahead::new(CpuOptimizer::new(inner, &specs)?, cfg, &params)?;
+        let names = gpu.inner().state_names();
+        let mut cmps: Vec<Cmp> = (0..names.len() + 2).map(|_| Cmp::default()).collect();
+        for k in 0..steps.max(7) {
+            let grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(rng, n, 0.5)).collect();
+            arena.write_all_grads(&grads)?;
+            for i in 0..lens.len() {
+                let fz = frozen(k, i);
+                gpu.inner_mut().set_frozen(&format!("t{i}"), fz)?;
+                cpu.inner_mut().set_frozen(&format!("t{i}"), fz)?;
+            }
+            gpu.step(&arena)?;
+            cpu.step(&mut params, &grads)?;
+            for (g, w) in arena.read_all_params()?.iter().zip(&params) {
+                cmps[0].add(g, w);
+            }
+            let image = gpu.read_slow_image()?;
+            let l = gpu.slow_layout();
+            for (&i, &off) in l.members().iter().zip(l.state_offsets()) {
+                if let Ok(want) = cpu.read_slow(&format!("t{i}")) {
+                    cmps[1].add(&image[off..off + lens[i]], &want);
+                }
+            }
+            for (s, name) in names.iter().enumerate() {
+                let got = arena
+                    .layout()
+                    .unpack(&gpu.inner().read_state_image(name)?)?;
+                for (i, g) in got.iter().enumerate() {
+                    let t = format!("t{i}");
+                    if cpu.inner().tensor_state_names(&t)?.contains(name) {
+                        cmps[s + 2].add(g, &cpu.inner().read_state(name, &t)?);
+                    }
+                }
+            }
+        }
+        for (s, c) in cmps.iter().enumerate() {
+            let buffer = match s {
+                0 => "param",
+                1 => "slow",
+                _ => names[s - 2],
+            };
+            rows.push(c.row(&label, buffer, lens.iter().sum()));
+        }
+    }
+    Ok(rows)
 }

@@ -509,6 +509,19 @@ impl Book {
         self.segments[s].states.iter().map(|x| x.name).collect()
     }
 
+    /// Forgets the per-tensor state PyTorch keeps in `optimizer.state` for `tensors` (arena
+    /// indices): step counts back to 0 and host scalars back to their group's initial values,
+    /// as a fresh `state` dict would have them. The engines reset the state buffers
+    /// themselves. Groups' scalars (PyTorch `param_groups` entries) and frozen flags are kept.
+    pub fn reset_tensors(&mut self, tensors: &[usize]) {
+        for &i in tensors {
+            if let Some(l) = self.loc[i] {
+                self.steps[i] = 0;
+                self.scalars[i] = self.groups[l.group].config.init_scalars();
+            }
+        }
+    }
+
     /// Names of the groups' configurations, joined by `+` where they differ.
     pub fn name(&self) -> String {
         let mut names: Vec<&'static str> = Vec::new();
@@ -519,4 +532,32 @@ impl Book {
         }
         names.join("+")
     }
+}
+
+/// The tensors (arena indices, ascending) `select` picks from `layout`, for features that wrap
+/// a selection of an optimizer's tensors (Lookahead). [`Select::Rest`] means nothing outside
+/// a list of groups, so it is refused ([`Error::InvalidConfig`]); an unknown name is
+/// [`Error::UnknownTensor`].
+pub(crate) fn select_tensors(layout: &ParamLayout, select: &Select) -> Result<Vec<usize>> {
+    let tensors = layout.tensors();
+    let n = tensors.len();
+    Ok(match select {
+        Select::All => (0..n).collect(),
+        Select::Names(names) => {
+            let mut out = names
+                .iter()
+                .map(|name| layout.index_of(name))
+                .collect::<Result<Vec<_>>>()?;
+            out.sort_unstable();
+            out.dedup();
+            out
+        }
+        Select::ArenaGroup(a) => (0..n).filter(|&i| tensors[i].group == *a).collect(),
+        Select::Matching(f) => (0..n).filter(|&i| f(&tensors[i])).collect(),
+        Select::Rest => {
+            return Err(Error::InvalidConfig(
+                "Select::Rest means the tensors no parameter group takes; select them explicitly",
+            ))
+        }
+    })
 }

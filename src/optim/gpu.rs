@@ -110,6 +110,8 @@ trait GpuSegment: std::fmt::Debug + Send + Sync {
     fn set_bind_groups(&mut self, bgs: Vec<wgpu::BindGroup>);
     fn layout(&self) -> &SegmentLayout;
     fn state_buffer(&self, name: &str) -> Option<&wgpu::Buffer>;
+    /// The state buffers with their specs (what a state reset re-initializes).
+    fn states(&self) -> &[(StateSpec, wgpu::Buffer)];
     fn state_bytes(&self) -> u64;
     fn partials(&self) -> Option<&wgpu::Buffer>;
     /// Where the groups' learned scalars start in `partials`, in f32s, for a rule that learns
@@ -477,6 +479,10 @@ impl<R: Rule> GpuSegment for Segment<R> {
             .iter()
             .find(|(s, _)| s.name == name)
             .map(|(_, b)| b)
+    }
+
+    fn states(&self) -> &[(StateSpec, wgpu::Buffer)] {
+        &self.states
     }
 
     fn state_bytes(&self) -> u64 {
@@ -958,6 +964,16 @@ impl Optimizer {
     /// per step); a NaN or infinite norm returns [`Error::NonFiniteNorm`] with params, state
     /// and step counts untouched.
     pub fn step(&mut self, arena: &ParamArena) -> Result<()> {
+        self.step_then(arena, |_| {})
+    }
+
+    /// [`Optimizer::step`], with `after` recording more commands (Lookahead's sync) behind the
+    /// update in the same submission; `after` runs only once every check has passed.
+    pub(crate) fn step_then(
+        &mut self,
+        arena: &ParamArena,
+        after: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<()> {
         self.check_arena(arena)?;
         self.resolve_amp()?;
         self.book.check_train_mode()?;
@@ -977,8 +993,107 @@ impl Optimizer {
             }
         }
         self.encode_update(&mut encoder);
+        after(&mut encoder);
         self.ctx.queue().submit([encoder.finish()]);
         Ok(())
+    }
+
+    /// Re-initializes the optimizer state of every tensor in a group, as if the optimizer had
+    /// just been built (PyTorch: `optimizer.state.clear()`): every state buffer element back
+    /// to its [`StateSpec::init`] (0, or e.g. Adagrad's `initial_accumulator_value`), step
+    /// counts back to 0 (so the next step is each tensor's first: SGD's momentum buffer
+    /// starts as the gradient, Adam's bias corrections restart), host scalars (NAdam's
+    /// `mu_product`, ASGD's `eta` and `mu`) back to their initial values. Kept: the
+    /// parameters, the groups' configurations and their scalars (Schedule-Free's `k`,
+    /// `weight_sum`: `param_groups` entries in PyTorch), frozen flags, the train mode and an
+    /// attached clipper. One submission; not for the hot path (it builds its commands and,
+    /// for non-zero initial values, an image buffer each call).
+    pub fn reset_state(&mut self) -> Result<()> {
+        self.ctx.check_alive()?;
+        let all: Vec<usize> = (0..self.layout.tensors().len())
+            .filter(|&i| self.book.loc[i].is_some())
+            .collect();
+        let reset = self.prepare_reset(&all)?;
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("optimizer state reset"),
+                });
+        reset.record(&mut encoder);
+        self.ctx.queue().submit([encoder.finish()]);
+        self.forget_steps(&all);
+        Ok(())
+    }
+
+    /// The commands that re-initialize the state buffers of `tensors` (arena indices, each in
+    /// a group), built once (Lookahead records them at every sync). Consecutive tensors of a
+    /// segment share one command per state buffer.
+    pub(crate) fn prepare_reset(&self, tensors: &[usize]) -> Result<StateReset> {
+        let mut wanted = vec![false; self.layout.tensors().len()];
+        for &i in tensors {
+            wanted[i] = true;
+        }
+        let mut ops = Vec::new();
+        for (s, seg) in self.segments.iter().enumerate() {
+            let l = seg.layout();
+            // Element ranges [start, end) of the segment's state buffers, merged.
+            let mut ranges: Vec<(usize, usize)> = Vec::new();
+            for (local, &i) in l.members().iter().enumerate() {
+                let len = self.layout.tensors()[i].len;
+                if len == 0 || !wanted[i] {
+                    continue;
+                }
+                let start = l.state_offsets()[local];
+                // Padding lanes up to the next vec4 are zero and stay zero.
+                let end = start + len.next_multiple_of(4);
+                match ranges.last_mut() {
+                    Some(r) if r.1 == start => r.1 = end,
+                    _ => ranges.push((start, end)),
+                }
+            }
+            if ranges.is_empty() {
+                continue;
+            }
+            for (spec, buf) in seg.states() {
+                let source = if spec.init == 0.0 {
+                    None
+                } else {
+                    // The initial image, padding zero (a copy cannot broadcast a value).
+                    let mut image = vec![0f32; l.state_elements() as usize];
+                    for (&i, &off) in l.members().iter().zip(l.state_offsets()) {
+                        image[off..off + self.layout.tensors()[i].len].fill(spec.init);
+                    }
+                    let src = self.ctx.scoped(|| {
+                        let b = storage_buffer(
+                            &self.ctx,
+                            &format!("{} {} initial", self.book.segments[s].family, spec.name),
+                            buf.size(),
+                        );
+                        self.ctx
+                            .queue()
+                            .write_buffer(&b, 0, bytemuck::cast_slice(&image));
+                        b
+                    })?;
+                    Some(src)
+                };
+                for &(a, b) in &ranges {
+                    ops.push(ResetOp {
+                        source: source.clone(),
+                        target: buf.clone(),
+                        offset: a as u64 * 4,
+                        size: (b - a) as u64 * 4,
+                    });
+                }
+            }
+        }
+        Ok(StateReset { ops })
+    }
+
+    /// Step counts and host scalars of `tensors` back to a fresh state's (the book's half of
+    /// a state reset; the buffers' half is [`StateReset::record`]).
+    pub(crate) fn forget_steps(&mut self, tensors: &[usize]) {
+        self.book.reset_tensors(tensors);
     }
 
     /// Dispatches recorded per step by this optimizer (one per segment, pass and binding
@@ -1153,4 +1268,35 @@ pub(crate) fn check_learned(book: &Book, lrs: &[f32]) -> Result<()> {
         return Err(Error::hyper("learned lr", bad as f64, "must be finite"));
     }
     Ok(())
+}
+
+/// One command of a state reset: clear a range of a state buffer, or copy it from the
+/// buffer's initial image.
+#[derive(Debug)]
+struct ResetOp {
+    source: Option<wgpu::Buffer>,
+    target: wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+/// Prepared commands that re-initialize some tensors' optimizer state buffers
+/// ([`Optimizer::prepare_reset`]); recording them allocates nothing.
+#[derive(Debug)]
+pub(crate) struct StateReset {
+    ops: Vec<ResetOp>,
+}
+
+impl StateReset {
+    /// Records the reset into `encoder` (after the commands that read the old state).
+    pub(crate) fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        for op in &self.ops {
+            match &op.source {
+                None => encoder.clear_buffer(&op.target, op.offset, Some(op.size)),
+                Some(src) => {
+                    encoder.copy_buffer_to_buffer(src, op.offset, &op.target, op.offset, op.size)
+                }
+            }
+        }
+    }
 }

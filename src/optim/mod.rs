@@ -62,7 +62,7 @@ pub use asgd::AsgdConfig;
 pub(crate) use book::Book;
 pub use book::{ParamGroups, Select};
 pub use gpu::Optimizer;
-pub(crate) use gpu::{check_learned, storage_buffer, table_bytes, window_binding};
+pub(crate) use gpu::{check_learned, storage_buffer, table_bytes, window_binding, StateReset};
 pub use lamb::LambConfig;
 pub use lars::LarsConfig;
 pub use lion::LionConfig;
