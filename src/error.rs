@@ -171,6 +171,15 @@ pub enum Error {
     /// wgpu ran out of memory.
     #[error("out of GPU memory: {0}")]
     OutOfMemory(String),
+    /// A learning-rate schedule's parameter PyTorch rejects (its `ValueError`, or a value it
+    /// would divide by zero with), or a schedule driven in a way it cannot follow.
+    #[error("invalid {schedule}: {reason}")]
+    InvalidSchedule {
+        /// PyTorch's class name of the schedule (`"OneCycleLR"`).
+        schedule: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -18,6 +18,7 @@ pub mod norm;
 pub mod optim;
 pub mod pipeline;
 pub mod readback;
+pub mod schedule;
 
 pub use arena::{ParamArena, ParamLayout, SegmentLayout, TensorInfo, TensorSpec};
 pub use context::{ContextOptions, GpuContext, ADAPTER_ENV};
@@ -29,4 +30,9 @@ pub use optim::{
     LarsConfig, LionConfig, NadamConfig, Optimizer, OptimizerConfig, ParamGroups, Preset,
     RadamConfig, RmspropConfig, RpropConfig, Rule, ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig,
     Select, SgdConfig,
+};
+pub use schedule::{
+    ChainedScheduler, ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR,
+    ExponentialLR, HostGroups, LambdaLR, LinearLR, LrSchedule, MultiStepLR, MultiplicativeLR,
+    OneCycleLR, PolynomialLR, ReduceLROnPlateau, Scheduled, SequentialLR, StepLR,
 };
