@@ -2130,7 +2130,7 @@ impl ReduceLROnPlateau {
     pub fn new(opt: &mut dyn Scheduled, c: PlateauConfig) -> Result<Self> {
         const N: &str = "ReduceLROnPlateau";
         // PyTorch rejects only factor >= 1 (a negative factor passes); NaN fails here too.
-        if !(c.factor < 1.0) || !c.factor.is_finite() {
+        if c.factor >= 1.0 || !c.factor.is_finite() {
             return Err(invalid(N, format!("factor = {} must be < 1.0", c.factor)));
         }
         finite(N, "threshold", c.threshold)?;
