@@ -347,6 +347,12 @@ pub trait LrSchedule: Send {
     /// Moves the schedule one epoch back without touching any lr (what SequentialLR's
     /// constructor does to its sub-schedules, recursively).
     fn undo(&mut self);
+    /// PyTorch's `_initial_step()`, which construction performs and SequentialLR's
+    /// constructor re-runs on its first schedule (default: [`LrSchedule::step`], as for the
+    /// wrappers).
+    fn initial_step(&mut self, opt: &mut dyn Scheduled) -> Result<()> {
+        self.step(opt)
+    }
     /// Whether this schedule wraps others (SequentialLR, ChainedScheduler), which PyTorch
     /// cannot restart at a milestone.
     fn is_wrapper(&self) -> bool {
@@ -354,11 +360,29 @@ pub trait LrSchedule: Send {
     }
 }
 
-/// The cycle state of CosineAnnealingWarmRestarts (unused by the others).
+/// What a step passes a formula besides the epoch: the cycle state of
+/// CosineAnnealingWarmRestarts, and whether this is PyTorch's `_initial_step`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Aux {
     t_i: u64,
     t_cur: u64,
+    /// PyTorch's `_is_initial`: true only in the step a constructor performs (and the one
+    /// SequentialLR re-runs on its first schedule). ExponentialLR, PolynomialLR,
+    /// CosineAnnealingLR and MultiplicativeLR leave the lr alone then; at epoch 0 outside it
+    /// (a MultiplicativeLR restarted by SequentialLR, a child of a ChainedScheduler that
+    /// SequentialLR starts), they apply their rule.
+    initial: bool,
+}
+
+/// Which kind of step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `_initial_step()`.
+    Initial,
+    /// `step()`.
+    Step,
+    /// `step(0)` (SequentialLR at a milestone).
+    Restart,
 }
 
 /// What a leaf schedule computes (private: each public schedule is a `Leaf` of one of these).
@@ -512,13 +536,13 @@ impl<F: Formula> Leaf<F> {
             core: Core::new(base),
             f,
         };
-        leaf.advance(opt, false)?;
+        leaf.advance(opt, Mode::Initial)?;
         Ok(leaf)
     }
 
-    /// One step (`restart`: PyTorch's `step(0)`). Computes everything, sets the groups, and
-    /// only then moves the position.
-    fn advance(&mut self, opt: &mut dyn Scheduled, restart: bool) -> Result<()> {
+    /// One step. Computes everything, sets the groups, and only then moves the position.
+    fn advance(&mut self, opt: &mut dyn Scheduled, mode: Mode) -> Result<()> {
+        let restart = mode == Mode::Restart;
         let c = &mut self.core;
         check_groups(F::NAME, c.base_lrs.len(), opt)?;
         let e = if restart {
@@ -529,7 +553,8 @@ impl<F: Formula> Leaf<F> {
         for g in 0..c.live.len() {
             c.live[g] = opt.group_lr(g)?;
         }
-        let aux = self.f.advance(c.aux, restart || c.last_epoch < 0);
+        let mut aux = self.f.advance(c.aux, restart || c.last_epoch < 0);
+        aux.initial = mode == Mode::Initial;
         let closed = if restart {
             self.f.closed_form(e, &c.base_lrs, &mut c.next_lr)
         } else {
@@ -590,6 +615,7 @@ impl<F: Formula> Leaf<F> {
         self.core.aux = Aux {
             t_i: s.t_i,
             t_cur: s.t_cur,
+            initial: false,
         };
         Ok(())
     }
@@ -603,7 +629,7 @@ macro_rules! leaf_schedule {
                 <$f as Formula>::NAME
             }
             fn step(&mut self, opt: &mut dyn Scheduled) -> Result<()> {
-                self.0.advance(opt, false)
+                self.0.advance(opt, Mode::Step)
             }
             fn last_lr(&self) -> &[f64] {
                 &self.0.core.last_lr
@@ -621,10 +647,13 @@ macro_rules! leaf_schedule {
                 self.0.load_state(state)
             }
             fn restart(&mut self, opt: &mut dyn Scheduled) -> Result<()> {
-                self.0.advance(opt, true)
+                self.0.advance(opt, Mode::Restart)
             }
             fn undo(&mut self) {
                 self.0.core.last_epoch -= 1;
+            }
+            fn initial_step(&mut self, opt: &mut dyn Scheduled) -> Result<()> {
+                self.0.advance(opt, Mode::Initial)
             }
         }
 
@@ -911,15 +940,15 @@ impl Formula for ExponentialF {
     const NAME: &'static str = "ExponentialLR";
     fn get_lr(
         &self,
-        e: u64,
-        _: Aux,
+        _: u64,
+        aux: Aux,
         _: &[f64],
         live: &[f64],
         lr: &mut [f64],
         _: &mut [f64],
     ) -> Result<()> {
         for (o, &l) in lr.iter_mut().zip(live) {
-            *o = if e == 0 { l } else { l * self.gamma };
+            *o = if aux.initial { l } else { l * self.gamma };
         }
         Ok(())
     }
@@ -953,18 +982,26 @@ impl Formula for PolynomialF {
     fn get_lr(
         &self,
         e: u64,
-        _: Aux,
+        aux: Aux,
         _: &[f64],
         live: &[f64],
         lr: &mut [f64],
         _: &mut [f64],
     ) -> Result<()> {
-        if e == 0 || e > self.total_iters {
+        if aux.initial || e > self.total_iters {
             lr.copy_from_slice(live);
             return Ok(());
         }
+        if self.total_iters == 0 {
+            return Err(invalid(
+                Self::NAME,
+                "epoch 0 outside the initial step divides by total_iters = 0 (PyTorch: \
+                 ZeroDivisionError)"
+                    .into(),
+            ));
+        }
         let t = self.total_iters as f64;
-        let ratio = (1.0 - e as f64 / t) / (1.0 - (e - 1) as f64 / t);
+        let ratio = (1.0 - e as f64 / t) / (1.0 - (e as f64 - 1.0) / t);
         if ratio == 0.0 && self.power < 0.0 {
             return Err(invalid(
                 Self::NAME,
@@ -1027,7 +1064,7 @@ impl Formula for CosineF {
     fn get_lr(
         &self,
         e: u64,
-        _: Aux,
+        aux: Aux,
         base: &[f64],
         live: &[f64],
         lr: &mut [f64],
@@ -1037,7 +1074,7 @@ impl Formula for CosineF {
         let (t, eta) = (self.t_max as f64, self.eta_min);
         let ei = e as i64;
         let ti = self.t_max as i64;
-        if e == 0 {
+        if aux.initial {
             lr.copy_from_slice(live);
         } else if (ei - 1 - ti).rem_euclid(2 * ti) == 0 {
             // The epoch after a minimum: PyTorch's explicit branch, as the recursive ratio
@@ -1046,7 +1083,8 @@ impl Formula for CosineF {
                 *o = l + (b - eta) * (1.0 - (PI / t).cos()) / 2.0;
             }
         } else {
-            let ratio = (1.0 + (PI * e as f64 / t).cos()) / (1.0 + (PI * (e - 1) as f64 / t).cos());
+            let ratio =
+                (1.0 + (PI * e as f64 / t).cos()) / (1.0 + (PI * (e as f64 - 1.0) / t).cos());
             for (o, &l) in lr.iter_mut().zip(live) {
                 *o = ratio * (l - eta) + eta;
             }
@@ -1098,11 +1136,13 @@ impl Formula for WarmRestartsF {
             return Aux {
                 t_i: self.t_0,
                 t_cur: 0,
+                initial: false,
             };
         }
         let mut a = Aux {
             t_i: prev.t_i,
             t_cur: prev.t_cur + 1,
+            initial: false,
         };
         if a.t_cur >= a.t_i {
             a.t_cur -= a.t_i;
@@ -1230,21 +1270,22 @@ impl Formula for MultiplicativeF {
     fn get_lr(
         &self,
         e: u64,
-        _: Aux,
+        aux: Aux,
         _: &[f64],
         live: &[f64],
         lr: &mut [f64],
         _: &mut [f64],
     ) -> Result<()> {
         for ((o, &l), f) in lr.iter_mut().zip(live).zip(&self.lambdas) {
-            *o = if e > 0 { l * f(e) } else { l };
+            *o = if aux.initial { l } else { l * f(e) };
         }
         Ok(())
     }
 }
 
-/// `torch.optim.lr_scheduler.MultiplicativeLR`: `lr = lr · λ(epoch)` from epoch 1 on (λ(0) is
-/// never called).
+/// `torch.optim.lr_scheduler.MultiplicativeLR`: `lr = lr · λ(epoch)` on every step; the
+/// constructor's step leaves the lr alone (λ(0) is called only when SequentialLR restarts it,
+/// which multiplies the live lr by λ(0), as PyTorch does).
 pub struct MultiplicativeLR(Leaf<MultiplicativeF>);
 leaf_schedule!(MultiplicativeLR, MultiplicativeF);
 
@@ -1816,7 +1857,7 @@ impl SequentialLR {
         for s in &mut schedules {
             s.undo();
         }
-        if let Err(e) = schedules[0].step(opt) {
+        if let Err(e) = schedules[0].initial_step(opt) {
             // Put everything back as it was.
             for s in &mut schedules {
                 redo(s.as_mut());

@@ -954,19 +954,44 @@ fn wrappers_reject_what_pytorch_rejects() {
     let inner = ChainedScheduler::new(&mut opt, vec![Box::new(inner_a)]).unwrap();
     let r = SequentialLR::new(&mut opt, vec![Box::new(a), Box::new(inner)], &[3]);
     assert_invalid(r, "SequentialLR", "ChainedScheduler");
-    // In first place it works, and ChainedScheduler inside SequentialLR steps its children.
-    let mut opt = sgd2();
-    let inner_a = ExponentialLR::new(&mut opt, 0.9).unwrap();
-    let inner = ChainedScheduler::new(&mut opt, vec![Box::new(inner_a)]).unwrap();
-    let b = ConstantLR::new(&mut opt, 0.5, 100).unwrap();
-    let mut s = SequentialLR::new(&mut opt, vec![Box::new(inner), Box::new(b)], &[3]).unwrap();
-    assert_eq!(opt.group_lr(0).unwrap(), 0.1);
+    // In first place it works: epoch_zero_outside_the_initial_step.
+}
+
+/// PyTorch's `_is_initial`: only the constructor's step (and the one SequentialLR re-runs on its
+/// first schedule) leaves ExponentialLR / MultiplicativeLR alone at epoch 0; epoch 0 reached
+/// otherwise applies the rule.
+#[test]
+fn epoch_zero_outside_the_initial_step() {
+    // MultiplicativeLR restarted by SequentialLR multiplies the live lr by λ(0).
+    let mut opt = HostGroups::new(&[0.1]);
+    let a = StepLR::new(&mut opt, 100, 0.5).unwrap();
+    let m = MultiplicativeLR::new(&mut opt, |e| 0.5 + e as f64).unwrap();
+    assert_eq!(opt.lrs(), [0.1]); // λ(0) not applied at construction
+    let mut s = SequentialLR::new(&mut opt, vec![Box::new(a), Box::new(m)], &[3]).unwrap();
+    let mut want = vec![0.1, 0.1, 0.1];
+    want.push(0.1 * 0.5); // restart at the milestone: λ(0)
+    want.push(want[3] * 1.5); // then λ(1), λ(2)
+    want.push(want[4] * 2.5);
+    assert_eq!(opt.lrs(), [want[0]]);
+    for w in &want[1..] {
+        s.step(&mut opt).unwrap();
+        assert_eq!(opt.lrs(), [*w]);
+        assert_eq!(s.last_lr(), [*w]);
+    }
+
+    // A ChainedScheduler first in a SequentialLR: its children take a plain step at epoch 0.
+    let mut opt = HostGroups::new(&[0.1]);
+    let e = ExponentialLR::new(&mut opt, 0.9).unwrap();
+    assert_eq!(opt.lrs(), [0.1]);
+    let ch = ChainedScheduler::new(&mut opt, vec![Box::new(e)]).unwrap();
+    let c = ConstantLR::new(&mut opt, 0.5, 100).unwrap();
+    let mut s = SequentialLR::new(&mut opt, vec![Box::new(ch), Box::new(c)], &[3]).unwrap();
+    assert_eq!(opt.lrs(), [0.1 * 0.9]);
     s.step(&mut opt).unwrap();
-    assert!(close(opt.group_lr(0).unwrap(), 0.1 * 0.9));
+    assert_eq!(opt.lrs(), [0.1 * 0.9 * 0.9]);
     s.step(&mut opt).unwrap();
-    s.step(&mut opt).unwrap();
-    // Milestone 3: ConstantLR restarts from the base lr through its closed form.
-    assert!(close(opt.group_lr(0).unwrap(), 0.05));
+    s.step(&mut opt).unwrap(); // milestone: ConstantLR's closed form at 0 from the base lr
+    assert_eq!(opt.lrs(), [0.1 * 0.5]);
 }
 
 // ---------------------------------------------------------------------------------------------
