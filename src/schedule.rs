@@ -407,6 +407,10 @@ trait Formula: Send {
         lr: &mut [f64],
         mom: &mut [f64],
     ) -> Result<()>;
+    /// Whether a loaded cycle state is one this formula can reach (default: any).
+    fn valid_aux(&self, _aux: Aux) -> bool {
+        true
+    }
     /// PyTorch's `_get_closed_form_lr()` at epoch `e`, for schedules that define one.
     fn closed_form(&self, _e: u64, _base: &[f64], _lr: &mut [f64]) -> Option<Result<()>> {
         None
@@ -609,14 +613,21 @@ impl<F: Formula> Leaf<F> {
                 format!("last_epoch = {} must be >= -1", s.last_epoch),
             ));
         }
-        self.core.last_epoch = s.last_epoch;
-        self.core.base_lrs.copy_from_slice(&s.base_lrs);
-        self.core.last_lr.copy_from_slice(&s.last_lr);
-        self.core.aux = Aux {
+        let aux = Aux {
             t_i: s.t_i,
             t_cur: s.t_cur,
             initial: false,
         };
+        if !self.f.valid_aux(aux) {
+            return Err(invalid(
+                F::NAME,
+                format!("T_cur = {} must be below T_i = {} >= 1", s.t_cur, s.t_i),
+            ));
+        }
+        self.core.last_epoch = s.last_epoch;
+        self.core.base_lrs.copy_from_slice(&s.base_lrs);
+        self.core.last_lr.copy_from_slice(&s.last_lr);
+        self.core.aux = aux;
         Ok(())
     }
 }
@@ -1131,6 +1142,9 @@ struct WarmRestartsF {
 
 impl Formula for WarmRestartsF {
     const NAME: &'static str = "CosineAnnealingWarmRestarts";
+    fn valid_aux(&self, aux: Aux) -> bool {
+        aux.t_i >= 1 && aux.t_cur < aux.t_i
+    }
     fn advance(&self, prev: Aux, fresh: bool) -> Aux {
         if fresh {
             return Aux {

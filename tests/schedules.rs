@@ -1115,6 +1115,19 @@ fn state_resumes_where_it_was() {
         assert_eq!(r.state(), s.state());
     }
     assert!(a.lrs()[0] < 0.1, "the plateau test never reduced the lr");
+    // A warm-restart cycle state no schedule reaches is refused.
+    let mut h = HostGroups::new(&[0.1]);
+    let mut w = CosineAnnealingWarmRestarts::new(&mut h, 3, 2, 0.0).unwrap();
+    let good = w.state();
+    for (t_i, t_cur) in [(0, 0), (3, 3)] {
+        let bad = wgpu_optim::schedule::ScheduleState {
+            t_i,
+            t_cur,
+            ..good.clone()
+        };
+        assert_invalid(w.load_state(&bad), "CosineAnnealingWarmRestarts", "T_cur");
+        assert_eq!(w.state(), good);
+    }
     let mut one = HostGroups::new(&[0.1]);
     let other = ReduceLROnPlateau::new(&mut one, PlateauConfig::default())
         .unwrap()
