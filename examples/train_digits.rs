@@ -25,7 +25,9 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use wgpu_optim::{GpuContext, Optimizer, OptimizerConfig, ParamArena};
+use wgpu_optim::{
+    CosineAnnealingLR, GpuContext, LrSchedule, MultiStepLR, Optimizer, OptimizerConfig, ParamArena,
+};
 
 use mlp::{Dataset, Mlp, Params};
 
@@ -85,17 +87,25 @@ enum Schedule {
 }
 
 impl Schedule {
-    /// Factor of the base lr at `step` of `total` (epoch `epoch` of `epochs`).
-    fn factor(self, step: usize, total: usize, epoch: usize, epochs: usize) -> f64 {
-        match self {
-            Schedule::Constant => 1.0,
-            Schedule::Step if 4 * epoch >= 3 * epochs => 0.01,
-            Schedule::Step if 2 * epoch >= epochs => 0.1,
-            Schedule::Step => 1.0,
-            Schedule::Cosine => {
-                0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos())
+    /// The library's schedule for this choice over `epochs` epochs of `steps_per_epoch` steps,
+    /// and whether it steps per epoch (else per optimizer step); `None`: constant lr.
+    fn build(
+        self,
+        opt: &mut Optimizer,
+        epochs: usize,
+        steps_per_epoch: usize,
+    ) -> Result<Option<(Box<dyn LrSchedule>, bool)>> {
+        Ok(match self {
+            Schedule::Constant => None,
+            Schedule::Step => {
+                let milestones = [epochs.div_ceil(2) as u64, (3 * epochs).div_ceil(4) as u64];
+                Some((Box::new(MultiStepLR::new(opt, &milestones, 0.1)?), true))
             }
-        }
+            Schedule::Cosine => {
+                let total = (epochs * steps_per_epoch) as u64;
+                Some((Box::new(CosineAnnealingLR::new(opt, total, 0.0)?), false))
+            }
+        })
     }
 }
 
@@ -144,8 +154,9 @@ fn after_help() -> String {
         "Learning rates: unless --lr is given, each preset runs with the lr tuned for this model \
          and batch size 64 (30 epochs, constant lr): {}. Biases (arena group 1) get no weight \
          decay (and so, as in timm, no LARS/LAMB trust ratio).\n\n\
-         --lr-schedule is a host-side schedule applied with Optimizer::set_lr_factor before \
-         every step: wgpu-optim has no lr schedulers yet.",
+         --lr-schedule uses the library's schedules (wgpu_optim::schedule): step is \
+         MultiStepLR(milestones at 1/2 and 3/4 of the epochs, gamma 0.1) stepped per epoch, \
+         cosine is CosineAnnealingLR(T_max = all steps) stepped per optimizer step.",
         lrs.join(", ")
     )
 }
@@ -265,6 +276,9 @@ fn train(
 
     let steps_per_epoch = model.train_batches();
     let total = spec.epochs * steps_per_epoch;
+    let mut schedule = spec
+        .schedule
+        .build(&mut opt, spec.epochs, steps_per_epoch)?;
     let mut rng = fastrand::Rng::with_seed(spec.seed ^ 0x005e_ed0f_0bde);
     let mut order = split.train.clone();
     let pb = bar(total as u64, &spec.name);
@@ -278,14 +292,12 @@ fn train(
     }
     let device = ctx.device();
     let mut epochs = Vec::with_capacity(spec.epochs);
-    let mut step = 0;
     for epoch in 0..spec.epochs {
         rng.shuffle(&mut order);
         model.set_train_order(&order)?;
         let t0 = Instant::now();
         let mut train_acc = mlp::Acc::default();
         for k in 0..steps_per_epoch {
-            opt.set_lr_factor(spec.schedule.factor(step, total, epoch, spec.epochs))?;
             let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("train step"),
             });
@@ -294,6 +306,10 @@ fn train(
             }
             model.encode_train_batch(&mut enc, k);
             opt.encode_step(&mut enc, &arena)?;
+            // The step's lr is in the table written above; the schedule sets the next one's.
+            if let Some((s, false)) = &mut schedule {
+                s.step(&mut opt)?;
+            }
             let show = (k + 1) % SHOW_EVERY == 0 || k + 1 == steps_per_epoch;
             if show {
                 model.encode_snapshot(&mut enc);
@@ -308,8 +324,10 @@ fn train(
                     100.0 * train_acc.accuracy()
                 ));
             }
-            step += 1;
             pb.inc(1);
+        }
+        if let Some((s, true)) = &mut schedule {
+            s.step(&mut opt)?;
         }
         // The last step's snapshot waited for the GPU: this is the epoch's training time.
         let ms_per_step = t0.elapsed().as_secs_f64() * 1e3 / steps_per_epoch as f64;

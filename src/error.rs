@@ -190,6 +190,15 @@ pub enum Error {
     /// A tensor a Lookahead does not wrap: it keeps no slow weights for it.
     #[error("tensor {0:?} is not wrapped by this Lookahead (it keeps no slow weights for it)")]
     NotWrapped(String),
+    /// A learning-rate schedule's parameter PyTorch rejects (its `ValueError`, or a value it
+    /// would divide by zero with), or a schedule driven in a way it cannot follow.
+    #[error("invalid {schedule}: {reason}")]
+    InvalidSchedule {
+        /// PyTorch's class name of the schedule (`"OneCycleLR"`).
+        schedule: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Error {

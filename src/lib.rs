@@ -21,6 +21,7 @@ pub mod norm;
 pub mod optim;
 pub mod pipeline;
 pub mod readback;
+pub mod schedule;
 
 pub use amp::{AmpConfig, AmpState, GradScalerConfig, LossScale};
 pub use arena::{ParamArena, ParamLayout, SegmentLayout, TensorInfo, TensorSpec};
@@ -37,3 +38,8 @@ pub use optim::{
     Select, SgdConfig,
 };
 pub use optim::{AdamHdConfig, HdScope, SgdHdConfig};
+pub use schedule::{
+    ChainedScheduler, ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR,
+    ExponentialLR, HostGroups, LambdaLR, LinearLR, LrSchedule, MultiStepLR, MultiplicativeLR,
+    OneCycleLR, PolynomialLR, ReduceLROnPlateau, Scheduled, SequentialLR, StepLR,
+};
