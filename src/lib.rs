@@ -14,6 +14,7 @@ pub mod context;
 pub mod cpu;
 pub mod dispatch;
 pub mod error;
+pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod pipeline;
@@ -23,6 +24,7 @@ pub use arena::{ParamArena, ParamLayout, SegmentLayout, TensorInfo, TensorSpec};
 pub use context::{ContextOptions, GpuContext, ADAPTER_ENV};
 pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
+pub use matmul::{BatchedMatmul, MatmulProblem};
 pub use norm::{GradClipper, NormReducer, NormType};
 pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AdoptConfig, AsgdConfig, LambConfig,

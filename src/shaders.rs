@@ -77,6 +77,8 @@ pub enum LayoutKind {
     Norm,
     /// The streaming copy (copy.wgsl).
     Copy,
+    /// The batched matmul (matmul.wgsl): problems, tiles, data.
+    Matmul,
 }
 
 /// One compute kernel: one entry point of one composed shader.
@@ -164,6 +166,11 @@ impl KernelDef {
                 (1, BindKind::Read),
                 (2, BindKind::ReadWrite),
             ],
+            LayoutKind::Matmul => vec![
+                (0, BindKind::Read),
+                (1, BindKind::Read),
+                (2, BindKind::ReadWrite),
+            ],
             LayoutKind::Step {
                 state_slots,
                 partials,
@@ -213,10 +220,18 @@ pub const COPY: KernelDef = KernelDef {
     layout: LayoutKind::Copy,
 };
 
-/// Every kernel of the library: the norm family, the copy kernel, and every pass of every
-/// optimizer in the table ([`crate::optim::OptimizerConfig::kernels_of_all`]).
+/// `matmul_tiles` in matmul.wgsl: the batched tiled matmul ([`crate::matmul::BatchedMatmul`]).
+/// It stands alone (no common.wgsl prelude: its bindings are its own).
+pub const MATMUL: KernelDef = KernelDef {
+    entry: "matmul_tiles",
+    source: include_str!("../shaders/matmul.wgsl"),
+    layout: LayoutKind::Matmul,
+};
+
+/// Every kernel of the library: the norm family, the copy kernel, the matmul, and every pass of
+/// every optimizer in the table ([`crate::optim::OptimizerConfig::kernels_of_all`]).
 pub fn all_kernels() -> Vec<KernelDef> {
-    let mut out = vec![NORM_PARTIALS, NORM_COMBINE, NORM_GLOBAL, COPY];
+    let mut out = vec![NORM_PARTIALS, NORM_COMBINE, NORM_GLOBAL, COPY, MATMUL];
     for k in crate::optim::OptimizerConfig::kernels_of_all() {
         if !out.contains(&k) {
             out.push(k);

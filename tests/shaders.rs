@@ -147,3 +147,22 @@ fn uniform_structs_have_the_wgsl_sizes() {
     assert_eq!(size_of::<wgpu_optim::arena::ChunkEntry>(), 16);
     assert_eq!(size_of::<wgpu_optim::arena::WindowUniform>(), 32);
 }
+
+#[test]
+fn matmul_constants_and_problem_row_match_rust_twins() {
+    use wgpu_optim::matmul;
+    let s = shaders::MATMUL.source;
+    assert_eq!(wgsl_const(s, "MM_TILE"), matmul::MM_TILE);
+    assert_eq!(wgsl_const(s, "MM_BK"), matmul::MM_BK);
+    assert_eq!(wgsl_const(s, "MM_TRANS_A"), matmul::MM_TRANS_A);
+    assert_eq!(wgsl_const(s, "MM_TRANS_B"), matmul::MM_TRANS_B);
+    assert_eq!(wgsl_const(s, "MM_HAS_D"), matmul::MM_HAS_D);
+    common::naga_sizes::assert_wgsl_sizes(
+        &[(
+            shaders::MATMUL,
+            "MatmulProblem",
+            std::mem::size_of::<matmul::GpuProblem>(),
+        )],
+        false,
+    );
+}
