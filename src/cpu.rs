@@ -20,6 +20,8 @@ struct Segment<R: Rule> {
     /// `state[slot][local tensor]`; unused slots hold no vectors.
     state: Vec<Vec<Vec<f32>>>,
     names: Vec<(&'static str, usize)>,
+    /// Every arena tensor (the rules' `tensor_step_for` sees its shape).
+    infos: Vec<crate::arena::TensorInfo>,
     _rule: std::marker::PhantomData<R>,
 }
 
@@ -46,11 +48,12 @@ impl<R: Rule> CpuSegment for Segment<R> {
             };
             let h = &hypers[group.local];
             let range = crate::arena::ChunkRange::default();
-            let ts = cfg.tensor_step_with(
+            let ts = cfg.tensor_step_for(
                 book.steps[i],
                 group.local as u32,
                 range,
                 &mut book.scalars[i],
+                &self.infos[i],
             );
             let mut views: Vec<&mut [f32]> = Vec::with_capacity(slots);
             for slot in self.state.iter_mut() {
@@ -97,12 +100,21 @@ impl<R: Rule> CpuSegment for Segment<R> {
 struct BuildSegment<'a> {
     plan: &'a crate::optim::book::SegmentPlan,
     lens: &'a [usize],
+    infos: &'a [crate::arena::TensorInfo],
 }
 
 impl RuleVisitor for BuildSegment<'_> {
     type Out = Box<dyn CpuSegment>;
     fn visit<R: Rule>(self, _configs: Vec<R>) -> Self::Out {
-        let slots = R::KERNEL.state_slots() as usize;
+        // Kernels with their own binding convention (Muon) declare no slots: count the states.
+        let slots = (R::KERNEL.state_slots() as usize).max(
+            self.plan
+                .states
+                .iter()
+                .map(|s| s.slot as usize + 1)
+                .max()
+                .unwrap_or(0),
+        );
         let mut state = vec![Vec::new(); slots];
         for s in &self.plan.states {
             state[s.slot as usize] = self
@@ -120,6 +132,7 @@ impl RuleVisitor for BuildSegment<'_> {
                 .iter()
                 .map(|s| (s.name, s.slot as usize))
                 .collect(),
+            infos: self.infos.to_vec(),
             _rule: std::marker::PhantomData,
         })
     }
@@ -161,7 +174,14 @@ impl CpuOptimizer {
                     .iter()
                     .map(|&g| &book.groups[g].config)
                     .collect();
-                OptimizerConfig::visit(&configs, BuildSegment { plan, lens: &lens })
+                OptimizerConfig::visit(
+                    &configs,
+                    BuildSegment {
+                        plan,
+                        lens: &lens,
+                        infos: layout.tensors(),
+                    },
+                )
             })
             .collect();
         Ok(Self {

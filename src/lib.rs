@@ -28,7 +28,7 @@ pub use matmul::{BatchedMatmul, MatmulProblem};
 pub use norm::{GradClipper, NormReducer, NormType};
 pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AdoptConfig, AsgdConfig, LambConfig,
-    LarsConfig, LionConfig, NadamConfig, Optimizer, OptimizerConfig, ParamGroups, Preset,
-    RadamConfig, RmspropConfig, RpropConfig, Rule, ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig,
-    Select, SgdConfig,
+    LarsConfig, LionConfig, MuonAdjustLr, MuonConfig, NadamConfig, Optimizer, OptimizerConfig,
+    ParamGroups, Preset, RadamConfig, RmspropConfig, RpropConfig, Rule, ScheduleFreeAdamWConfig,
+    ScheduleFreeSgdConfig, Select, SgdConfig,
 };

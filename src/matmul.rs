@@ -128,7 +128,7 @@ impl MatmulProblem {
     }
 
     /// `(start, end)` element ranges: reads (A, B, D) and the write (C); empty ones dropped.
-    fn regions(&self) -> ([Option<(u64, u64)>; 3], Option<(u64, u64)>) {
+    fn regions(&self) -> ([Option<Span>; 3], Option<Span>) {
         let (m, n, k) = (self.m as u64, self.n as u64, self.k as u64);
         let span = |off: u32, len: u64| (len > 0).then_some((off as u64, off as u64 + len));
         (
@@ -141,6 +141,9 @@ impl MatmulProblem {
         )
     }
 }
+
+/// A `(start, end)` range of elements.
+type Span = (u64, u64);
 
 /// The kernel's per-problem row (WGSL `MatmulProblem`, 48 bytes).
 #[repr(C)]

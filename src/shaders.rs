@@ -79,6 +79,8 @@ pub enum LayoutKind {
     Copy,
     /// The batched matmul (matmul.wgsl): problems, tiles, data.
     Matmul,
+    /// Muon's momentum and apply passes (muon.wgsl).
+    Muon,
 }
 
 /// One compute kernel: one entry point of one composed shader.
@@ -170,6 +172,16 @@ impl KernelDef {
                 (0, BindKind::Read),
                 (1, BindKind::Read),
                 (2, BindKind::ReadWrite),
+            ],
+            LayoutKind::Muon => vec![
+                (0, BindKind::Read),
+                (1, BindKind::Uniform),
+                (2, BindKind::Read),
+                (3, BindKind::Read),
+                (4, BindKind::ReadWrite),
+                (5, BindKind::Read),
+                (6, BindKind::ReadWrite),
+                (7, BindKind::ReadWrite),
             ],
             LayoutKind::Step {
                 state_slots,

@@ -166,3 +166,24 @@ fn matmul_constants_and_problem_row_match_rust_twins() {
         false,
     );
 }
+
+#[test]
+fn muon_structs_match_rust_twins() {
+    use std::mem::size_of;
+    use wgpu_optim::optim::muon;
+    let k = muon::MUON_MOMENTUM;
+    assert_eq!(wgsl_const(k.source, "MUON_WG"), muon::MUON_WG);
+    assert_eq!(wgsl_const(k.source, "MUON_NESTEROV"), muon::MUON_NESTEROV);
+    assert_eq!(
+        wgsl_const(k.source, "FLAG_GRAD_SCALE"),
+        shaders::FLAG_GRAD_SCALE
+    );
+    common::naga_sizes::assert_wgsl_sizes(
+        &[
+            (k, "MuonHyper", size_of::<muon::MuonHyper>()),
+            (k, "MuonBatch", size_of::<muon::MuonBatch>()),
+            (k, "MuonGpuTensor", size_of::<muon::MuonGpuTensor>()),
+        ],
+        false,
+    );
+}

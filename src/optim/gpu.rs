@@ -51,8 +51,8 @@ fn state_binding<'a>(buf: &'a wgpu::Buffer, w: &Window) -> wgpu::BindingResource
     })
 }
 
-/// What every segment does, whatever its rule.
-trait GpuSegment: std::fmt::Debug + Send + Sync {
+/// What every segment does, whatever its rule (Muon implements it with its own segment type).
+pub(crate) trait GpuSegment: std::fmt::Debug + Send + Sync {
     /// Writes this step's group and tensor tables (after the book advanced the counts).
     fn write_tables(&mut self, ctx: &GpuContext, book: &mut Book, seg: usize, grad_scale: bool);
     /// Records the segment's dispatches.
@@ -72,10 +72,15 @@ trait GpuSegment: std::fmt::Debug + Send + Sync {
     fn bind_groups(&self, ctx: &GpuContext, aux: &wgpu::Buffer) -> Vec<wgpu::BindGroup>;
     /// Installs bind groups built by `bind_groups`.
     fn set_bind_groups(&mut self, bgs: Vec<wgpu::BindGroup>);
+    /// The segment's tensors and where each sits in its state buffers.
     fn layout(&self) -> &SegmentLayout;
+    /// A state buffer, in the segment layout.
     fn state_buffer(&self, name: &str) -> Option<&wgpu::Buffer>;
+    /// Bytes of the segment's state (and scratch) buffers.
     fn state_bytes(&self) -> u64;
+    /// Dispatches per step.
     fn dispatches(&self) -> usize;
+    /// The reduction buffer (LARS, LAMB).
     fn partials(&self) -> Option<&wgpu::Buffer>;
 }
 
@@ -102,6 +107,8 @@ struct Segment<R: Rule> {
     /// Reused every step: the hot path allocates nothing.
     hyper_table: Vec<R::Hyper>,
     tensor_table: Vec<R::TensorStep>,
+    /// The members' infos (for `Rule::tensor_step_for`).
+    infos: Vec<crate::arena::TensorInfo>,
 }
 
 impl<R: Rule> Segment<R> {
@@ -218,6 +225,11 @@ impl<R: Rule> Segment<R> {
                 tensor_grid: dispatch::grid(n_tensors as u32, ctx.max_workgroups_per_dim()),
                 hyper_table: Vec::with_capacity(n_groups),
                 tensor_table: Vec::with_capacity(n_tensors),
+                infos: plan
+                    .members
+                    .iter()
+                    .map(|&i| arena.layout().tensors()[i].clone())
+                    .collect(),
                 layout,
             })
         })??;
@@ -277,11 +289,12 @@ impl<R: Rule> GpuSegment for Segment<R> {
             let loc = book.loc[i];
             let entry = match (book.live(i), loc) {
                 (true, Some(l)) => R::of(&book.groups[l.group].config).map(|c| {
-                    c.tensor_step_with(
+                    c.tensor_step_for(
                         book.steps[i],
                         book.groups[l.group].local as u32,
                         self.layout.ranges()[local],
                         &mut book.scalars[i],
+                        &self.infos[local],
                     )
                 }),
                 _ => None,
@@ -431,7 +444,14 @@ struct BuildSegment<'a> {
 
 impl RuleVisitor for BuildSegment<'_> {
     type Out = Result<Box<dyn GpuSegment>>;
-    fn visit<R: Rule>(self, _configs: Vec<R>) -> Self::Out {
+    fn visit<R: Rule>(self, configs: Vec<R>) -> Self::Out {
+        // Muon runs its own segment (momentum, batched Newton–Schulz matmuls, apply).
+        let any: &dyn std::any::Any = &configs;
+        if let Some(muon) = any.downcast_ref::<Vec<super::muon::MuonConfig>>() {
+            return Ok(Box::new(super::muon::MuonSegment::new(
+                self.ctx, self.arena, self.plan, self.aux, muon,
+            )?));
+        }
         Ok(Box::new(Segment::<R>::new(
             self.ctx, self.arena, self.plan, self.aux,
         )?))
