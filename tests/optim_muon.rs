@@ -420,6 +420,14 @@ fn bad_inputs_are_typed_errors() {
         CpuOptimizer::new(MuonConfig::default(), &[TensorSpec::shaped("z", &[5, 0])]),
         Err(Error::InvalidConfig(_))
     ));
+    // Too large to index: refused before anything is allocated.
+    assert!(matches!(
+        CpuOptimizer::new(
+            MuonConfig::default(),
+            &[TensorSpec::shaped("h", &[40_000, 40_000])]
+        ),
+        Err(Error::LimitExceeded { .. })
+    ));
     // [0, k] is fine (an empty update), as in torch.
     CpuOptimizer::new(MuonConfig::default(), &[TensorSpec::shaped("e", &[0, 5])]).unwrap();
     let hyper = |cfg: MuonConfig, field: &str| match CpuOptimizer::new(
@@ -513,4 +521,64 @@ fn bad_inputs_are_typed_errors() {
     ));
     // With the bias under AdamW it builds.
     Optimizer::with_groups(&ctx, &arena, d().with_adamw(AdamConfig::adamw())).unwrap();
+    // A Muon group that selects nothing is an empty segment that steps fine.
+    let flat = ParamArena::new(&ctx, &[TensorSpec::new("b", 6)]).unwrap();
+    let mut o = Optimizer::with_groups(&ctx, &flat, d().with_adamw(AdamConfig::adamw())).unwrap();
+    flat.write_all_grads(&[vec![0.1; 6]]).unwrap();
+    o.step(&flat).unwrap();
+    let mut c = CpuOptimizer::with_groups(
+        &[TensorSpec::new("b", 6)],
+        d().with_adamw(AdamConfig::adamw()),
+    )
+    .unwrap();
+    let mut p = vec![vec![0.0f32; 6]];
+    c.step(&mut p, &[vec![0.1; 6]]).unwrap();
+    assert_eq!(flat.read_all_params().unwrap(), p);
+}
+
+#[test]
+fn clipped_gradients_reach_the_momentum() {
+    use std::sync::Arc;
+    use wgpu_optim::norm::cpu_clip_grad_norm;
+    use wgpu_optim::{GradClipper, NormType};
+    let Some(ctx) = gpu() else { return };
+    let specs = matrix_specs();
+    let mut rng = fastrand::Rng::with_seed(9);
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let groups = MuonConfig::test_variants()[0]
+        .clone()
+        .with_adamw(AdamConfig::adamw());
+    let mut opt = Optimizer::with_groups(&ctx, &arena, groups.clone()).unwrap();
+    let clipper = Arc::new(GradClipper::new(&ctx, &arena, 0.5, NormType::L2).unwrap());
+    opt.set_grad_clip(Some(clipper)).unwrap();
+    let mut cpu = CpuOptimizer::with_groups(&specs, groups).unwrap();
+    let mut params: Vec<Vec<f32>> = specs.iter().map(|s| randn(&mut rng, s.len, 1.0)).collect();
+    arena.write_all_params(&params).unwrap();
+    for _ in 0..3 {
+        let grads: Vec<Vec<f32>> = specs.iter().map(|s| randn(&mut rng, s.len, 2.0)).collect();
+        arena.write_all_grads(&grads).unwrap();
+        opt.step(&arena).unwrap();
+        let mut clipped = grads.clone();
+        let total = cpu_clip_grad_norm(&mut clipped, 0.5, NormType::L2).unwrap();
+        assert!(total > 0.5, "the clip must bite");
+        cpu.step(&mut params, &clipped).unwrap();
+    }
+    // The GPU's coefficient is an f32 reduction, the CPU's an f64 one: compare at a tolerance.
+    let got = arena.read_all_params().unwrap();
+    for (i, s) in specs.iter().enumerate() {
+        assert_close(
+            &format!("clipped {}", s.name),
+            &got[i],
+            &params[i],
+            1e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("clipped {} momentum", s.name),
+            &opt.read_state("momentum_buffer", &s.name).unwrap(),
+            &cpu.read_state("momentum_buffer", &s.name).unwrap(),
+            1e-7,
+            1e-4,
+        );
+    }
 }

@@ -400,12 +400,15 @@ impl Rule for MuonConfig {
                         "Muon: a [k, 0] matrix has no columns (torch raises ZeroDivisionError)",
                     ));
                 }
-                if rows.max(cols) > u32::MAX as usize / 2 {
+                // The Newton–Schulz scratch of one matrix is indexed with u32 (on the CPU too).
+                let scratch = NsPlace::elements(rows as u64, cols as u64);
+                if rows > u32::MAX as usize || cols > u32::MAX as usize || scratch > u32::MAX as u64
+                {
                     return Err(Error::LimitExceeded {
-                        what: format!("a dimension of tensor {:?}", info.name),
-                        value: rows.max(cols) as u64,
-                        limit: u32::MAX as u64 / 2,
-                        why: "Muon's kernels index matrices with u32",
+                        what: format!("Newton–Schulz scratch elements of tensor {:?}", info.name),
+                        value: scratch,
+                        limit: u32::MAX as u64,
+                        why: "Muon indexes a matrix's iterates with u32",
                     });
                 }
                 Ok(())
