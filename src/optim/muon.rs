@@ -15,7 +15,7 @@
 //! products summed in the same order as torch's transposed form (A and Q come out exactly
 //! symmetric, so `Qᵀ = Q` bit for bit).
 //!
-//! On the GPU a Muon segment is its own engine segment ([`MuonSegment`]): its matrices are split
+//! On the GPU a Muon segment is its own engine segment (`MuonSegment`): its matrices are split
 //! into batches that fit one storage binding each; per batch and step it records one momentum
 //! dispatch (with the per-matrix Frobenius norm as a fixed tree reduction), `3·ns_steps` batched
 //! matmul dispatches ([`crate::matmul::BatchedMatmul`], every matrix of the batch in each) and one
@@ -164,9 +164,9 @@ pub struct MuonTensor {
     pub live: u32,
     /// Its group among the segment's.
     pub group: u32,
-    /// Rows (shape[0]).
+    /// Rows (`shape[0]`).
     pub rows: u32,
-    /// Columns (shape[1]).
+    /// Columns (`shape[1]`).
     pub cols: u32,
     /// `1 − lr·wd`.
     pub decay: f32,
