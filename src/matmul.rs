@@ -372,13 +372,19 @@ impl BatchedMatmul {
             });
         }
         let tile_bytes = tiles * 16;
+        let problem_bytes = problems.len() as u64 * std::mem::size_of::<GpuProblem>() as u64;
         let storage_limit = ctx.max_binding_bytes();
-        if tile_bytes > storage_limit {
-            return Err(Error::BufferTooLarge {
-                what: "matmul tile table".into(),
-                bytes: tile_bytes,
-                limit: storage_limit,
-            });
+        for (what, bytes) in [
+            ("matmul tile table", tile_bytes),
+            ("matmul problem table", problem_bytes),
+        ] {
+            if bytes > storage_limit {
+                return Err(Error::BufferTooLarge {
+                    what: what.into(),
+                    bytes,
+                    limit: storage_limit,
+                });
+            }
         }
         let gpu: Vec<GpuProblem> = problems
             .iter()

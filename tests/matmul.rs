@@ -410,6 +410,17 @@ fn bad_stages_are_typed_errors_and_change_nothing() {
         Err(Error::BufferTooLarge { bytes, limit, .. }) => assert_eq!((bytes, limit), (480, 256)),
         other => panic!("{other:?}"),
     }
+    // So does a problem table past the cap: 6 problems of 48 bytes. (The tile table, 16 bytes
+    // per tile of at least 32 output elements but for one-tile problems, never outgrows both.)
+    let tiny: Vec<MatmulProblem> = (0..6)
+        .map(|i| MatmulProblem::new(1, 1, 1, 0, 1, 2 + i))
+        .collect();
+    match BatchedMatmul::new(&small, &tiny, &big) {
+        Err(Error::BufferTooLarge { what, bytes, .. }) => {
+            assert_eq!((what.as_str(), bytes), ("matmul problem table", 288))
+        }
+        other => panic!("{other:?}"),
+    }
     // Within the cap it builds and runs.
     let fits = MatmulProblem::new(2, 2, 2, 0, 4, 8);
     BatchedMatmul::new(&small, &[fits], &big).unwrap();
