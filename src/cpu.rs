@@ -31,6 +31,8 @@ struct Segment<R: Rule> {
     learned: Vec<f32>,
     /// Initial value per slot (`StateSpec::init`).
     init: Vec<f32>,
+    /// Every arena tensor (the rules' `tensor_step_for` sees its shape).
+    infos: Vec<crate::arena::TensorInfo>,
     _rule: std::marker::PhantomData<R>,
 }
 
@@ -65,11 +67,12 @@ impl<R: Rule> CpuSegment for Segment<R> {
             };
             let h = &hypers[group.local];
             let range = crate::arena::ChunkRange::default();
-            let ts = cfg.tensor_step_with(
+            let ts = cfg.tensor_step_for(
                 book.steps[i],
                 group.local as u32,
                 range,
                 &mut book.scalars[i],
+                &self.infos[i],
             );
             let mut views: Vec<&mut [f32]> = Vec::with_capacity(slots);
             for slot in self.state.iter_mut() {
@@ -214,12 +217,21 @@ impl<R: Rule> Segment<R> {
 struct BuildSegment<'a> {
     plan: &'a crate::optim::book::SegmentPlan,
     lens: &'a [usize],
+    infos: &'a [crate::arena::TensorInfo],
 }
 
 impl RuleVisitor for BuildSegment<'_> {
     type Out = Box<dyn CpuSegment>;
     fn visit<R: Rule>(self, _configs: Vec<R>) -> Self::Out {
-        let slots = R::KERNEL.state_slots() as usize;
+        // Kernels with their own binding convention (Muon) declare no slots: count the states.
+        let slots = (R::KERNEL.state_slots() as usize).max(
+            self.plan
+                .states
+                .iter()
+                .map(|s| s.slot as usize + 1)
+                .max()
+                .unwrap_or(0),
+        );
         let mut state = vec![Vec::new(); slots];
         let mut init = vec![0.0; slots];
         for s in &self.plan.states {
@@ -241,6 +253,7 @@ impl RuleVisitor for BuildSegment<'_> {
                 .collect(),
             learned: vec![0.0; self.plan.groups.len()],
             init,
+            infos: self.infos.to_vec(),
             _rule: std::marker::PhantomData,
         })
     }
@@ -289,7 +302,14 @@ impl CpuOptimizer {
                     .iter()
                     .map(|&g| &book.groups[g].config)
                     .collect();
-                OptimizerConfig::visit(&configs, BuildSegment { plan, lens: &lens })
+                OptimizerConfig::visit(
+                    &configs,
+                    BuildSegment {
+                        plan,
+                        lens: &lens,
+                        infos: layout.tensors(),
+                    },
+                )
             })
             .collect();
         Ok(Self {

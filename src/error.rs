@@ -199,6 +199,25 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A problem of a batched matmul stage is malformed: a region past the end of the data,
+    /// or an output that overlaps what the stage reads or writes elsewhere.
+    #[error("matmul problem {problem}: {reason}")]
+    InvalidMatmul {
+        /// Index of the problem in the stage.
+        problem: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A matrix-only optimizer (Muon) was given a tensor that is not 2-D.
+    #[error("tensor {tensor:?} has shape {shape:?}; {optimizer} only optimizes 2-D tensors")]
+    NotAMatrix {
+        /// The tensor.
+        tensor: String,
+        /// Its shape (`None`: the tensor was declared without one).
+        shape: Option<Vec<usize>>,
+        /// The optimizer that refused it.
+        optimizer: &'static str,
+    },
 }
 
 impl Error {

@@ -17,6 +17,7 @@ pub mod cpu;
 pub mod dispatch;
 pub mod error;
 pub mod lookahead;
+pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod pipeline;
@@ -30,12 +31,13 @@ pub use context::{ContextOptions, GpuContext, ADAPTER_ENV};
 pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use lookahead::{CpuLookahead, Lookahead, LookaheadConfig, LookaheadVariant};
+pub use matmul::{BatchedMatmul, MatmulProblem};
 pub use norm::{GradClipper, NormReducer, NormType};
 pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AdoptConfig, AsgdConfig, LambConfig,
-    LarsConfig, LionConfig, NadamConfig, Optimizer, OptimizerConfig, ParamGroups, Preset,
-    RadamConfig, RmspropConfig, RpropConfig, Rule, ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig,
-    Select, SgdConfig,
+    LarsConfig, LionConfig, MuonAdjustLr, MuonConfig, NadamConfig, Optimizer, OptimizerConfig,
+    ParamGroups, Preset, RadamConfig, RmspropConfig, RpropConfig, Rule, ScheduleFreeAdamWConfig,
+    ScheduleFreeSgdConfig, Select, SgdConfig,
 };
 pub use optim::{AdamHdConfig, HdScope, SgdHdConfig};
 pub use schedule::{

@@ -79,6 +79,10 @@ pub enum LayoutKind {
     Copy,
     /// The loss-scaling / non-finite-skip decision (amp.wgsl).
     Amp,
+    /// The batched matmul (matmul.wgsl): problems, tiles, data.
+    Matmul,
+    /// Muon's momentum and apply passes (muon.wgsl).
+    Muon,
 }
 
 /// One compute kernel: one entry point of one composed shader.
@@ -175,6 +179,21 @@ impl KernelDef {
                 (1, BindKind::Read),
                 (2, BindKind::ReadWrite),
             ],
+            LayoutKind::Matmul => vec![
+                (0, BindKind::Read),
+                (1, BindKind::Read),
+                (2, BindKind::ReadWrite),
+            ],
+            LayoutKind::Muon => vec![
+                (0, BindKind::Read),
+                (1, BindKind::Uniform),
+                (2, BindKind::Read),
+                (3, BindKind::Read),
+                (4, BindKind::ReadWrite),
+                (5, BindKind::Read),
+                (6, BindKind::ReadWrite),
+                (7, BindKind::ReadWrite),
+            ],
             LayoutKind::Step {
                 state_slots,
                 partials,
@@ -224,6 +243,14 @@ pub const COPY: KernelDef = KernelDef {
     layout: LayoutKind::Copy,
 };
 
+/// `matmul_tiles` in matmul.wgsl: the batched tiled matmul ([`crate::matmul::BatchedMatmul`]).
+/// It stands alone (no common.wgsl prelude: its bindings are its own).
+pub const MATMUL: KernelDef = KernelDef {
+    entry: "matmul_tiles",
+    source: include_str!("../shaders/matmul.wgsl"),
+    layout: LayoutKind::Matmul,
+};
+
 /// `amp_decide` in amp.wgsl: loss scaling and the non-finite skip (one invocation).
 pub const AMP_DECIDE: KernelDef = KernelDef {
     entry: "amp_decide",
@@ -231,12 +258,13 @@ pub const AMP_DECIDE: KernelDef = KernelDef {
     layout: LayoutKind::Amp,
 };
 
-/// Every kernel of the library: the norm family, the copy kernel, the AMP decision, the
+/// Every kernel of the library: the norm family, the copy kernel, the AMP decision, the matmul, the
 /// Lookahead sync, and every pass of every optimizer in the table
 /// ([`crate::optim::OptimizerConfig::kernels_of_all`]).
 pub fn all_kernels() -> Vec<KernelDef> {
     let mut out = vec![NORM_PARTIALS, NORM_COMBINE, NORM_GLOBAL, COPY, AMP_DECIDE];
     out.push(crate::lookahead::LOOKAHEAD_SYNC_KERNEL);
+    out.push(MATMUL);
     for k in crate::optim::OptimizerConfig::kernels_of_all() {
         if !out.contains(&k) {
             out.push(k);

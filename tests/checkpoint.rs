@@ -389,6 +389,16 @@ fn resume_cases() -> Vec<(String, ParamGroups)> {
         .map(|c| (c.describe(), ParamGroups::per_arena_group(&layout, c)))
         .collect();
     out.push(("lars+adamw".into(), two_segment_groups()));
+    // Muon on the matrices (its own segment type, momentum and Newton–Schulz scratch) with
+    // AdamW on the rest.
+    out.push((
+        "muon+adamw".into(),
+        wgpu_optim::MuonConfig {
+            lr: 0.02,
+            ..Default::default()
+        }
+        .with_adamw(AdamConfig::adamw()),
+    ));
     out
 }
 

@@ -166,3 +166,43 @@ fn lookahead_sync_validates_and_matches_its_rust_twins() {
         true,
     );
 }
+
+#[test]
+fn matmul_constants_and_problem_row_match_rust_twins() {
+    use wgpu_optim::matmul;
+    let s = shaders::MATMUL.source;
+    assert_eq!(wgsl_const(s, "MM_TILE"), matmul::MM_TILE);
+    assert_eq!(wgsl_const(s, "MM_BK"), matmul::MM_BK);
+    assert_eq!(wgsl_const(s, "MM_TRANS_A"), matmul::MM_TRANS_A);
+    assert_eq!(wgsl_const(s, "MM_TRANS_B"), matmul::MM_TRANS_B);
+    assert_eq!(wgsl_const(s, "MM_HAS_D"), matmul::MM_HAS_D);
+    common::naga_sizes::assert_wgsl_sizes(
+        &[(
+            shaders::MATMUL,
+            "MatmulProblem",
+            std::mem::size_of::<matmul::GpuProblem>(),
+        )],
+        false,
+    );
+}
+
+#[test]
+fn muon_structs_match_rust_twins() {
+    use std::mem::size_of;
+    use wgpu_optim::optim::muon;
+    let k = muon::MUON_MOMENTUM;
+    assert_eq!(wgsl_const(k.source, "MUON_WG"), muon::MUON_WG);
+    assert_eq!(wgsl_const(k.source, "MUON_NESTEROV"), muon::MUON_NESTEROV);
+    assert_eq!(
+        wgsl_const(k.source, "FLAG_GRAD_SCALE"),
+        shaders::FLAG_GRAD_SCALE
+    );
+    common::naga_sizes::assert_wgsl_sizes(
+        &[
+            (k, "MuonHyper", size_of::<muon::MuonHyper>()),
+            (k, "MuonBatch", size_of::<muon::MuonBatch>()),
+            (k, "MuonGpuTensor", size_of::<muon::MuonGpuTensor>()),
+        ],
+        false,
+    );
+}

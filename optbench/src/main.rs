@@ -8,11 +8,13 @@
 //! optbench bench [--sizes 1M,4M,16M] [--tensors 1,1000,10000] [--optimizers adam,sgd-momentum]
 //!                [--iters 10] [--warmup 3] [--quick] [--json] [--plot bench.png|bench.svg]
 //!                [--lookahead]
+//! optbench muon [--layers 12] [--width 768] [--iters 5] [--json]
 //! ```
 
 mod bench;
 mod font;
 mod info;
+mod muon;
 mod plot;
 mod tables;
 mod tune;
@@ -68,6 +70,17 @@ enum Command {
     /// Sweep the copy kernel's workgroup size and vec4s per invocation.
     #[command(hide = true)]
     TuneCopy,
+    /// The batched matmul's GFLOP/s on Muon's Newton–Schulz stages, and the Muon step time
+    /// against AdamW on the same tensors: the weight matrices of a transformer.
+    Muon {
+        /// Transformer blocks (each: q, k, v, o, fc1, fc2).
+        #[arg(long, default_value_t = 12)]
+        layers: usize,
+        /// Model width (fc1 is 4·width × width). On lavapipe 12 × 768 takes minutes per
+        /// step; try --layers 2 --width 256 there.
+        #[arg(long, default_value_t = 768)]
+        width: usize,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -183,6 +196,8 @@ struct Report {
     bench: Option<BenchReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tune_copy: Option<TuneReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    muon: Option<muon::MuonReport>,
 }
 
 fn main() -> Result<()> {
@@ -217,7 +232,7 @@ fn main() -> Result<()> {
             inject_fault,
         }) => (true, false, false, *steps, *inject_fault),
         Some(Command::Bench) => (false, true, opts.quick, 0, false),
-        Some(Command::TuneCopy) => (false, false, false, 0, false),
+        Some(Command::TuneCopy) | Some(Command::Muon { .. }) => (false, false, false, 0, false),
     };
     let human = !opts.json;
     if human {
@@ -250,6 +265,13 @@ fn main() -> Result<()> {
             print_tune_copy(&t, &opts);
         }
         report.tune_copy = Some(t);
+    }
+    if let Some(Command::Muon { layers, width }) = cli.command {
+        let m = muon::muon_bench(&ctx, &opts, layers, width)?;
+        if human {
+            muon::print_muon(&m);
+        }
+        report.muon = Some(m);
     }
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -252,3 +252,33 @@ fn impossible_counts_and_sizes_are_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn muon_json_reports_stages_and_both_step_times() {
+    if !have_gpu() {
+        return;
+    }
+    let out = optbench(&[
+        "muon", "--layers", "2", "--width", "24", "--iters", "2", "--warmup", "1", "--json",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    let m = &v["muon"];
+    assert_eq!(m["matrices"], 12);
+    assert_eq!(m["params"], 2 * (4 * 24 * 24 + 2 * 4 * 24 * 24));
+    let stages = m["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 3);
+    for s in stages {
+        assert_eq!(
+            s["dispatches"], 1,
+            "one dispatch per stage for all 12 matrices"
+        );
+        positive(&s["gflop"], "gflop");
+        positive(&s["gflops"], "gflops");
+    }
+    positive(&m["muon_ms"]["median"], "muon ms");
+    positive(&m["adamw_ms"]["median"], "adamw ms");
+    // One batch: momentum, 3 stages x 5 NS steps, apply.
+    assert_eq!(m["muon_dispatches"], 17);
+}

@@ -243,6 +243,11 @@ impl Book {
                 *o = Some(g);
             }
         }
+        for (i, o) in owner.iter().enumerate() {
+            if let Some(g) = *o {
+                groups.groups[g].1.check_tensor(&tensors[i])?;
+            }
+        }
         // Segments by family, in order of first appearance.
         let mut segments: Vec<SegmentPlan> = Vec::new();
         let mut out_groups = Vec::with_capacity(groups.len());
@@ -261,6 +266,9 @@ impl Book {
                     segments.len() - 1
                 }
             };
+            if let Some(&first) = segments[s].groups.first() {
+                c.check_peer(&groups.groups[first].1)?;
+            }
             let g = out_groups.len();
             out_groups.push(Group {
                 config: c.clone(),
@@ -356,6 +364,7 @@ impl Book {
             });
         }
         config.validate()?;
+        config.check_peer(&g.config)?;
         if config
             .states()
             .iter()

@@ -74,7 +74,7 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
-    fn dispatch(&mut self, pass: &mut wgpu::ComputePass<'_>, (x, y): (u32, u32)) {
+    pub(crate) fn dispatch(&mut self, pass: &mut wgpu::ComputePass<'_>, (x, y): (u32, u32)) {
         match self.indirect {
             Some(buf) => {
                 pass.dispatch_workgroups_indirect(buf, self.offset);
@@ -86,7 +86,8 @@ impl<'a> Dispatcher<'a> {
 }
 
 /// What every segment does, whatever its rule.
-trait GpuSegment: std::fmt::Debug + Send + Sync {
+/// What every segment does, whatever its rule (Muon implements it with its own segment type).
+pub(crate) trait GpuSegment: std::fmt::Debug + Send + Sync {
     /// Writes this step's group and tensor tables (after the book advanced the counts).
     fn write_tables(&mut self, ctx: &GpuContext, book: &mut Book, seg: usize, grad_scale: bool);
     /// Records the segment's dispatches (in the order of `dispatch_grids`).
@@ -108,11 +109,18 @@ trait GpuSegment: std::fmt::Debug + Send + Sync {
     fn bind_groups(&self, ctx: &GpuContext, aux: &wgpu::Buffer) -> Vec<wgpu::BindGroup>;
     /// Installs bind groups built by `bind_groups`.
     fn set_bind_groups(&mut self, bgs: Vec<wgpu::BindGroup>);
+    /// The segment's tensors and where each sits in its state buffers.
     fn layout(&self) -> &SegmentLayout;
+    /// A state buffer, in the segment layout.
     fn state_buffer(&self, name: &str) -> Option<&wgpu::Buffer>;
     /// The state buffers with their specs (what a state reset re-initializes).
     fn states(&self) -> &[(StateSpec, wgpu::Buffer)];
+    /// Bytes of the segment's state (and scratch) buffers.
     fn state_bytes(&self) -> u64;
+    /// Dispatches per step (default: those of `dispatch_grids`; Muon adds its matmuls).
+    fn dispatches(&self) -> usize {
+        self.dispatch_grids().len()
+    }
     fn partials(&self) -> Option<&wgpu::Buffer>;
     /// Where the groups' learned scalars start in `partials`, in f32s, for a rule that learns
     /// its lr (`Rule::learns_lr`); `None` otherwise.
@@ -144,6 +152,8 @@ struct Segment<R: Rule> {
     /// Reused every step: the hot path allocates nothing.
     hyper_table: Vec<R::Hyper>,
     tensor_table: Vec<R::TensorStep>,
+    /// The members' infos (for `Rule::tensor_step_for`).
+    infos: Vec<crate::arena::TensorInfo>,
 }
 
 impl<R: Rule> Segment<R> {
@@ -266,6 +276,11 @@ impl<R: Rule> Segment<R> {
                 group_count: n_groups as u32,
                 hyper_table: Vec::with_capacity(n_groups),
                 tensor_table: Vec::with_capacity(n_tensors),
+                infos: plan
+                    .members
+                    .iter()
+                    .map(|&i| arena.layout().tensors()[i].clone())
+                    .collect(),
                 layout,
             })
         })??;
@@ -334,11 +349,12 @@ impl<R: Rule> GpuSegment for Segment<R> {
             let loc = book.loc[i];
             let entry = match (book.live(i), loc) {
                 (true, Some(l)) => R::of(&book.groups[l.group].config).map(|c| {
-                    c.tensor_step_with(
+                    c.tensor_step_for(
                         book.steps[i],
                         book.groups[l.group].local as u32,
                         self.layout.ranges()[local],
                         &mut book.scalars[i],
+                        &self.infos[local],
                     )
                 }),
                 _ => None,
@@ -508,7 +524,14 @@ struct BuildSegment<'a> {
 
 impl RuleVisitor for BuildSegment<'_> {
     type Out = Result<Box<dyn GpuSegment>>;
-    fn visit<R: Rule>(self, _configs: Vec<R>) -> Self::Out {
+    fn visit<R: Rule>(self, configs: Vec<R>) -> Self::Out {
+        // Muon runs its own segment (momentum, batched Newton–Schulz matmuls, apply).
+        let any: &dyn std::any::Any = &configs;
+        if let Some(muon) = any.downcast_ref::<Vec<super::muon::MuonConfig>>() {
+            return Ok(Box::new(super::muon::MuonSegment::new(
+                self.ctx, self.arena, self.plan, self.aux, muon,
+            )?));
+        }
         Ok(Box::new(Segment::<R>::new(
             self.ctx, self.arena, self.plan, self.aux,
         )?))
@@ -1099,7 +1122,7 @@ impl Optimizer {
     /// Dispatches recorded per step by this optimizer (one per segment, pass and binding
     /// window with work), not counting an attached clipper's.
     pub fn dispatches_per_step(&self) -> usize {
-        self.segments.iter().map(|s| s.dispatch_grids().len()).sum()
+        self.segments.iter().map(|s| s.dispatches()).sum()
     }
 
     /// Number of segments (algorithm families among the groups).

@@ -31,6 +31,7 @@ pub mod asgd;
 pub mod lamb;
 pub mod lars;
 pub mod lion;
+pub mod muon;
 pub mod nadam;
 pub mod radam;
 pub mod rmsprop;
@@ -66,6 +67,7 @@ pub(crate) use gpu::{check_learned, storage_buffer, table_bytes, window_binding,
 pub use lamb::LambConfig;
 pub use lars::LarsConfig;
 pub use lion::LionConfig;
+pub use muon::{MuonAdjustLr, MuonConfig};
 pub use nadam::NadamConfig;
 pub use radam::RadamConfig;
 pub use rmsprop::RmspropConfig;
@@ -209,6 +211,30 @@ pub trait Rule:
     }
     /// The CPU twin of [`Rule::swap_kernel`] on one tensor.
     fn swap(_ts: &Self::TensorStep, _p: &mut [f32], _state: &mut [&mut [f32]]) {}
+    /// Checked, when an optimizer is built, for every tensor a group of this configuration
+    /// selects (default: any tensor is fine). Muon takes 2-D tensors only.
+    fn check_tensor(&self, _info: &TensorInfo) -> Result<()> {
+        Ok(())
+    }
+    /// Checked when two configurations of this rule share a segment: every group's against the
+    /// segment's first group's when an optimizer is built, and a replacement against the
+    /// configuration it replaces. Settings a segment fixes at construction must agree (Muon's
+    /// Newton–Schulz coefficients and step count live in its matmul tables). Default: none.
+    fn check_peer(&self, _other: &Self) -> Result<()> {
+        Ok(())
+    }
+    /// As [`Rule::tensor_step_with`], also given the tensor itself (its shape): what both
+    /// engines call once per live tensor per step. Default: [`Rule::tensor_step_with`].
+    fn tensor_step_for(
+        &self,
+        t: u64,
+        group: u32,
+        chunks: ChunkRange,
+        scalars: &mut Scalars,
+        _info: &TensorInfo,
+    ) -> Self::TensorStep {
+        self.tensor_step_with(t, group, chunks, scalars)
+    }
     /// The update of one tensor on host slices (elementwise, or with f64 norms for LARS and
     /// LAMB); `state[slot]` is empty for unused slots.
     fn update(
@@ -399,6 +425,19 @@ macro_rules! optimizer_table {
                 match self { $(OptimizerConfig::$variant(c) => c.check_mode_swap(to_train),)* }
             }
 
+            pub(crate) fn check_tensor(&self, info: &TensorInfo) -> Result<()> {
+                match self { $(OptimizerConfig::$variant(c) => c.check_tensor(info),)* }
+            }
+
+            pub(crate) fn check_peer(&self, other: &OptimizerConfig) -> Result<()> {
+                match (self, other) {
+                    $((OptimizerConfig::$variant(a), OptimizerConfig::$variant(b)) => a.check_peer(b),)*
+                    // Different families never share a segment.
+                    #[allow(unreachable_patterns)]
+                    _ => Ok(()),
+                }
+            }
+
             /// The passes of one step.
             pub fn passes(&self) -> Vec<Pass> {
                 match self { $(OptimizerConfig::$variant(_) => <$config as Rule>::passes(),)* }
@@ -538,6 +577,8 @@ optimizer_table! {
     SgdHd(SgdHdConfig) = "sgd_hd";
     /// Adam-HD, hypergradient descent (Baydin et al. 2018)
     AdamHd(AdamHdConfig) = "adam_hd";
+    /// torch.optim.Muon (2-D tensors only; Newton–Schulz in f32 on the batched matmul)
+    Muon(MuonConfig) = "muon";
 }
 
 impl OptimizerConfig {
