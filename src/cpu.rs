@@ -397,7 +397,6 @@ impl CpuOptimizer {
         self.book.reset_tensors(tensors);
     }
 
-
     /// The host layout of the tensors (names, lengths, shapes, groups).
     pub(crate) fn layout(&self) -> &ParamLayout {
         &self.layout

@@ -1,5 +1,23 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+// No panic path from the public API: bad input is a typed error. These lints keep `unwrap`,
+// `expect`, `panic!` and friends out of the library (tests may use them). Indexing is not
+// linted (`clippy::indexing_slicing`): the engine indexes tables whose lengths it built and
+// checked at construction, and every length that comes from outside (slices, images,
+// checkpoint tensors, shapes) is checked before use, which the error tests and the checkpoint
+// fuzz target (fuzz/) exercise; the checkpoint parser reads outside bytes only through
+// length-checked accessors (`chunks_exact`, matched lengths, `get`).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
 #![warn(missing_docs)]
 
 // Kernel sources are composed by a macro defined here, so this module comes first.

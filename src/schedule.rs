@@ -1623,7 +1623,9 @@ impl Formula for OneCycleF {
             }
             start = ph.end_step;
         }
-        unreachable!("the last phase always matches")
+        // The last phase ends at total_steps - 1 and steps past total_steps are refused
+        // before this point, so some phase always matched; an error, not a panic, if not.
+        Err(invalid(Self::NAME, format!("step {e} is in no phase")))
     }
 }
 

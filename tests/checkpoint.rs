@@ -464,8 +464,11 @@ fn cpu_resume_is_bitwise_exact_for_every_optimizer() {
         // `WGPU_OPTIM_FUZZ_SEEDS=dir` writes every one as a seed for fuzz/ (see its README).
         if let Some(dir) = std::env::var_os("WGPU_OPTIM_FUZZ_SEEDS") {
             let name = what.replace([' ', '='], "_");
-            std::fs::write(PathBuf::from(dir).join(format!("{name}.safetensors")), &bytes)
-                .unwrap();
+            std::fs::write(
+                PathBuf::from(dir).join(format!("{name}.safetensors")),
+                &bytes,
+            )
+            .unwrap();
         }
 
         let ck = Checkpoint::from_bytes(&bytes).unwrap();

@@ -494,3 +494,39 @@ fn too_many_groups_in_one_segment_is_limit_exceeded() {
     let opt = Optimizer::with_groups(&ctx, &arena, fewer).unwrap();
     assert_eq!((opt.groups(), opt.segments()), (n - 1, 1));
 }
+
+#[test]
+fn an_impossible_allocation_is_an_error_and_earlier_objects_stay_usable() {
+    // Arenas past the device's buffer limit are refused before anything is allocated
+    // (`BufferTooLarge`); what the driver itself refuses comes back from wgpu's error scopes as
+    // `OutOfMemory`. Either way the objects built before keep working.
+    let Some(ctx) = gpu() else { return };
+    let specs = [TensorSpec::new("w", 1000)];
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    arena.write_params("w", &vec![1.0; 1000]).unwrap();
+    arena.write_grads("w", &vec![0.5; 1000]).unwrap();
+    let mut opt = Optimizer::new(&ctx, &arena, SgdConfig::default()).unwrap();
+    opt.step(&arena).unwrap();
+    for len in [
+        (ctx.limits().max_buffer_size / 4) as usize + 4096,
+        usize::MAX / 8,
+    ] {
+        let e = ParamArena::new(&ctx, &[TensorSpec::new("huge", len)]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::BufferTooLarge { .. } | Error::OutOfMemory(_) | Error::LimitExceeded { .. }
+            ),
+            "{e:?}"
+        );
+    }
+    opt.step(&arena).unwrap();
+    let p = arena.read_params("w").unwrap();
+    // lr 1e-3 twice: 1 - 2 * 0.0005.
+    assert!(
+        p.iter()
+            .all(|&x| (x - (1.0 - 2.0 * 1e-3 * 0.5)).abs() < 1e-6),
+        "{}",
+        p[0]
+    );
+}
