@@ -46,6 +46,27 @@ struct Inner {
     /// Set by the device-lost callback, which wgpu runs from `poll` (also after
     /// `Device::destroy`); checked by every call.
     lost: Arc<Mutex<Option<String>>>,
+    /// The instance the context opened its device from (`None` for `from_device`), for
+    /// [`GpuContext::resource_counts`].
+    instance: Option<wgpu::Instance>,
+}
+
+/// How many wgpu objects of each kind are alive (wgpu-core's registries), to check that a
+/// training loop creates nothing per step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResourceCounts {
+    /// Buffers.
+    pub buffers: usize,
+    /// Bind groups.
+    pub bind_groups: usize,
+    /// Compute pipelines.
+    pub compute_pipelines: usize,
+    /// Shader modules.
+    pub shader_modules: usize,
+    /// Command encoders.
+    pub command_encoders: usize,
+    /// Command buffers.
+    pub command_buffers: usize,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -146,13 +167,17 @@ impl GpuContext {
         if let Some(cap) = opts.max_workgroups_per_dim {
             max_workgroups = Some(cap.max(1));
         }
-        Ok(Self::build(
+        let mut ctx = Self::build(
             device,
             queue,
             adapter.get_info(),
             max_binding_bytes,
             max_workgroups,
-        ))
+        );
+        if let Some(inner) = Arc::get_mut(&mut ctx.inner) {
+            inner.instance = Some(instance);
+        }
+        Ok(ctx)
     }
 
     /// Wraps a device the caller already owns (its limits are read back from the device, so
@@ -201,8 +226,24 @@ impl GpuContext {
                 limits,
                 features,
                 lost,
+                instance: None,
             }),
         }
+    }
+
+    /// Live wgpu objects of the whole instance (every context opened from it), or `None` for a
+    /// context built with [`GpuContext::from_device`] (whose instance it does not know).
+    pub fn resource_counts(&self) -> Option<ResourceCounts> {
+        let report = self.inner.instance.as_ref()?.generate_report()?;
+        let h = report.hub_report();
+        Some(ResourceCounts {
+            buffers: h.buffers.num_allocated,
+            bind_groups: h.bind_groups.num_allocated,
+            compute_pipelines: h.compute_pipelines.num_allocated,
+            shader_modules: h.shader_modules.num_allocated,
+            command_encoders: h.command_encoders.num_allocated,
+            command_buffers: h.command_buffers.num_allocated,
+        })
     }
 
     /// Unique id of this context (clones share it).

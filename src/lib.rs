@@ -45,7 +45,7 @@ pub mod schedule;
 pub use amp::{AmpConfig, AmpState, GradScalerConfig, LossScale};
 pub use arena::{ParamArena, ParamLayout, SegmentLayout, TensorInfo, TensorSpec};
 pub use checkpoint::{Checkpoint, PendingCheckpoint};
-pub use context::{ContextOptions, GpuContext, ADAPTER_ENV};
+pub use context::{ContextOptions, GpuContext, ResourceCounts, ADAPTER_ENV};
 pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use lookahead::{CpuLookahead, Lookahead, LookaheadConfig, LookaheadVariant};

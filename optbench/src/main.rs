@@ -9,6 +9,7 @@
 //!                [--iters 10] [--warmup 3] [--quick] [--json] [--plot bench.png|bench.svg]
 //!                [--lookahead]
 //! optbench muon [--layers 12] [--width 768] [--iters 5] [--json]
+//! optbench soak [--steps 100000] [--every 5000] [--sizes 1M] [--optimizers adam] [--json]
 //! ```
 
 mod bench;
@@ -16,6 +17,7 @@ mod font;
 mod info;
 mod muon;
 mod plot;
+mod soak;
 mod tables;
 mod tune;
 mod util;
@@ -80,6 +82,20 @@ enum Command {
         /// step; try --layers 2 --width 256 there.
         #[arg(long, default_value_t = 768)]
         width: usize,
+    },
+    /// Many steps of one optimizer (`--optimizers`, default adam) on one tensor (`--sizes`,
+    /// default 1M elements), sampling resident memory and live wgpu objects (exit status 1
+    /// when objects accumulate or memory grows).
+    Soak {
+        /// Steps to run.
+        #[arg(long, default_value_t = 100_000)]
+        steps: u64,
+        /// Sample every this many steps.
+        #[arg(long, default_value_t = 5_000)]
+        every: u64,
+        /// Allowed resident-memory growth after the first sample, in MiB.
+        #[arg(long, default_value_t = 8.0)]
+        rss_slack: f64,
     },
 }
 
@@ -198,6 +214,8 @@ struct Report {
     tune_copy: Option<TuneReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     muon: Option<muon::MuonReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    soak: Option<soak::SoakReport>,
 }
 
 fn main() -> Result<()> {
@@ -232,7 +250,9 @@ fn main() -> Result<()> {
             inject_fault,
         }) => (true, false, false, *steps, *inject_fault),
         Some(Command::Bench) => (false, true, opts.quick, 0, false),
-        Some(Command::TuneCopy) | Some(Command::Muon { .. }) => (false, false, false, 0, false),
+        Some(Command::TuneCopy) | Some(Command::Muon { .. }) | Some(Command::Soak { .. }) => {
+            (false, false, false, 0, false)
+        }
     };
     let human = !opts.json;
     if human {
@@ -273,8 +293,26 @@ fn main() -> Result<()> {
         }
         report.muon = Some(m);
     }
+    if let Some(Command::Soak {
+        steps,
+        every,
+        rss_slack,
+    }) = cli.command
+    {
+        let r = soak::soak(&ctx, &opts, steps.max(2), every.max(1), rss_slack)?;
+        if human {
+            soak::print_soak(&r);
+        }
+        report.soak = Some(r);
+    }
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    if let Some(s) = &report.soak {
+        if !s.passed {
+            eprintln!("optbench: soak FAILED");
+            std::process::exit(1);
+        }
     }
     if let Some(v) = &report.verify {
         if !v.passed {
