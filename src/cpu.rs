@@ -454,6 +454,11 @@ impl CpuOptimizer {
         Ok(())
     }
 
+    /// The attached AMP configuration.
+    pub fn amp(&self) -> Option<&AmpConfig> {
+        self.amp.as_ref().map(|(c, _)| c)
+    }
+
     /// Whether the last step's unscaled gradients held a NaN or Inf (`None` without AMP or
     /// before the first step).
     pub fn found_inf(&self) -> Option<bool> {

@@ -310,6 +310,8 @@ pub struct Lookahead {
     table: Vec<LookaheadTensor>,
     next_ready: Vec<bool>,
     steps: u64,
+    /// The last step was counted before its AMP check was read (see `settle_amp`).
+    amp_pending: bool,
 }
 
 impl Lookahead {
@@ -496,6 +498,7 @@ impl Lookahead {
             next_ready: vec![false; n],
             sync,
             steps: 0,
+            amp_pending: false,
         };
         if config.variant == LookaheadVariant::Paper {
             la.submit(|s, enc| s.record_copies(enc));
@@ -560,13 +563,33 @@ impl Lookahead {
     /// One step: the inner optimizer's, then on every `k`-th step the sync (and the inner
     /// state reset when configured) in the same submission. On error (the inner step's,
     /// e.g. [`Error::NonFiniteNorm`]) nothing changes and the step is not counted.
+    ///
+    /// With the inner optimizer's AMP skip on ([`Optimizer::set_amp`]), a step the guard
+    /// skipped is not counted and does not sync, as PyTorch's GradScaler never calls the
+    /// wrapped `step()`: an ordinary step is counted at once and taken back when its check is
+    /// read (at the next step), and a sync step waits for its check before the sync (one host
+    /// wait every `k` steps).
     pub fn step(&mut self, arena: &ParamArena) -> Result<()> {
+        self.settle_amp()?;
+        let amp_skip = self.amp_skip();
         if !self.next_step_syncs() {
             self.inner.step(arena)?;
             self.steps = self.steps.wrapping_add(1);
+            self.amp_pending = amp_skip;
             return Ok(());
         }
         self.check_arena(arena)?;
+        if amp_skip {
+            self.inner.step(arena)?;
+            if self.inner.found_inf()? == Some(true) {
+                return Ok(());
+            }
+            self.prepare_sync();
+            self.submit(|s, enc| s.record(enc));
+            self.finish_sync();
+            self.steps = self.steps.wrapping_add(1);
+            return Ok(());
+        }
         self.prepare_sync();
         let sync = &self.sync;
         self.inner.step_then(arena, |enc| sync.record(enc))?;
@@ -583,10 +606,18 @@ impl Lookahead {
         encoder: &mut wgpu::CommandEncoder,
         arena: &ParamArena,
     ) -> Result<()> {
+        self.settle_amp()?;
         let syncs = self.next_step_syncs();
         self.check_arena(arena)?;
+        if syncs && self.amp_skip() {
+            return Err(Error::Unsupported(
+                "with the AMP skip, a Lookahead sync step waits for the non-finite check; use \
+                 step(), not encode_step()",
+            ));
+        }
         if !syncs {
             self.inner.encode_step(encoder, arena)?;
+            self.amp_pending = self.amp_skip();
         } else {
             self.prepare_sync();
             self.inner.encode_step(encoder, arena)?;
@@ -594,6 +625,19 @@ impl Lookahead {
             self.finish_sync();
         }
         self.steps = self.steps.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Whether the inner optimizer skips non-finite steps (AMP).
+    fn amp_skip(&self) -> bool {
+        self.inner.amp().is_some_and(|a| a.skip_non_finite)
+    }
+
+    /// Takes back the count of the last step if the AMP guard skipped it.
+    fn settle_amp(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.amp_pending) && self.inner.found_inf()? == Some(true) {
+            self.steps = self.steps.wrapping_sub(1);
+        }
         Ok(())
     }
 
@@ -841,6 +885,12 @@ impl CpuLookahead {
         grads: &[G],
     ) -> Result<()> {
         self.inner.step(params, grads)?;
+        let skipped = self.inner.amp().is_some_and(|cfg| cfg.skip_non_finite)
+            && self.inner.found_inf() == Some(true);
+        if skipped {
+            // As Lookahead::step: a step the AMP guard skipped is not counted.
+            return Ok(());
+        }
         self.steps = self.steps.wrapping_add(1);
         if self.steps % self.config.k == 0 {
             self.sync(params);

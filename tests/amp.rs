@@ -403,3 +403,58 @@ fn invalid_amp_configs_are_typed_errors_and_change_nothing() {
         Err(Error::ArenaMismatch { .. })
     ));
 }
+
+#[test]
+fn lookahead_neither_counts_nor_syncs_a_skipped_step() {
+    // PyTorch: GradScaler.step never calls the wrapped optimizer's step on an inf, so
+    // Lookahead's counter does not move and no sync happens. GPU against the CPU twin.
+    use wgpu_optim::{CpuLookahead, Lookahead, LookaheadConfig};
+    let Some(ctx) = gpu() else { return };
+    let cfg = LookaheadConfig {
+        k: 3,
+        ..LookaheadConfig::default()
+    };
+    let (arena, opt) = setup(&ctx, AdamConfig::default().into(), AmpConfig::default());
+    let mut la = Lookahead::new(&ctx, &arena, opt, cfg.clone()).unwrap();
+    let mut cpu = CpuOptimizer::new(AdamConfig::default(), &specs()).unwrap();
+    cpu.set_amp(Some(AmpConfig::default())).unwrap();
+    let mut params = params0();
+    let mut cla = CpuLookahead::new(cpu, cfg, &params).unwrap();
+    // Steps 1 and 2 clean; the third (a sync step) and the sixth overflow; then clean.
+    for k in 0..10 {
+        let mut g = grads(k, 1.0);
+        if k == 2 || k == 5 {
+            g[2][9] = f32::INFINITY;
+        }
+        arena.write_all_grads(&g).unwrap();
+        la.step(&arena).unwrap();
+        cla.step(&mut params, &g).unwrap();
+        la.inner_mut().found_inf().unwrap();
+        let gp = arena.read_all_params().unwrap();
+        for i in 0..LENS.len() {
+            common::assert_twin(&ctx, &format!("t{i} step {k}"), &gp[i], &params[i]);
+            let n = format!("t{i}");
+            common::assert_twin(
+                &ctx,
+                &format!("{n} slow at step {k}"),
+                &la.read_slow(&n).unwrap(),
+                &cla.read_slow(&n).unwrap(),
+            );
+        }
+    }
+    // 10 calls, 2 skipped: 8 counted on both sides (the GPU's last one settles at its next
+    // step or here).
+    assert_eq!(cla.steps(), 8);
+    arena.write_all_grads(&grads(10, 1.0)).unwrap();
+    la.step(&arena).unwrap();
+    cla.step(&mut params, &grads(10, 1.0)).unwrap();
+    assert_eq!(la.steps(), cla.steps());
+    for s in specs() {
+        common::assert_twin(
+            &ctx,
+            &format!("{} slow", s.name),
+            &la.read_slow(&s.name).unwrap(),
+            &cla.read_slow(&s.name).unwrap(),
+        );
+    }
+}
