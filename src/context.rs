@@ -46,6 +46,9 @@ struct Inner {
     /// Set by the device-lost callback, which wgpu runs from `poll` (also after
     /// `Device::destroy`); checked by every call.
     lost: Arc<Mutex<Option<String>>>,
+    /// The first wgpu error no error scope caught (wgpu's default handler would panic on it),
+    /// returned by the next call that checks the context.
+    fault: Arc<Mutex<Option<Error>>>,
     /// The instance the context opened its device from (`None` for `from_device`), for
     /// [`GpuContext::resource_counts`].
     instance: Option<wgpu::Instance>,
@@ -214,6 +217,20 @@ impl GpuContext {
             let mut slot = flag.lock().unwrap_or_else(|p| p.into_inner());
             *slot = Some(format!("{reason:?}: {message}"));
         });
+        // Errors outside our error scopes (a failed submission, an allocation the driver
+        // refuses lazily) would hit wgpu's default handler, which panics: keep them instead,
+        // and return the first from the next call that checks the context.
+        let fault = Arc::new(Mutex::new(None));
+        let slot = fault.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut f = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_none() {
+                *f = Some(match e {
+                    wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory(e.to_string()),
+                    _ => Error::Validation(e.to_string()),
+                });
+            }
+        }));
         Self {
             inner: Arc::new(Inner {
                 id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -226,6 +243,7 @@ impl GpuContext {
                 limits,
                 features,
                 lost,
+                fault,
                 instance: None,
             }),
         }
@@ -252,14 +270,22 @@ impl GpuContext {
     }
 
     /// `Err(DeviceLost)` once the device is lost or destroyed; every public call checks it
-    /// first, so nothing is recorded on a dead device.
+    /// first, so nothing is recorded on a dead device. It also returns, once, the first wgpu
+    /// error that no error scope caught (`Validation` or `OutOfMemory`: a caller's invalid
+    /// command on this device, or a fault the driver reports late), which wgpu would otherwise
+    /// turn into a panic.
     pub fn check_alive(&self) -> Result<()> {
         // wgpu reports a loss (or a `Device::destroy`) only from `poll`: a non-blocking poll
         // here makes the loss visible to the very next call. It waits for nothing.
         let _ = self.inner.device.poll(wgpu::PollType::Poll);
         let lost = self.inner.lost.lock().unwrap_or_else(|p| p.into_inner());
-        match &*lost {
-            Some(why) => Err(Error::DeviceLost(why.clone())),
+        if let Some(why) = &*lost {
+            return Err(Error::DeviceLost(why.clone()));
+        }
+        drop(lost);
+        let mut fault = self.inner.fault.lock().unwrap_or_else(|p| p.into_inner());
+        match fault.take() {
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }

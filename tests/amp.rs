@@ -415,7 +415,7 @@ fn lookahead_neither_counts_nor_syncs_a_skipped_step() {
         ..LookaheadConfig::default()
     };
     let (arena, opt) = setup(&ctx, AdamConfig::default().into(), AmpConfig::default());
-    let mut la = Lookahead::new(&ctx, &arena, opt, cfg.clone()).unwrap();
+    let mut la = Lookahead::new(&ctx, &arena, opt, cfg).unwrap();
     let mut cpu = CpuOptimizer::new(AdamConfig::default(), &specs()).unwrap();
     cpu.set_amp(Some(AmpConfig::default())).unwrap();
     let mut params = params0();

@@ -530,3 +530,43 @@ fn an_impossible_allocation_is_an_error_and_earlier_objects_stay_usable() {
         p[0]
     );
 }
+
+#[test]
+fn an_uncaught_wgpu_error_is_returned_by_the_next_call_not_a_panic() {
+    // wgpu's default handler panics on errors outside error scopes; the context keeps the
+    // first one and the next call that checks the context returns it. Here the caller
+    // records an invalid copy (unaligned size) on the device the optimizer uses.
+    let Some(ctx) = gpu() else { return };
+    let specs = [TensorSpec::new("w", 64)];
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let mut opt = Optimizer::new(&ctx, &arena, SgdConfig::default()).unwrap();
+    let a = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("caller a"),
+        size: 64,
+        usage: wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let b = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("caller b"),
+        size: 64,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    enc.copy_buffer_to_buffer(&a, 0, &b, 0, 3);
+    ctx.queue().submit([enc.finish()]);
+    match opt.step(&arena) {
+        Err(Error::Validation(m)) => assert!(!m.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        opt.step_count("w").unwrap(),
+        0,
+        "the refused step did not count"
+    );
+    // Reported once: the optimizer works on.
+    opt.step(&arena).unwrap();
+    assert_eq!(opt.step_count("w").unwrap(), 1);
+}
