@@ -224,6 +224,43 @@ fn local_index(n: usize, members: &[usize]) -> Vec<Option<usize>> {
     out
 }
 
+/// Arena index and wrapped index of `tensor` ([`Error::NotWrapped`] when not wrapped), for
+/// both engines' per-tensor slow-weight accessors.
+fn wrapped_index(
+    layout: &ParamLayout,
+    local_of: &[Option<usize>],
+    tensor: &str,
+) -> Result<(usize, usize)> {
+    let i = layout.index_of(tensor)?;
+    let k = local_of[i].ok_or_else(|| Error::NotWrapped(tensor.to_string()))?;
+    Ok((i, k))
+}
+
+/// `read_slow`'s refusal while a tensor has no slow weights yet (timm, before its first
+/// sync: timm has no `lookahead_slow_buff` for it).
+fn check_slow_ready(ready: bool) -> Result<()> {
+    if !ready {
+        return Err(Error::UnknownState {
+            name: SLOW_STATE.to_string(),
+            available: Vec::new(),
+        });
+    }
+    Ok(())
+}
+
+/// Both engines' `set_slow_ready`: the length checked first, nothing changed on error.
+fn restore_ready(ready: &mut [bool], from: &[bool]) -> Result<()> {
+    if from.len() != ready.len() {
+        return Err(Error::LengthMismatch {
+            what: "lookahead slow_ready".into(),
+            expected: ready.len(),
+            got: from.len(),
+        });
+    }
+    ready.copy_from_slice(from);
+    Ok(())
+}
+
 /// The GPU half of a sync, built once: the wrapped tensors' layout, slow-weights buffer,
 /// tables, pipelines and bind groups, and the inner optimizer's prepared state reset.
 #[derive(Debug)]
@@ -670,14 +707,8 @@ impl Lookahead {
     /// Lookahead does not wrap; [`Error::UnknownState`] (`"lookahead_slow_buff"`) in the timm
     /// variant before the tensor's first sync, when timm has no slow buffer for it yet.
     pub fn read_slow(&self, tensor: &str) -> Result<Vec<f32>> {
-        let i = self.arena_layout.index_of(tensor)?;
-        let k = self.local_of[i].ok_or_else(|| Error::NotWrapped(tensor.to_string()))?;
-        if !self.ready[k] {
-            return Err(Error::UnknownState {
-                name: SLOW_STATE.to_string(),
-                available: Vec::new(),
-            });
-        }
+        let (i, k) = wrapped_index(&self.arena_layout, &self.local_of, tensor)?;
+        check_slow_ready(self.ready[k])?;
         let off = self.sync.layout.state_offsets()[k];
         readback::read_f32(
             &self.ctx,
@@ -732,15 +763,7 @@ impl Lookahead {
 
     /// Restores [`Lookahead::slow_ready`] (its length checked first).
     pub fn set_slow_ready(&mut self, ready: &[bool]) -> Result<()> {
-        if ready.len() != self.ready.len() {
-            return Err(Error::LengthMismatch {
-                what: "lookahead slow_ready".into(),
-                expected: self.ready.len(),
-                got: ready.len(),
-            });
-        }
-        self.ready.copy_from_slice(ready);
-        Ok(())
+        restore_ready(&mut self.ready, ready)
     }
 
     /// Lookahead steps taken (timm's `lookahead_step`); a sync follows each multiple of `k`.
@@ -921,19 +944,13 @@ impl CpuLookahead {
     }
 
     fn local(&self, tensor: &str) -> Result<usize> {
-        let i = self.inner.layout().index_of(tensor)?;
-        self.local_of[i].ok_or_else(|| Error::NotWrapped(tensor.to_string()))
+        wrapped_index(self.inner.layout(), &self.local_of, tensor).map(|(_, k)| k)
     }
 
     /// One wrapped tensor's slow weights, with [`Lookahead::read_slow`]'s errors.
     pub fn read_slow(&self, tensor: &str) -> Result<Vec<f32>> {
         let k = self.local(tensor)?;
-        if !self.ready[k] {
-            return Err(Error::UnknownState {
-                name: SLOW_STATE.to_string(),
-                available: Vec::new(),
-            });
-        }
+        check_slow_ready(self.ready[k])?;
         Ok(self.slow[k].clone())
     }
 
@@ -965,15 +982,7 @@ impl CpuLookahead {
 
     /// Restores [`CpuLookahead::slow_ready`] (its length checked first).
     pub fn set_slow_ready(&mut self, ready: &[bool]) -> Result<()> {
-        if ready.len() != self.ready.len() {
-            return Err(Error::LengthMismatch {
-                what: "lookahead slow_ready".into(),
-                expected: self.ready.len(),
-                got: ready.len(),
-            });
-        }
-        self.ready.copy_from_slice(ready);
-        Ok(())
+        restore_ready(&mut self.ready, ready)
     }
 
     /// Lookahead steps taken.

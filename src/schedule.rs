@@ -686,6 +686,33 @@ fn pow(x: f64, y: f64) -> f64 {
     x.powf(y)
 }
 
+/// Every group's lr: its value in `from` (the base or the live lrs) times one `factor` that
+/// depends only on the epoch (the multiplicative schedules' closed and recursive forms).
+fn scale(lr: &mut [f64], from: &[f64], factor: f64) {
+    for (o, &x) in lr.iter_mut().zip(from) {
+        *o = x * factor;
+    }
+}
+
+/// Every group's lr on the cosine from its base lr down to `eta_min`, at `c` = cos(π · the
+/// fraction of the period passed): CosineAnnealingLR's closed form and SGDR's lr.
+fn cosine(lr: &mut [f64], base: &[f64], eta_min: f64, c: f64) {
+    for (o, &b) in lr.iter_mut().zip(base) {
+        *o = eta_min + (b - eta_min) * (1.0 + c) / 2.0;
+    }
+}
+
+/// LinearLR's and PolynomialLR's closed forms divide by `total_iters`.
+fn closed_form_total_iters(schedule: &'static str, total_iters: u64) -> Result<()> {
+    if total_iters == 0 {
+        return Err(invalid(
+            schedule,
+            "the closed form divides by total_iters = 0 (PyTorch: ZeroDivisionError)".into(),
+        ));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // StepLR, MultiStepLR, ConstantLR, LinearLR, ExponentialLR, PolynomialLR.
 
@@ -705,19 +732,15 @@ impl Formula for StepF {
         lr: &mut [f64],
         _: &mut [f64],
     ) -> Result<()> {
-        for (o, &l) in lr.iter_mut().zip(live) {
-            *o = if e == 0 || e % self.step_size != 0 {
-                l
-            } else {
-                l * self.gamma
-            };
+        if e == 0 || e % self.step_size != 0 {
+            lr.copy_from_slice(live);
+        } else {
+            scale(lr, live, self.gamma);
         }
         Ok(())
     }
     fn closed_form(&self, e: u64, base: &[f64], lr: &mut [f64]) -> Option<Result<()>> {
-        for (o, &b) in lr.iter_mut().zip(base) {
-            *o = b * pow(self.gamma, (e / self.step_size) as f64);
-        }
+        scale(lr, base, pow(self.gamma, (e / self.step_size) as f64));
         Some(Ok(()))
     }
 }
@@ -759,20 +782,16 @@ impl Formula for MultiStepF {
         _: &mut [f64],
     ) -> Result<()> {
         let count = self.milestones.iter().filter(|&&m| m == e).count();
-        for (o, &l) in lr.iter_mut().zip(live) {
-            *o = if count == 0 {
-                l
-            } else {
-                l * pow(self.gamma, count as f64)
-            };
+        if count == 0 {
+            lr.copy_from_slice(live);
+        } else {
+            scale(lr, live, pow(self.gamma, count as f64));
         }
         Ok(())
     }
     fn closed_form(&self, e: u64, base: &[f64], lr: &mut [f64]) -> Option<Result<()>> {
         let passed = self.milestones.partition_point(|&m| m <= e);
-        for (o, &b) in lr.iter_mut().zip(base) {
-            *o = b * pow(self.gamma, passed as f64);
-        }
+        scale(lr, base, pow(self.gamma, passed as f64));
         Some(Ok(()))
     }
 }
@@ -818,22 +837,18 @@ impl Formula for ConstantF {
                 "factor 0 cannot be undone at total_iters (PyTorch: ZeroDivisionError)".into(),
             ));
         }
-        for (o, &l) in lr.iter_mut().zip(live) {
-            *o = if e == 0 {
-                l * self.factor
-            } else if e != self.total_iters {
-                l
-            } else {
-                l * (1.0 / self.factor)
-            };
+        if e == 0 {
+            scale(lr, live, self.factor);
+        } else if e != self.total_iters {
+            lr.copy_from_slice(live);
+        } else {
+            scale(lr, live, 1.0 / self.factor);
         }
         Ok(())
     }
     fn closed_form(&self, e: u64, base: &[f64], lr: &mut [f64]) -> Option<Result<()>> {
         let done = if e >= self.total_iters { 1.0 } else { 0.0 };
-        for (o, &b) in lr.iter_mut().zip(base) {
-            *o = b * (self.factor + done * (1.0 - self.factor));
-        }
+        scale(lr, base, self.factor + done * (1.0 - self.factor));
         Some(Ok(()))
     }
 }
@@ -881,29 +896,22 @@ impl Formula for LinearF {
         _: &mut [f64],
     ) -> Result<()> {
         let (s, f, t) = (self.start, self.end, self.total_iters as f64);
-        for (o, &l) in lr.iter_mut().zip(live) {
-            *o = if e == 0 {
-                l * s
-            } else if e > self.total_iters {
-                l
-            } else {
-                l * (1.0 + (f - s) / (t * s + (e - 1) as f64 * (f - s)))
-            };
+        if e == 0 {
+            scale(lr, live, s);
+        } else if e > self.total_iters {
+            lr.copy_from_slice(live);
+        } else {
+            scale(lr, live, 1.0 + (f - s) / (t * s + (e - 1) as f64 * (f - s)));
         }
         Ok(())
     }
     fn closed_form(&self, e: u64, base: &[f64], lr: &mut [f64]) -> Option<Result<()>> {
-        if self.total_iters == 0 {
-            return Some(Err(invalid(
-                Self::NAME,
-                "the closed form divides by total_iters = 0 (PyTorch: ZeroDivisionError)".into(),
-            )));
+        if let Err(err) = closed_form_total_iters(Self::NAME, self.total_iters) {
+            return Some(Err(err));
         }
         let (s, f, t) = (self.start, self.end, self.total_iters as f64);
         let m = self.total_iters.min(e) as f64;
-        for (o, &b) in lr.iter_mut().zip(base) {
-            *o = b * (s + (f - s) * m / t);
-        }
+        scale(lr, base, s + (f - s) * m / t);
         Some(Ok(()))
     }
 }
@@ -958,15 +966,15 @@ impl Formula for ExponentialF {
         lr: &mut [f64],
         _: &mut [f64],
     ) -> Result<()> {
-        for (o, &l) in lr.iter_mut().zip(live) {
-            *o = if aux.initial { l } else { l * self.gamma };
+        if aux.initial {
+            lr.copy_from_slice(live);
+        } else {
+            scale(lr, live, self.gamma);
         }
         Ok(())
     }
     fn closed_form(&self, e: u64, base: &[f64], lr: &mut [f64]) -> Option<Result<()>> {
-        for (o, &b) in lr.iter_mut().zip(base) {
-            *o = b * pow(self.gamma, e as f64);
-        }
+        scale(lr, base, pow(self.gamma, e as f64));
         Some(Ok(()))
     }
 }
@@ -1023,24 +1031,19 @@ impl Formula for PolynomialF {
                 ),
             ));
         }
-        let factor = pow(ratio, self.power);
-        for (o, &l) in lr.iter_mut().zip(live) {
-            *o = l * factor;
-        }
+        scale(lr, live, pow(ratio, self.power));
         Ok(())
     }
     fn closed_form(&self, e: u64, base: &[f64], lr: &mut [f64]) -> Option<Result<()>> {
-        if self.total_iters == 0 {
-            return Some(Err(invalid(
-                Self::NAME,
-                "the closed form divides by total_iters = 0 (PyTorch: ZeroDivisionError)".into(),
-            )));
+        if let Err(err) = closed_form_total_iters(Self::NAME, self.total_iters) {
+            return Some(Err(err));
         }
         let t = self.total_iters as f64;
-        let f = pow(1.0 - self.total_iters.min(e) as f64 / t, self.power);
-        for (o, &b) in lr.iter_mut().zip(base) {
-            *o = b * f;
-        }
+        scale(
+            lr,
+            base,
+            pow(1.0 - self.total_iters.min(e) as f64 / t, self.power),
+        );
         Some(Ok(()))
     }
 }
@@ -1104,10 +1107,12 @@ impl Formula for CosineF {
     }
     fn closed_form(&self, e: u64, base: &[f64], lr: &mut [f64]) -> Option<Result<()>> {
         use std::f64::consts::PI;
-        let c = (PI * e as f64 / self.t_max as f64).cos();
-        for (o, &b) in lr.iter_mut().zip(base) {
-            *o = self.eta_min + (b - self.eta_min) * (1.0 + c) / 2.0;
-        }
+        cosine(
+            lr,
+            base,
+            self.eta_min,
+            (PI * e as f64 / self.t_max as f64).cos(),
+        );
         Some(Ok(()))
     }
 }
@@ -1174,10 +1179,12 @@ impl Formula for WarmRestartsF {
         _: &mut [f64],
     ) -> Result<()> {
         use std::f64::consts::PI;
-        let c = (PI * aux.t_cur as f64 / aux.t_i as f64).cos();
-        for (o, &b) in lr.iter_mut().zip(base) {
-            *o = self.eta_min + (b - self.eta_min) * (1.0 + c) / 2.0;
-        }
+        cosine(
+            lr,
+            base,
+            self.eta_min,
+            (PI * aux.t_cur as f64 / aux.t_i as f64).cos(),
+        );
         Ok(())
     }
 }
@@ -1794,13 +1801,46 @@ fn load_children(
     let before: Vec<ScheduleState> = schedules.iter().map(|s| s.state()).collect();
     for (i, (s, st)) in schedules.iter_mut().zip(&state.children).enumerate() {
         if let Err(e) = s.load_state(st) {
-            for (s, b) in schedules.iter_mut().zip(&before).take(i) {
-                let _ = s.load_state(b);
-            }
+            put_back(schedules, &before, i);
             return Err(e);
         }
     }
     Ok(())
+}
+
+/// Puts the first `n` of a wrapper's schedules back into the states `before` (taken from
+/// them, so loading them succeeds).
+fn put_back(schedules: &mut [Box<dyn LrSchedule>], before: &[ScheduleState], n: usize) {
+    for (s, b) in schedules.iter_mut().zip(before).take(n) {
+        let _ = s.load_state(b);
+    }
+}
+
+/// A wrapper's state: its position and each child's state.
+fn wrapper_state(
+    last_epoch: i64,
+    last_lr: &[f64],
+    schedules: &[Box<dyn LrSchedule>],
+) -> ScheduleState {
+    ScheduleState {
+        last_epoch,
+        last_lr: last_lr.to_vec(),
+        children: schedules.iter().map(|s| s.state()).collect(),
+        ..ScheduleState::default()
+    }
+}
+
+/// A wrapper's `undo`: every child one epoch back.
+fn undo_children(schedules: &mut [Box<dyn LrSchedule>]) {
+    for s in schedules {
+        s.undo();
+    }
+}
+
+/// A wrapper's `restart`: PyTorch cannot restart a SequentialLR or ChainedScheduler at a
+/// milestone.
+fn cannot_restart(schedule: &'static str) -> Error {
+    invalid(schedule, "cannot be restarted at a milestone".into())
 }
 
 /// `torch.optim.lr_scheduler.SequentialLR`: one schedule after another, switching at the
@@ -1870,9 +1910,7 @@ impl SequentialLR {
         for (g, &b) in base.iter().enumerate() {
             opt.set_group_lr(g, b)?;
         }
-        for s in &mut schedules {
-            s.undo();
-        }
+        undo_children(&mut schedules);
         if let Err(e) = schedules[0].initial_step(opt) {
             // Put everything back as it was.
             for s in &mut schedules {
@@ -1936,12 +1974,7 @@ impl LrSchedule for SequentialLR {
         self.last_lr.len()
     }
     fn state(&self) -> ScheduleState {
-        ScheduleState {
-            last_epoch: self.last_epoch,
-            last_lr: self.last_lr.clone(),
-            children: self.schedules.iter().map(|s| s.state()).collect(),
-            ..ScheduleState::default()
-        }
+        wrapper_state(self.last_epoch, &self.last_lr, &self.schedules)
     }
     fn load_state(&mut self, state: &ScheduleState) -> Result<()> {
         if state.last_lr.len() != self.last_lr.len() || state.last_epoch < 0 {
@@ -1961,15 +1994,10 @@ impl LrSchedule for SequentialLR {
         Ok(())
     }
     fn restart(&mut self, _opt: &mut dyn Scheduled) -> Result<()> {
-        Err(invalid(
-            "SequentialLR",
-            "cannot be restarted at a milestone".into(),
-        ))
+        Err(cannot_restart("SequentialLR"))
     }
     fn undo(&mut self) {
-        for s in &mut self.schedules {
-            s.undo();
-        }
+        undo_children(&mut self.schedules);
     }
     fn is_wrapper(&self) -> bool {
         true
@@ -2028,9 +2056,7 @@ impl LrSchedule for ChainedScheduler {
             .collect::<Result<_>>()?;
         for i in 0..self.schedules.len() {
             if let Err(e) = self.schedules[i].step(opt) {
-                for (s, b) in self.schedules.iter_mut().zip(&before).take(i) {
-                    let _ = s.load_state(b);
-                }
+                put_back(&mut self.schedules, &before, i);
                 for (g, &(l, m)) in saved.iter().enumerate() {
                     let _ = opt.set_group_lr(g, l);
                     if let Some(m) = m {
@@ -2057,12 +2083,7 @@ impl LrSchedule for ChainedScheduler {
         self.last_lr.len()
     }
     fn state(&self) -> ScheduleState {
-        ScheduleState {
-            last_epoch: self.last_epoch,
-            last_lr: self.last_lr.clone(),
-            children: self.schedules.iter().map(|s| s.state()).collect(),
-            ..ScheduleState::default()
-        }
+        wrapper_state(self.last_epoch, &self.last_lr, &self.schedules)
     }
     fn load_state(&mut self, state: &ScheduleState) -> Result<()> {
         if state.last_lr.len() != self.last_lr.len() {
@@ -2081,15 +2102,10 @@ impl LrSchedule for ChainedScheduler {
         Ok(())
     }
     fn restart(&mut self, _opt: &mut dyn Scheduled) -> Result<()> {
-        Err(invalid(
-            "ChainedScheduler",
-            "cannot be restarted at a milestone".into(),
-        ))
+        Err(cannot_restart("ChainedScheduler"))
     }
     fn undo(&mut self) {
-        for s in &mut self.schedules {
-            s.undo();
-        }
+        undo_children(&mut self.schedules);
     }
     fn is_wrapper(&self) -> bool {
         true

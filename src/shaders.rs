@@ -26,7 +26,9 @@ pub const FLAG_GRAD_SCALE: u32 = 2;
 pub const RED_SIZE: u32 = 32;
 
 /// The composed source of a kernel file: `common.wgsl`, then (with `reduce`) `reduce.wgsl`,
-/// then `shaders/<file>`.
+/// then (with `+`) one shared family file, then `shaders/<file>`: `kernel_source!(reduce
+/// "hd.wgsl" + "sgd_hd.wgsl")`. WGSL module-scope declarations may come in any order, so the
+/// shared file may use the bindings the family file declares after it.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! kernel_source {
@@ -40,6 +42,14 @@ macro_rules! kernel_source {
         concat!(
             include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
             include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl")),
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+        )
+    };
+    (reduce $shared:literal + $file:literal) => {
+        concat!(
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl")),
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $shared)),
             include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
         )
     };

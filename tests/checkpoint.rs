@@ -289,74 +289,73 @@ fn cpu_steps(
     }
 }
 
+/// A default Adam on `specs` from [`init_params`], after `steps` of [`cpu_steps`].
+fn stepped_adam(specs: &[TensorSpec], steps: usize) -> (CpuOptimizer, Vec<Vec<f32>>) {
+    let mut params = init_params(specs);
+    let mut opt = CpuOptimizer::new(AdamConfig::default(), specs).unwrap();
+    cpu_steps(&mut opt, &mut params, specs, 0..steps);
+    (opt, params)
+}
+
 fn temp_path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wgpu-optim-ck-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
 
-/// Every state, step count and host scalar of a GPU optimizer, as bits.
-fn gpu_fingerprint(
-    opt: &Optimizer,
-    arena: &ParamArena,
+/// Every param, step count and state of an optimizer, as bits: `params(i)` reads tensor `i`'s
+/// params; the other three are the engine's `step_count`, `tensor_state_names`, `read_state`.
+fn fingerprint(
     specs: &[TensorSpec],
+    params: impl Fn(usize) -> Vec<f32>,
+    step_count: impl Fn(&str) -> wgpu_optim::Result<u64>,
+    state_names: impl Fn(&str) -> wgpu_optim::Result<Vec<&'static str>>,
+    read_state: impl Fn(&str, &str) -> wgpu_optim::Result<Vec<f32>>,
 ) -> Vec<(String, Vec<u32>)> {
+    let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect();
     let mut out = Vec::new();
-    for s in specs {
+    for (i, s) in specs.iter().enumerate() {
+        let name = s.name.as_str();
+        out.push((format!("{name} params"), bits(params(i))));
         out.push((
-            format!("{} params", s.name.as_str()),
-            arena
-                .read_params(s.name.as_str())
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect(),
+            format!("{name} step"),
+            vec![step_count(name).unwrap() as u32],
         ));
-        out.push((
-            format!("{} step", s.name.as_str()),
-            vec![opt.step_count(s.name.as_str()).unwrap() as u32],
-        ));
-        for k in opt.tensor_state_names(s.name.as_str()).unwrap() {
-            out.push((
-                format!("{} {k}", s.name.as_str()),
-                opt.read_state(k, s.name.as_str())
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.to_bits())
-                    .collect(),
-            ));
+        for k in state_names(name).unwrap() {
+            out.push((format!("{name} {k}"), bits(read_state(k, name).unwrap())));
         }
     }
     out
 }
 
+/// [`fingerprint`] of a GPU optimizer.
+fn gpu_fingerprint(
+    opt: &Optimizer,
+    arena: &ParamArena,
+    specs: &[TensorSpec],
+) -> Vec<(String, Vec<u32>)> {
+    fingerprint(
+        specs,
+        |i| arena.read_params(specs[i].name.as_str()).unwrap(),
+        |t| opt.step_count(t),
+        |t| opt.tensor_state_names(t),
+        |k, t| opt.read_state(k, t),
+    )
+}
+
+/// [`fingerprint`] of a CPU optimizer over `params`.
 fn cpu_fingerprint(
     opt: &CpuOptimizer,
     params: &[Vec<f32>],
     specs: &[TensorSpec],
 ) -> Vec<(String, Vec<u32>)> {
-    let mut out = Vec::new();
-    for (s, p) in specs.iter().zip(params) {
-        out.push((
-            format!("{} params", s.name.as_str()),
-            p.iter().map(|x| x.to_bits()).collect(),
-        ));
-        out.push((
-            format!("{} step", s.name.as_str()),
-            vec![opt.step_count(s.name.as_str()).unwrap() as u32],
-        ));
-        for k in opt.tensor_state_names(s.name.as_str()).unwrap() {
-            out.push((
-                format!("{} {k}", s.name.as_str()),
-                opt.read_state(k, s.name.as_str())
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.to_bits())
-                    .collect(),
-            ));
-        }
-    }
-    out
+    fingerprint(
+        specs,
+        |i| params[i].clone(),
+        |t| opt.step_count(t),
+        |t| opt.tensor_state_names(t),
+        |k, t| opt.read_state(k, t),
+    )
 }
 
 fn two_segment_groups() -> ParamGroups {
@@ -515,9 +514,7 @@ fn gpu_checkpoints_load_on_the_cpu() {
 #[test]
 fn without_params_the_arena_is_left_alone() {
     let specs = resume_specs();
-    let mut params = init_params(&specs);
-    let mut opt = CpuOptimizer::new(AdamConfig::default(), &specs).unwrap();
-    cpu_steps(&mut opt, &mut params, &specs, 0..2);
+    let (opt, _) = stepped_adam(&specs, 2);
     let ck = opt.save_checkpoint::<Vec<f32>>(None).unwrap();
     assert!(!ck.contains("a"));
     // Loading it with params asked for is refused (nothing to write), without is fine.
@@ -559,9 +556,7 @@ fn step_counts_past_f32_precision_stay_exact() {
 /// A valid checkpoint of an Adam optimizer over `resume_specs` after 2 steps, with params.
 fn valid() -> (Checkpoint, Vec<u8>) {
     let specs = resume_specs();
-    let mut params = init_params(&specs);
-    let mut opt = CpuOptimizer::new(AdamConfig::default(), &specs).unwrap();
-    cpu_steps(&mut opt, &mut params, &specs, 0..2);
+    let (opt, params) = stepped_adam(&specs, 2);
     let ck = opt.save_checkpoint(Some(&params)).unwrap();
     let bytes = ck.to_bytes().unwrap();
     (ck, bytes)
@@ -867,9 +862,7 @@ fn every_corrupt_file_gives_its_error_and_changes_nothing() {
     let specs = resume_specs();
     for (what, bytes, want, word) in corrupt_table() {
         // A live optimizer that has stepped, so a partial load would show.
-        let mut params = init_params(&specs);
-        let mut opt = CpuOptimizer::new(AdamConfig::default(), &specs).unwrap();
-        cpu_steps(&mut opt, &mut params, &specs, 0..3);
+        let (mut opt, params) = stepped_adam(&specs, 3);
         let before = cpu_fingerprint(&opt, &params, &specs);
         let lr_before = opt.group_lr(0).unwrap();
         let path = temp_path("corrupt.safetensors");
@@ -943,9 +936,7 @@ fn a_rejected_gpu_load_changes_nothing() {
 #[test]
 fn an_interrupted_write_leaves_the_old_checkpoint() {
     let specs = resume_specs();
-    let mut params = init_params(&specs);
-    let mut opt = CpuOptimizer::new(AdamConfig::default(), &specs).unwrap();
-    cpu_steps(&mut opt, &mut params, &specs, 0..2);
+    let (mut opt, mut params) = stepped_adam(&specs, 2);
     let path = temp_path("interrupted.safetensors");
     opt.save_checkpoint(Some(&params))
         .unwrap()

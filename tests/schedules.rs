@@ -123,6 +123,16 @@ impl<'a> Kw<'a> {
         self.get(k)
             .map_or(default, |v| v.as_str().expect("a string"))
     }
+    /// A required list of epochs (`milestones`).
+    fn epochs(&mut self, k: &'static str) -> Vec<u64> {
+        self.get(k)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    }
     fn per_group(&mut self, k: &'static str, default: f64) -> PerGroup {
         match self.get(k) {
             None => PerGroup::All(default),
@@ -153,14 +163,7 @@ fn build(
     let s: Box<dyn LrSchedule> = match name {
         "StepLR" => Box::new(StepLR::new(opt, kw.u("step_size", 0), kw.f("gamma", 0.1))?),
         "MultiStepLR" => {
-            let m: Vec<u64> = kw
-                .get("milestones")
-                .unwrap()
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap())
-                .collect();
+            let m = kw.epochs("milestones");
             Box::new(MultiStepLR::new(opt, &m, kw.f("gamma", 0.1))?)
         }
         "ExponentialLR" => Box::new(ExponentialLR::new(opt, kw.f("gamma", f64::NAN))?),
@@ -247,14 +250,7 @@ fn build(
                 children.push(build(opt, &s.scheduler, &s.kwargs, &[])?);
             }
             if name == "SequentialLR" {
-                let m: Vec<u64> = kw
-                    .get("milestones")
-                    .unwrap()
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap())
-                    .collect();
+                let m = kw.epochs("milestones");
                 Box::new(SequentialLR::new(opt, children, &m)?)
             } else {
                 Box::new(ChainedScheduler::new(opt, children)?)
@@ -560,162 +556,138 @@ fn invalid_parameters_are_typed_errors() {
         step_size_up: 4,
         ..Default::default()
     };
-    rejects("CyclicLR", "base_lr", |o| {
-        CyclicLR::new(
-            o,
+    for (what, c) in [
+        (
+            "base_lr",
             CyclicConfig {
                 base_lr: vec![0.01, 0.02, 0.03].into(),
                 ..cyc()
             },
-        )
-    });
-    rejects("CyclicLR", "max_lr", |o| {
-        CyclicLR::new(
-            o,
+        ),
+        (
+            "max_lr",
             CyclicConfig {
                 max_lr: vec![0.1].into(),
                 ..cyc()
             },
-        )
-    });
-    rejects("CyclicLR", "max_momentum", |o| {
-        CyclicLR::new(
-            o,
+        ),
+        (
+            "max_momentum",
             CyclicConfig {
                 max_momentum: vec![0.9; 3].into(),
                 ..cyc()
             },
-        )
-    });
-    rejects("CyclicLR", "step_size_up", |o| {
-        CyclicLR::new(
-            o,
+        ),
+        (
+            "step_size_up",
             CyclicConfig {
                 step_size_up: 0,
                 ..cyc()
             },
-        )
-    });
-    rejects("CyclicLR", "gamma", |o| {
-        CyclicLR::new(
-            o,
+        ),
+        (
+            "gamma",
             CyclicConfig {
                 mode: CyclicMode::ExpRange { gamma: f64::NAN },
                 ..cyc()
             },
-        )
-    });
+        ),
+    ] {
+        rejects("CyclicLR", what, |o| CyclicLR::new(o, c));
+    }
 
     let one = || OneCycleConfig {
         max_lr: 0.1.into(),
         total_steps: Some(20),
         ..Default::default()
     };
-    rejects("OneCycleLR", "total_steps", |o| {
-        OneCycleLR::new(
-            o,
+    for (what, c) in [
+        (
+            "total_steps",
             OneCycleConfig {
                 total_steps: Some(0),
                 ..one()
             },
-        )
-    });
-    rejects("OneCycleLR", "either total_steps", |o| {
-        OneCycleLR::new(
-            o,
+        ),
+        (
+            "either total_steps",
             OneCycleConfig {
                 total_steps: None,
                 epochs: Some(3),
                 ..one()
             },
-        )
-    });
-    rejects("OneCycleLR", "epochs", |o| {
-        OneCycleLR::new(
-            o,
+        ),
+        (
+            "epochs",
             OneCycleConfig {
                 total_steps: None,
                 epochs: Some(0),
                 steps_per_epoch: Some(3),
                 ..one()
             },
-        )
-    });
-    rejects("OneCycleLR", "steps_per_epoch", |o| {
-        OneCycleLR::new(
-            o,
+        ),
+        (
+            "steps_per_epoch",
             OneCycleConfig {
                 total_steps: None,
                 epochs: Some(2),
                 steps_per_epoch: Some(0),
                 ..one()
             },
-        )
-    });
-    rejects("OneCycleLR", "pct_start", |o| {
-        OneCycleLR::new(
-            o,
+        ),
+        (
+            "pct_start",
             OneCycleConfig {
                 pct_start: 1.1,
                 ..one()
             },
-        )
-    });
-    rejects("OneCycleLR", "pct_start", |o| {
-        OneCycleLR::new(
-            o,
+        ),
+        (
+            "pct_start",
             OneCycleConfig {
                 pct_start: -0.1,
                 ..one()
             },
-        )
-    });
-    rejects("OneCycleLR", "max_lr", |o| {
-        OneCycleLR::new(
-            o,
+        ),
+        (
+            "max_lr",
             OneCycleConfig {
                 max_lr: vec![0.1; 3].into(),
                 ..one()
             },
-        )
-    });
-    rejects("OneCycleLR", "base_momentum", |o| {
-        OneCycleLR::new(
-            o,
+        ),
+        (
+            "base_momentum",
             OneCycleConfig {
                 base_momentum: vec![0.8].into(),
                 ..one()
             },
-        )
-    });
-    rejects("OneCycleLR", "div_factor", |o| {
-        OneCycleLR::new(
-            o,
+        ),
+        (
+            "div_factor",
             OneCycleConfig {
                 div_factor: 0.0,
                 ..one()
             },
-        )
-    });
-    rejects("OneCycleLR", "final_div_factor", |o| {
-        OneCycleLR::new(
-            o,
+        ),
+        (
+            "final_div_factor",
             OneCycleConfig {
                 final_div_factor: 0.0,
                 ..one()
             },
-        )
-    });
-    // pct_start · total_steps = 1: the first phase has no steps (PyTorch divides by zero).
-    rejects("OneCycleLR", "phase 0", |o| {
-        OneCycleLR::new(
-            o,
+        ),
+        // pct_start · total_steps = 1: the first phase has no steps (PyTorch divides by zero).
+        (
+            "phase 0",
             OneCycleConfig {
                 pct_start: 0.05,
                 ..one()
             },
-        )
-    });
+        ),
+    ] {
+        rejects("OneCycleLR", what, |o| OneCycleLR::new(o, c));
+    }
 
     rejects("ReduceLROnPlateau", "factor", |o| {
         ReduceLROnPlateau::new(

@@ -36,6 +36,57 @@ fn every_kernel_validates_and_has_its_entry_point() {
 }
 
 #[test]
+fn hypergradient_kernels_compose_the_shared_hd_file() {
+    // SGD-HD and Adam-HD share their dot and lr passes through hd.wgsl, placed between
+    // reduce.wgsl and the family file; hd.wgsl uses bindings the family file declares after it,
+    // so each composition must validate on its own.
+    use wgpu_optim::optim::{adam_hd, sgd_hd};
+    let common = shaders::COMMON;
+    let reduce = include_str!("../shaders/reduce.wgsl");
+    let shared = include_str!("../shaders/hd.wgsl");
+    let families = [
+        (
+            [sgd_hd::SGD_HD_DOT, sgd_hd::SGD_HD_LR, sgd_hd::SGD_HD_STEP],
+            include_str!("../shaders/sgd_hd.wgsl"),
+        ),
+        (
+            [
+                adam_hd::ADAM_HD_DOT,
+                adam_hd::ADAM_HD_LR,
+                adam_hd::ADAM_HD_STEP,
+            ],
+            include_str!("../shaders/adam_hd.wgsl"),
+        ),
+    ];
+    for (kernels, family) in families {
+        let composed = format!("{common}{reduce}{shared}{family}");
+        // The family file alone does not define the shared passes.
+        assert!(!family.contains("fn hd_dot(") && !family.contains("fn hd_lr("));
+        let module = naga::front::wgsl::parse_str(&composed).unwrap();
+        for name in ["hd_dot", "hd_lr", "with_decay"] {
+            assert!(
+                module
+                    .functions
+                    .iter()
+                    .any(|(_, f)| f.name.as_deref() == Some(name)),
+                "{name} missing"
+            );
+        }
+        for k in kernels {
+            assert_eq!(
+                k.source, composed,
+                "{k:?} is not common + reduce + hd + family"
+            );
+            validate(k.source).unwrap_or_else(|e| panic!("{k:?}: {e}"));
+            assert!(module
+                .entry_points
+                .iter()
+                .any(|e| e.name == k.entry_point()));
+        }
+    }
+}
+
+#[test]
 fn invalid_wgsl_is_caught_by_the_validator() {
     // Guards against a validator that accepts anything: a type error must be reported.
     let bad = format!(

@@ -15,22 +15,19 @@
 //! inside its loop over params, so that its result depends on param order (SPEC-2 §2.14); the
 //! direction and its ε form are the reference code's. Scopes, frozen tensors, resets by
 //! `set_group_lr` and the three-pass structure are as for SGD-HD ([`super::sgd_hd`]).
-//! Kernel: `shaders/adam_hd.wgsl`.
+//! Kernel: `shaders/adam_hd.wgsl` (with the shared `shaders/hd.wgsl`).
 
 use bytemuck::{Pod, Zeroable};
 
-use super::sgd_hd::{
-    check_hypergrad_lr, chunk_dots, fold_group, hd_flags, learn, with_decay, HdScope, HD_GLOBAL,
-    HD_RESET,
-};
+use super::hd::{self, check_decay_and_hypergrad_lr, hd_flags, with_decay, HdHyper, HdScope};
 use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::KernelDef;
 
-const ADAM_HD_WGSL: &str = crate::kernel_source!(reduce "adam_hd.wgsl");
-/// `adam_hd_dot` in adam_hd.wgsl (per chunk): partial sums of `<g, d_prev>`.
+const ADAM_HD_WGSL: &str = crate::kernel_source!(reduce "hd.wgsl" + "adam_hd.wgsl");
+/// `adam_hd_dot` in adam_hd.wgsl (per chunk; hd.wgsl's `hd_dot`): partial sums of `<g, d_prev>`.
 pub const ADAM_HD_DOT: KernelDef = KernelDef::reducing("adam_hd_dot", ADAM_HD_WGSL, 3);
-/// `adam_hd_lr` in adam_hd.wgsl (per parameter group): folds the dots, updates the learned lr.
+/// `adam_hd_lr` in adam_hd.wgsl (per parameter group; hd.wgsl's `hd_lr`): folds the dots, updates the learned lr.
 pub const ADAM_HD_LR: KernelDef = KernelDef::reducing("adam_hd_lr", ADAM_HD_WGSL, 3);
 /// `adam_hd_step` in adam_hd.wgsl (per chunk): the Adam step with the learned lr.
 pub const ADAM_HD_STEP: KernelDef = KernelDef::reducing("adam_hd_step", ADAM_HD_WGSL, 3);
@@ -109,6 +106,12 @@ pub struct AdamHdTensor {
     pub pad: u32,
 }
 
+impl HdHyper for AdamHdHyper {
+    fn lr_terms(&self) -> (u32, f32, f32) {
+        (self.flags, self.lr, self.hypergrad_lr)
+    }
+}
+
 impl Rule for AdamHdConfig {
     type Hyper = AdamHdHyper;
     type TensorStep = AdamHdTensor;
@@ -123,8 +126,7 @@ impl Rule for AdamHdConfig {
         check_non_negative("eps", self.eps)?;
         check_unit_interval("beta1", self.beta1)?;
         check_unit_interval("beta2", self.beta2)?;
-        check_non_negative("weight_decay", self.weight_decay)?;
-        check_hypergrad_lr(self.hypergrad_lr)
+        check_decay_and_hypergrad_lr(self.weight_decay, self.hypergrad_lr)
     }
 
     fn states(&self) -> Vec<StateSpec> {
@@ -186,12 +188,7 @@ impl Rule for AdamHdConfig {
         state: &[&mut [f32]],
         out: &mut Vec<f32>,
     ) {
-        let d = &state[2];
-        chunk_dots(
-            p.len(),
-            |i| with_decay(g[i], p[i], h.weight_decay) * d[i],
-            out,
-        );
+        hd::chunk_partials(h.weight_decay, p, g, state[2], out)
     }
 
     fn group_update(
@@ -201,14 +198,7 @@ impl Rule for AdamHdConfig {
         chunk_groups: &[u32],
         learned: f32,
     ) -> f32 {
-        let hp = &hypers[group];
-        let h = fold_group(
-            partials,
-            chunk_groups,
-            group as u32,
-            hp.flags & HD_GLOBAL != 0,
-        );
-        learn(learned, hp.flags & HD_RESET != 0, hp.lr, hp.hypergrad_lr, h)
+        hd::group_update(hypers, group, partials, chunk_groups, learned)
     }
 
     fn update(

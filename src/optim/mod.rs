@@ -42,6 +42,7 @@ pub mod sgd_hd;
 
 pub(crate) mod book;
 mod gpu;
+pub(crate) mod hd;
 
 use std::fmt::Debug;
 use std::sync::Arc;

@@ -13,7 +13,8 @@
 //! ```
 //! The learned lr is not clamped and may go negative, as in the reference code.
 //!
-//! Three dispatches per step (`shaders/sgd_hd.wgsl`), with no host round trip: per-chunk
+//! Three dispatches per step (`shaders/sgd_hd.wgsl`, the dot and lr passes shared with Adam-HD
+//! in `shaders/hd.wgsl` and `src/optim/hd.rs`), with no host round trip: per-chunk
 //! partial dots of g and d_prev (deterministic workgroup trees, reduce.wgsl), one workgroup
 //! per parameter group folding those partials in a fixed order and updating the learned lr in
 //! the segment's `partials` buffer, and the update, which reads it. Sums have a fixed shape
@@ -35,15 +36,17 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::hd::{self, check_decay_and_hypergrad_lr, hd_flags, with_decay, HdHyper};
+pub use super::hd::{HdScope, HD_GLOBAL, HD_RESET};
 use super::sgd::{check_nesterov, sgd_momentum};
 use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Result};
-use crate::shaders::{KernelDef, CHUNK, RED_SIZE, VEC_PER_LANE, WG_SIZE};
+use crate::shaders::KernelDef;
 
-const SGD_HD_WGSL: &str = crate::kernel_source!(reduce "sgd_hd.wgsl");
-/// `sgd_hd_dot` in sgd_hd.wgsl (per chunk): partial sums of `<g, d_prev>`.
+const SGD_HD_WGSL: &str = crate::kernel_source!(reduce "hd.wgsl" + "sgd_hd.wgsl");
+/// `sgd_hd_dot` in sgd_hd.wgsl (per chunk; hd.wgsl's `hd_dot`): partial sums of `<g, d_prev>`.
 pub const SGD_HD_DOT: KernelDef = KernelDef::reducing("sgd_hd_dot", SGD_HD_WGSL, 2);
-/// `sgd_hd_lr` in sgd_hd.wgsl (per parameter group): folds the dots, updates the learned lr.
+/// `sgd_hd_lr` in sgd_hd.wgsl (per parameter group; hd.wgsl's `hd_lr`): folds the dots, updates the learned lr.
 pub const SGD_HD_LR: KernelDef = KernelDef::reducing("sgd_hd_lr", SGD_HD_WGSL, 2);
 /// `sgd_hd_step` in sgd_hd.wgsl (per chunk): the SGD step with the learned lr.
 pub const SGD_HD_STEP: KernelDef = KernelDef::reducing("sgd_hd_step", SGD_HD_WGSL, 2);
@@ -52,23 +55,6 @@ pub const SGD_HD_STEP: KernelDef = KernelDef::reducing("sgd_hd_step", SGD_HD_WGS
 pub const HD_MOMENTUM: u32 = 256;
 /// WGSL `HD_NESTEROV`.
 pub const HD_NESTEROV: u32 = 512;
-/// WGSL `HD_GLOBAL`: the dot runs over every tensor of the segment.
-pub const HD_GLOBAL: u32 = 1024;
-/// WGSL `HD_RESET`: this step restarts the learned lr from the configured lr.
-pub const HD_RESET: u32 = 2048;
-
-/// Over which tensors the hypergradient dot of a group runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HdScope {
-    /// Every tensor of the optimizer's segment of this family (the paper's and the reference
-    /// code's global dot, for a one-group optimizer). Default.
-    #[default]
-    Global,
-    /// The group's own tensors: each group's lr descends on its own hypergradient.
-    Group,
-}
-
 /// SGD-HD hyperparameters; `Default` is the reference code's `SGDHD` (one global lr).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -137,102 +123,10 @@ pub struct SgdHdTensor {
     pub pad: u32,
 }
 
-/// The hypergradient flags of a group: scope and reset.
-pub(crate) fn hd_flags(scope: HdScope, ctx: HyperCtx) -> u32 {
-    let mut flags = ctx.extra_flags;
-    if scope == HdScope::Global {
-        flags |= HD_GLOBAL;
+impl HdHyper for SgdHdHyper {
+    fn lr_terms(&self) -> (u32, f32, f32) {
+        (self.flags, self.lr, self.hypergrad_lr)
     }
-    if ctx.lr_set {
-        flags |= HD_RESET;
-    }
-    flags
-}
-
-/// Checks the hypergradient learning rate.
-pub(crate) fn check_hypergrad_lr(beta: f64) -> Result<()> {
-    check_non_negative("hypergrad_lr", beta)
-}
-
-/// `g + wd * p` when weight decay is on (the kernels' `with_decay`).
-#[inline]
-pub(crate) fn with_decay(g: f32, p: f32, wd: f32) -> f32 {
-    if wd != 0.0 {
-        g + wd * p
-    } else {
-        g
-    }
-}
-
-/// reduce.wgsl's `workgroup_reduce` on the x component of `lanes` (a power of two, 16..=256
-/// of them): sums of 16 consecutive lanes each, then the sums in order.
-fn workgroup_sum(lanes: &[f32]) -> f32 {
-    let mut total = 0.0f32;
-    for (j, group) in lanes.chunks(16).enumerate() {
-        let mut acc = group[0];
-        for &x in &group[1..] {
-            acc += x;
-        }
-        total = if j == 0 { acc } else { total + acc };
-    }
-    total
-}
-
-/// CPU twin of the kernels' per-chunk dot (`hd_dot` passes): for each chunk of `CHUNK`
-/// elements of a tensor of `len` elements, invocation `lid` sums the lane dots
-/// `((x0 + x1) + x2) + x3` (x = `prod(i)`, 0 past the end) of its vec4s `k * WG_SIZE + lid`,
-/// then the workgroup is reduced (`store_chunk_partial`). Appends one value per chunk.
-pub(crate) fn chunk_dots(len: usize, prod: impl Fn(usize) -> f32, out: &mut Vec<f32>) {
-    let mut lanes = vec![0f32; WG_SIZE as usize];
-    let mut start = 0usize;
-    while start < len {
-        let clen = (len - start).min(CHUNK as usize);
-        for (lid, lane) in lanes.iter_mut().enumerate() {
-            let mut acc = 0.0f32;
-            for k in 0..VEC_PER_LANE as usize {
-                let v = k * WG_SIZE as usize + lid;
-                if v * 4 >= clen {
-                    break;
-                }
-                let x = |j: usize| {
-                    let e = v * 4 + j;
-                    if e < clen {
-                        prod(start + e)
-                    } else {
-                        0.0
-                    }
-                };
-                acc += ((x(0) + x(1)) + x(2)) + x(3);
-            }
-            *lane = acc;
-        }
-        out.push(workgroup_sum(&lanes));
-        start += clen;
-    }
-}
-
-/// CPU twin of reduce.wgsl's `fold_group_chunks`: invocation `l` of a RED_SIZE workgroup sums
-/// the partials `l, l + RED_SIZE, ...` of group `group`'s chunks (every chunk's with `all`), in
-/// order; then the workgroup reduction.
-pub(crate) fn fold_group(partials: &[f32], chunk_groups: &[u32], group: u32, all: bool) -> f32 {
-    let mut lanes = [0f32; RED_SIZE as usize];
-    for (l, lane) in lanes.iter_mut().enumerate() {
-        let mut acc = 0.0f32;
-        for c in (l..partials.len()).step_by(RED_SIZE as usize) {
-            if all || chunk_groups[c] == group {
-                acc += partials[c];
-            }
-        }
-        *lane = acc;
-    }
-    workgroup_sum(&lanes)
-}
-
-/// The kernels' lr update: `alpha + beta * h`, from the configured lr after a reset.
-#[inline]
-pub(crate) fn learn(previous: f32, reset: bool, lr: f32, beta: f32, h: f32) -> f32 {
-    let alpha = if reset { lr } else { previous };
-    alpha + beta * h
 }
 
 impl Rule for SgdHdConfig {
@@ -252,8 +146,7 @@ impl Rule for SgdHdConfig {
         check_non_negative("lr", self.lr)?;
         check_non_negative("momentum", self.momentum)?;
         check_finite("dampening", self.dampening)?;
-        check_non_negative("weight_decay", self.weight_decay)?;
-        check_hypergrad_lr(self.hypergrad_lr)?;
+        check_decay_and_hypergrad_lr(self.weight_decay, self.hypergrad_lr)?;
         check_nesterov(self.nesterov, self.momentum, self.dampening)
     }
 
@@ -322,12 +215,7 @@ impl Rule for SgdHdConfig {
         state: &[&mut [f32]],
         out: &mut Vec<f32>,
     ) {
-        let d = &state[1];
-        chunk_dots(
-            p.len(),
-            |i| with_decay(g[i], p[i], h.weight_decay) * d[i],
-            out,
-        );
+        hd::chunk_partials(h.weight_decay, p, g, state[1], out)
     }
 
     fn group_update(
@@ -337,14 +225,7 @@ impl Rule for SgdHdConfig {
         chunk_groups: &[u32],
         learned: f32,
     ) -> f32 {
-        let hp = &hypers[group];
-        let h = fold_group(
-            partials,
-            chunk_groups,
-            group as u32,
-            hp.flags & HD_GLOBAL != 0,
-        );
-        learn(learned, hp.flags & HD_RESET != 0, hp.lr, hp.hypergrad_lr, h)
+        hd::group_update(hypers, group, partials, chunk_groups, learned)
     }
 
     fn update(
