@@ -10,8 +10,8 @@ use wgpu_optim::bench::{
     COPY_BYTES_PER_ELEMENT,
 };
 use wgpu_optim::{
-    CpuOptimizer, GpuContext, Lookahead, LookaheadConfig, Optimizer, OptimizerConfig, ParamArena,
-    TensorSpec,
+    AmpConfig, CpuOptimizer, GpuContext, Lookahead, LookaheadConfig, Optimizer, OptimizerConfig,
+    ParamArena, TensorSpec,
 };
 
 use crate::tables::{f2, f3, fmt_elems, opt_f, table};
@@ -35,6 +35,8 @@ pub(crate) struct BenchPlan {
     baseline: Vec<(String, u64)>,
     cpu: bool,
     lookahead: bool,
+    /// Also time every case with the AMP guard attached (`--amp`).
+    amp: bool,
 }
 
 impl BenchPlan {
@@ -137,6 +139,7 @@ impl BenchPlan {
             baseline,
             cpu: !opts.no_cpu,
             lookahead: opts.lookahead,
+            amp: opts.amp,
         })
     }
 }
@@ -177,6 +180,16 @@ struct CpuRow {
     gb_per_s: f64,
 }
 
+/// The same case with the AMP guard attached (`--amp`: GradScaler's dynamic scale and the
+/// non-finite skip).
+#[derive(Serialize, Debug, Clone)]
+struct AmpRow {
+    /// Per-step time with the guard.
+    ms: Summary,
+    /// Median with the guard / the plain step's median (same run).
+    cost_vs_plain: f64,
+}
+
 /// The same case under Lookahead (`--lookahead`).
 #[derive(Serialize, Debug, Clone)]
 struct LookaheadRow {
@@ -209,6 +222,7 @@ pub(crate) struct CaseRow {
     per_tensor_baseline: Option<BaselineRow>,
     cpu_reference: Option<CpuRow>,
     lookahead: Option<LookaheadRow>,
+    amp: Option<AmpRow>,
 }
 
 #[derive(Serialize, Debug)]
@@ -403,6 +417,28 @@ pub(crate) fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<B
                 let bpe = cfg.bytes_per_element();
                 let gbs = gb_per_s((n * bpe) as f64, s.median * 1e-3);
                 let dispatches = opt.dispatches_per_step();
+                // The AMP guard on the same optimizer and arena (grads stay finite, so every
+                // step applies), then detached again.
+                let amp = if plan.amp {
+                    opt.set_amp(&arena, Some(AmpConfig::grad_scaler()))?;
+                    let (ams, _, _) = measure(
+                        ctx,
+                        &timer,
+                        plan.warmup,
+                        plan.iters,
+                        plan.batch_target_s,
+                        3,
+                        |e| opt.encode_step(e, &arena),
+                    )?;
+                    opt.set_amp(&arena, None)?;
+                    let a = summary(&ams)?;
+                    Some(AmpRow {
+                        cost_vs_plain: a.median / s.median,
+                        ms: a,
+                    })
+                } else {
+                    None
+                };
                 // Lookahead around the same optimizer, every step a sync, on the same arena.
                 let lookahead = if plan.lookahead {
                     let cfg = LookaheadConfig::default().with_k(1);
@@ -506,6 +542,7 @@ pub(crate) fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<B
                     per_tensor_baseline: baseline,
                     cpu_reference: cpu_row,
                     lookahead,
+                    amp,
                 });
             }
         }
@@ -721,6 +758,43 @@ pub(crate) fn print_bench(r: &BenchReport) {
             &rows
         )
     );
+    if r.cases.iter().any(|c| c.amp.is_some()) {
+        println!();
+        println!(
+            "AMP guard (--amp): GradScaler's dynamic scale and the non-finite skip attached; \
+             x plain = guarded median / plain median (same run)"
+        );
+        let rows: Vec<Vec<String>> = r
+            .cases
+            .iter()
+            .filter_map(|c| {
+                let a = c.amp.as_ref()?;
+                Some(vec![
+                    c.optimizer.clone(),
+                    fmt_elems(c.elements),
+                    c.tensors.to_string(),
+                    f3(c.ms.median),
+                    f3(a.ms.median),
+                    f2(a.cost_vs_plain),
+                ])
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &[
+                    "optimizer",
+                    "elements",
+                    "tensors",
+                    "plain ms",
+                    "guarded ms",
+                    "x plain"
+                ],
+                1,
+                &rows
+            )
+        );
+    }
     if r.cases.iter().any(|c| c.lookahead.is_some()) {
         println!();
         println!(

@@ -7,7 +7,7 @@
 //! optbench verify [--optimizers adam,sgd] [--json]
 //! optbench bench [--sizes 1M,4M,16M] [--tensors 1,1000,10000] [--optimizers adam,sgd-momentum]
 //!                [--iters 10] [--warmup 3] [--quick] [--json] [--plot bench.png|bench.svg]
-//!                [--lookahead]
+//!                [--lookahead] [--amp]
 //! optbench muon [--layers 12] [--width 768] [--iters 5] [--json]
 //! optbench soak [--steps 100000] [--every 5000] [--sizes 1M] [--optimizers adam] [--json]
 //! ```
@@ -154,6 +154,10 @@ struct Opts {
     /// sync's cost and the per-step cost at k = 5 against the plain step of the same run.
     #[arg(long, global = true)]
     lookahead: bool,
+    /// Also time every bench case with the AMP guard attached (GradScaler's dynamic scale and
+    /// the non-finite skip) and report its cost against the plain step of the same run.
+    #[arg(long, global = true)]
+    amp: bool,
     /// Cap on workgroups per dispatch dimension, below the device limit (larger grids spill
     /// into y). For experiments with the grid shape.
     #[arg(long, global = true, value_name = "N")]
