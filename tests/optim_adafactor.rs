@@ -620,3 +620,174 @@ fn adafactor_next_to_adamw() {
         Err(Error::Unsupported(_))
     ));
 }
+
+/// 32 KiB bindings: the tensors split into several batches (one dispatch each), still the
+/// CPU twin's results; a tensor whose params alone exceed a binding is a typed error.
+#[test]
+fn tensors_split_into_binding_batches_match_the_cpu_twin() {
+    use common::gpu_with;
+    use wgpu_optim::ContextOptions;
+    let Some(ctx) = gpu_with(ContextOptions {
+        max_binding_bytes: Some(32 * 1024),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let specs: Vec<TensorSpec> = (0..14)
+        .map(|i| match i % 4 {
+            0 => TensorSpec::shaped(format!("t{i}"), &[31, 117]),
+            1 => TensorSpec::shaped(format!("t{i}"), &[1700]),
+            2 => TensorSpec::shaped(format!("t{i}"), &[2, 9, 140]),
+            _ => TensorSpec::shaped(format!("t{i}"), &[1, 300]),
+        })
+        .collect();
+    let cfg = AdafactorConfig::test_variants()[2].clone();
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let mut opt = Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
+    assert!(opt.dispatches_per_step() > 1, "not several batches");
+    let mut cpu = CpuOptimizer::new(cfg, &specs).unwrap();
+    let mut rng = fastrand::Rng::with_seed(21);
+    let mut params: Vec<Vec<f32>> = specs.iter().map(|s| randn(&mut rng, s.len, 1.0)).collect();
+    arena.write_all_params(&params).unwrap();
+    for k in 0..4 {
+        opt.set_frozen("t5", k == 1).unwrap();
+        cpu.set_frozen("t5", k == 1).unwrap();
+        let grads: Vec<Vec<f32>> = specs.iter().map(|s| randn(&mut rng, s.len, 1.0)).collect();
+        arena.write_all_grads(&grads).unwrap();
+        opt.step(&arena).unwrap();
+        cpu.step(&mut params, &grads).unwrap();
+    }
+    let got = arena.read_all_params().unwrap();
+    for (i, s) in specs.iter().enumerate() {
+        assert_twin(&ctx, &format!("batched {}", s.name), &got[i], &params[i]);
+        for st in cpu.tensor_state_names(&s.name).unwrap() {
+            let a = opt.read_state(st, &s.name).unwrap();
+            let b = cpu.read_state(st, &s.name).unwrap();
+            assert_twin(&ctx, &format!("batched {} {st}", s.name), &a, &b);
+        }
+    }
+    let arena = ParamArena::new(&ctx, &[TensorSpec::shaped("huge", &[100, 100])]).unwrap();
+    assert!(matches!(
+        Optimizer::new(&ctx, &arena, AdafactorConfig::default()),
+        Err(Error::BufferTooLarge { .. })
+    ));
+}
+
+/// Loss scaling (the kernel multiplies by the unscale coefficient) and the non-finite skip
+/// (the AMP guard gates Adafactor's dispatch): the GPU against the CPU twin through two
+/// overflowing steps, and a skipped step changes nothing.
+#[test]
+fn loss_scaling_and_the_non_finite_skip_match_the_cpu_twin() {
+    use wgpu_optim::{AmpConfig, GradScalerConfig, LossScale};
+    let Some(ctx) = gpu() else { return };
+    let specs = twin_specs();
+    let amp = AmpConfig {
+        loss_scale: LossScale::Dynamic(GradScalerConfig {
+            init_scale: 1024.0,
+            growth_interval: 3,
+            ..GradScalerConfig::default()
+        }),
+        skip_non_finite: true,
+    };
+    let cfg = AdafactorConfig::test_variants()[1].clone();
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let mut opt = Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
+    opt.set_amp(&arena, Some(amp)).unwrap();
+    let mut cpu = CpuOptimizer::new(cfg, &specs).unwrap();
+    cpu.set_amp(Some(amp)).unwrap();
+    let mut rng = fastrand::Rng::with_seed(13);
+    let mut params: Vec<Vec<f32>> = specs.iter().map(|s| randn(&mut rng, s.len, 1.0)).collect();
+    arena.write_all_params(&params).unwrap();
+    for k in 0..8 {
+        let scale = cpu.amp_state().unwrap().scale as f32;
+        let mut grads: Vec<Vec<f32>> = specs
+            .iter()
+            .map(|s| {
+                randn(&mut rng, s.len, 1.0)
+                    .iter()
+                    .map(|x| x * scale)
+                    .collect()
+            })
+            .collect();
+        if k == 3 || k == 4 {
+            grads[6][100] = f32::INFINITY;
+        }
+        let before = arena.read_all_params().unwrap();
+        let rv_before = opt.read_state("row_var", "t6").unwrap();
+        arena.write_all_grads(&grads).unwrap();
+        opt.step(&arena).unwrap();
+        cpu.step(&mut params, &grads).unwrap();
+        let skipped = k == 3 || k == 4;
+        assert_eq!(opt.found_inf().unwrap(), Some(skipped), "step {k}");
+        assert_eq!(cpu.found_inf(), Some(skipped), "step {k}");
+        let got = arena.read_all_params().unwrap();
+        if skipped {
+            assert_eq!(got, before, "step {k}: a skipped step changed params");
+            assert_eq!(opt.read_state("row_var", "t6").unwrap(), rv_before);
+        }
+        for (i, s) in specs.iter().enumerate() {
+            assert_twin(
+                &ctx,
+                &format!("amp step {k} {}", s.name),
+                &got[i],
+                &params[i],
+            );
+        }
+    }
+    assert_eq!(opt.step_count("t6").unwrap(), 6);
+    for s in &specs {
+        for st in cpu.tensor_state_names(&s.name).unwrap() {
+            let a = opt.read_state(st, &s.name).unwrap();
+            let b = cpu.read_state(st, &s.name).unwrap();
+            assert_twin(&ctx, &format!("amp {} {st}", s.name), &a, &b);
+        }
+    }
+}
+
+/// Global-norm clipping reaches the statistics and the update (the GPU's coefficient is an
+/// f32 reduction, the CPU's f64: compared at a tolerance).
+#[test]
+fn clipped_gradients_reach_the_statistics() {
+    use std::sync::Arc;
+    use wgpu_optim::norm::cpu_clip_grad_norm;
+    use wgpu_optim::{GradClipper, NormType};
+    let Some(ctx) = gpu() else { return };
+    let specs = twin_specs();
+    let cfg = AdafactorConfig::test_variants()[0].clone();
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let mut opt = Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
+    let clipper = Arc::new(GradClipper::new(&ctx, &arena, 0.5, NormType::L2).unwrap());
+    opt.set_grad_clip(Some(clipper)).unwrap();
+    let mut cpu = CpuOptimizer::new(cfg, &specs).unwrap();
+    let mut rng = fastrand::Rng::with_seed(17);
+    let mut params: Vec<Vec<f32>> = specs.iter().map(|s| randn(&mut rng, s.len, 1.0)).collect();
+    arena.write_all_params(&params).unwrap();
+    for _ in 0..3 {
+        let grads: Vec<Vec<f32>> = specs.iter().map(|s| randn(&mut rng, s.len, 2.0)).collect();
+        arena.write_all_grads(&grads).unwrap();
+        opt.step(&arena).unwrap();
+        let mut clipped = grads.clone();
+        let total = cpu_clip_grad_norm(&mut clipped, 0.5, NormType::L2).unwrap();
+        assert!(total > 0.5, "the clip must bite");
+        cpu.step(&mut params, &clipped).unwrap();
+    }
+    let got = arena.read_all_params().unwrap();
+    for (i, s) in specs.iter().enumerate() {
+        assert_close(
+            &format!("clipped {}", s.name),
+            &got[i],
+            &params[i],
+            1e-5,
+            1e-4,
+        );
+        for st in cpu.tensor_state_names(&s.name).unwrap() {
+            assert_close(
+                &format!("clipped {} {st}", s.name),
+                &opt.read_state(st, &s.name).unwrap(),
+                &cpu.read_state(st, &s.name).unwrap(),
+                1e-9,
+                1e-4,
+            );
+        }
+    }
+}
