@@ -699,7 +699,7 @@ fn loss_scaling_and_the_non_finite_skip_match_the_cpu_twin() {
     let mut params: Vec<Vec<f32>> = specs.iter().map(|s| randn(&mut rng, s.len, 1.0)).collect();
     arena.write_all_params(&params).unwrap();
     for k in 0..8 {
-        let scale = cpu.amp_state().unwrap().scale as f32;
+        let scale = cpu.amp_state().unwrap().scale;
         let mut grads: Vec<Vec<f32>> = specs
             .iter()
             .map(|s| {

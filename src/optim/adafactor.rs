@@ -474,9 +474,9 @@ impl Rule for AdafactorConfig {
             if v.len() != n {
                 return;
             }
-            for e in 0..n {
+            for (e, ve) in v.iter_mut().enumerate() {
                 let x = grad(e);
-                v[e] = lerp_torch(v[e], x * x, ts.beta_hat);
+                *ve = lerp_torch(*ve, x * x, ts.beta_hat);
             }
             let v = &*v;
             let u = |e: usize| grad(e) * rsqrt(v[e]);
@@ -487,8 +487,8 @@ impl Rule for AdafactorConfig {
             un2 = tree(lanes);
             let (alpha, den) = scales(h, ts, pn2, un2);
             let step = alpha / den;
-            for e in 0..n {
-                p[e] = p[e] * ts.decay - step * u(e);
+            for (e, pe) in p.iter_mut().enumerate() {
+                *pe = *pe * ts.decay - step * u(e);
             }
         }
     }
