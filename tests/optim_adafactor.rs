@@ -791,3 +791,49 @@ fn clipped_gradients_reach_the_statistics() {
         }
     }
 }
+
+/// Lookahead over Adafactor with `reset_state` (the reset clears the factored state through
+/// its own places): the GPU against the CPU twin over two syncs.
+#[test]
+fn lookahead_with_state_reset_over_adafactor_matches_the_cpu_twin() {
+    use wgpu_optim::{CpuLookahead, Lookahead, LookaheadConfig};
+    let Some(ctx) = gpu() else { return };
+    let specs = twin_specs();
+    let cfg = AdafactorConfig::test_variants()[0].clone();
+    let la = LookaheadConfig {
+        k: 3,
+        reset_state: true,
+        ..LookaheadConfig::paper()
+    };
+    let mut rng = fastrand::Rng::with_seed(23);
+    let mut params: Vec<Vec<f32>> = specs.iter().map(|s| randn(&mut rng, s.len, 1.0)).collect();
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    arena.write_all_params(&params).unwrap();
+    let inner = Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
+    let mut g = Lookahead::new(&ctx, &arena, inner, la).unwrap();
+    let mut c = CpuLookahead::new(CpuOptimizer::new(cfg, &specs).unwrap(), la, &params).unwrap();
+    for k in 0..7 {
+        let grads: Vec<Vec<f32>> = specs.iter().map(|s| randn(&mut rng, s.len, 1.0)).collect();
+        arena.write_all_grads(&grads).unwrap();
+        g.step(&arena).unwrap();
+        c.step(&mut params, &grads).unwrap();
+        let got = arena.read_all_params().unwrap();
+        for (i, s) in specs.iter().enumerate() {
+            assert_twin(
+                &ctx,
+                &format!("lookahead step {k} {}", s.name),
+                &got[i],
+                &params[i],
+            );
+            for st in c.inner().tensor_state_names(&s.name).unwrap() {
+                let a = g.inner().read_state(st, &s.name).unwrap();
+                let b = c.inner().read_state(st, &s.name).unwrap();
+                assert_twin(&ctx, &format!("lookahead step {k} {} {st}", s.name), &a, &b);
+                if k == 5 {
+                    // Right after the second sync: reset.
+                    assert!(a.iter().all(|&x| x == 0.0), "{} {st} not reset", s.name);
+                }
+            }
+        }
+    }
+}
