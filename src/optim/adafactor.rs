@@ -25,7 +25,8 @@
 //! whatever the number of tensors, through the AMP guard's dispatcher. The CPU twin
 //! ([`Rule::update`]) performs the same f32 operations in the same order. One workgroup per
 //! tensor keeps the reductions in workgroup memory; the price is that a single huge tensor is
-//! processed by one workgroup (256 invocations).
+//! processed by one workgroup (256 invocations), and that each tensor's params and state must
+//! fit one storage binding ([`Error::BufferTooLarge`] otherwise).
 
 use std::sync::Arc;
 
@@ -499,16 +500,14 @@ impl Rule for AdafactorConfig {
         24
     }
 
-    /// None in the table: the table's presets and variants run through tests that assume
-    /// state shaped like the params (padding images, arena-shaped state reads); Adafactor's
-    /// factored state is not. tests/optim_adafactor.rs runs [`AdafactorConfig::test_variants`].
+    /// torch's defaults.
     fn presets() -> Vec<(&'static str, Self)> {
-        Vec::new()
+        vec![("adafactor", AdafactorConfig::default())]
     }
 
-    /// None in the table (see [`Rule::presets`]).
+    /// [`AdafactorConfig::test_variants`].
     fn variants() -> Vec<Self> {
-        Vec::new()
+        AdafactorConfig::test_variants()
     }
 }
 
