@@ -383,11 +383,9 @@ pub(crate) fn export(eng: &impl StateAccess) -> Result<Checkpoint> {
                 if book.steps[i] == 0 || !book.tensor_states(i).iter().any(|x| x.name == st.name) {
                     continue;
                 }
-                ck.insert_f32(
-                    &format!("{}.{}", t.name, st.name),
-                    &shape_of(t),
-                    &data[local],
-                )?;
+                // The state's own shape (Adafactor's row_var / col_var are not the param's).
+                let shape = book.state_shape(i, st.name).unwrap_or_else(|| shape_of(t));
+                ck.insert_f32(&format!("{}.{}", t.name, st.name), &shape, &data[local])?;
             }
         }
     }
@@ -750,8 +748,9 @@ fn plan(eng: &impl StateAccess, ck: &Checkpoint, want_params: bool) -> Result<Pl
         for st in &book.segments[loc.segment].states {
             let key = format!("{}.{}", t.name, st.name);
             let keeps = states.iter().any(|x| x.name == st.name);
+            let shape = book.state_shape(i, st.name).unwrap_or_default();
             let data = if keeps && ck.contains(&key) {
-                check_shape(ck, &key, t)?;
+                check_state_shape(ck, &key, t, &shape)?;
                 ck.get_f32(&key)?
             } else if keeps && steps > 0 {
                 return Err(mismatch(format!(
@@ -760,7 +759,7 @@ fn plan(eng: &impl StateAccess, ck: &Checkpoint, want_params: bool) -> Result<Pl
                 )));
             } else {
                 // Never stepped (or a slot its configuration does not use): the initial value.
-                vec![st.init; t.len]
+                vec![st.init; book.state_len(i, st.name)]
             };
             if let Some(w) = writes
                 .iter_mut()
@@ -820,6 +819,23 @@ fn check_shape(ck: &Checkpoint, name: &str, t: &TensorInfo) -> Result<()> {
     }
 }
 
+/// A state tensor's shape must be the one its rule gives it ([`crate::optim::Rule::state_shape`]);
+/// a state shaped like its param is checked as the param is (any shape of its length when the
+/// tensor was declared without one).
+fn check_state_shape(ck: &Checkpoint, name: &str, t: &TensorInfo, want: &[usize]) -> Result<()> {
+    if want == shape_of(t).as_slice() {
+        return check_shape(ck, name, t);
+    }
+    let shape = ck.shape(name).unwrap_or(&[]);
+    if shape == want {
+        Ok(())
+    } else {
+        Err(mismatch(format!(
+            "{name:?} has shape {shape:?}; this optimizer keeps it as {want:?}"
+        )))
+    }
+}
+
 /// Checks `ck` against the optimizer and, when every check passed, installs it. Returns the
 /// params (one per arena tensor) when `want_params`.
 pub(crate) fn import(
@@ -851,7 +867,10 @@ pub(crate) fn max_file_bytes(eng: &impl StateAccess) -> u64 {
     let infos = eng.tensor_infos();
     let mut elems: u64 = 0;
     for (i, t) in infos.iter().enumerate() {
-        elems += t.len as u64 * (1 + book.tensor_states(i).len() as u64);
+        elems += t.len as u64;
+        for st in book.tensor_states(i) {
+            elems += book.state_len(i, st.name) as u64;
+        }
     }
     elems * 4 + 64 * 1024 * infos.len() as u64 + (16 << 20)
 }

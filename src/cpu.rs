@@ -222,7 +222,7 @@ struct BuildSegment<'a> {
 
 impl RuleVisitor for BuildSegment<'_> {
     type Out = Box<dyn CpuSegment>;
-    fn visit<R: Rule>(self, _configs: Vec<R>) -> Self::Out {
+    fn visit<R: Rule>(self, configs: Vec<R>) -> Self::Out {
         // Kernels with their own binding convention (Muon) declare no slots: count the states.
         let slots = (R::KERNEL.state_slots() as usize).max(
             self.plan
@@ -236,11 +236,22 @@ impl RuleVisitor for BuildSegment<'_> {
         let mut init = vec![0.0; slots];
         for s in &self.plan.states {
             init[s.slot as usize] = s.init;
+            // Each member's buffer as its rule shapes it (Adafactor's factored state is
+            // smaller than its tensor; a state the tensor does not keep is empty).
             state[s.slot as usize] = self
                 .plan
                 .members
                 .iter()
-                .map(|&i| vec![s.init; self.lens[i]])
+                .zip(&self.plan.member_groups)
+                .map(|(&i, &g)| {
+                    let len = match configs.get(g as usize) {
+                        Some(c) => c
+                            .state_shape(s.name, &self.infos[i])
+                            .map_or(0, |sh| sh.iter().product()),
+                        None => self.lens[i],
+                    };
+                    vec![s.init; len]
+                })
                 .collect();
         }
         Box::new(Segment::<R> {

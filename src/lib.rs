@@ -51,6 +51,7 @@ pub use error::{Error, Result};
 pub use lookahead::{CpuLookahead, Lookahead, LookaheadConfig, LookaheadVariant};
 pub use matmul::{BatchedMatmul, MatmulProblem};
 pub use norm::{GradClipper, NormReducer, NormType};
+pub use optim::AdafactorConfig;
 pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AdoptConfig, AsgdConfig, LambConfig,
     LarsConfig, LionConfig, MuonAdjustLr, MuonConfig, NadamConfig, Optimizer, OptimizerConfig,

@@ -93,6 +93,8 @@ pub enum LayoutKind {
     Matmul,
     /// Muon's momentum and apply passes (muon.wgsl).
     Muon,
+    /// Adafactor's step (adafactor.wgsl): the bindings of [`LayoutKind::Muon`].
+    Adafactor,
 }
 
 /// One compute kernel: one entry point of one composed shader.
@@ -194,7 +196,7 @@ impl KernelDef {
                 (1, BindKind::Read),
                 (2, BindKind::ReadWrite),
             ],
-            LayoutKind::Muon => vec![
+            LayoutKind::Muon | LayoutKind::Adafactor => vec![
                 (0, BindKind::Read),
                 (1, BindKind::Uniform),
                 (2, BindKind::Read),

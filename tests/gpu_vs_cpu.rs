@@ -302,6 +302,11 @@ fn windowed_arena_matches_cpu() {
     // Every flag combination of every optimizer in the table.
     let all = OptimizerConfig::variants();
     for (j, cfg) in all.iter().enumerate() {
+        if cfg.family() == "adafactor" {
+            // Adafactor needs each tensor in one binding (BufferTooLarge otherwise: checked in
+            // tests/optim_adafactor.rs, which also runs it split into binding batches).
+            continue;
+        }
         trial(&ctx, cfg, &lens, 500 + j as u64);
     }
 }

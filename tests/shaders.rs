@@ -257,3 +257,34 @@ fn muon_structs_match_rust_twins() {
         false,
     );
 }
+
+#[test]
+fn adafactor_structs_match_rust_twins() {
+    use std::mem::size_of;
+    use wgpu_optim::optim::adafactor;
+    let k = adafactor::ADAFACTOR_STEP;
+    assert_eq!(
+        wgsl_const(k.source, "ADAFACTOR_WG"),
+        adafactor::ADAFACTOR_WG
+    );
+    assert_eq!(
+        wgsl_const(k.source, "FLAG_MAXIMIZE"),
+        shaders::FLAG_MAXIMIZE
+    );
+    assert_eq!(
+        wgsl_const(k.source, "FLAG_GRAD_SCALE"),
+        shaders::FLAG_GRAD_SCALE
+    );
+    common::naga_sizes::assert_wgsl_sizes(
+        &[
+            (k, "AdafactorHyper", size_of::<adafactor::AdafactorHyper>()),
+            (k, "AdafactorBatch", size_of::<adafactor::AdafactorBatch>()),
+            (
+                k,
+                "AdafactorGpuTensor",
+                size_of::<adafactor::AdafactorGpuTensor>(),
+            ),
+        ],
+        false,
+    );
+}

@@ -164,6 +164,8 @@ pub(crate) struct Book {
     pub group_scalars: Vec<crate::optim::Scalars>,
     /// Train mode (see `set_train_mode`); starts true.
     pub train_mode: bool,
+    /// Per arena tensor: its name, length and shape (what state shapes depend on).
+    pub infos: Vec<TensorInfo>,
     /// Per parameter group: its lr was set since its last step (true before the first step);
     /// the engines pass it to the rules ([`crate::optim::HyperCtx::lr_set`]) and clear it.
     pub lr_set: Vec<bool>,
@@ -308,6 +310,7 @@ impl Book {
                 .collect(),
             segments,
             loc,
+            infos: tensors.to_vec(),
             steps: vec![0; n],
             frozen: vec![false; n],
             scalars: Vec::new(),
@@ -420,9 +423,28 @@ impl Book {
     /// The states PyTorch keeps for tensor `i` (its group's configuration's).
     pub fn tensor_states(&self, i: usize) -> Vec<StateSpec> {
         match self.loc[i] {
-            Some(l) => self.groups[l.group].config.states(),
+            Some(l) => {
+                let c = &self.groups[l.group].config;
+                let mut states = c.states();
+                states.retain(|s| c.state_shape(s.name, &self.infos[i]).is_some());
+                states
+            }
             None => Vec::new(),
         }
+    }
+
+    /// The shape of state buffer `state` of tensor `i` (`None`: it keeps no such buffer).
+    pub fn state_shape(&self, i: usize, state: &str) -> Option<Vec<usize>> {
+        let l = self.loc[i]?;
+        self.groups[l.group]
+            .config
+            .state_shape(state, &self.infos[i])
+    }
+
+    /// Elements of state buffer `state` of tensor `i` (0: it keeps no such buffer).
+    pub fn state_len(&self, i: usize, state: &str) -> usize {
+        self.state_shape(i, state)
+            .map_or(0, |s| s.iter().product::<usize>())
     }
 
     /// The host-side scalar states PyTorch keeps for tensor `i`.

@@ -113,10 +113,23 @@ pub(crate) trait GpuSegment: std::fmt::Debug + Send + Sync {
     fn layout(&self) -> &SegmentLayout;
     /// A state buffer, in the segment layout.
     fn state_buffer(&self, name: &str) -> Option<&wgpu::Buffer>;
+    /// Where member `local`'s state `name` sits in `state_buffer(name)`: (first element,
+    /// elements), given the member's tensor length `len`. Default: at the layout's state
+    /// offset, as long as the tensor (Adafactor places its smaller factored state itself).
+    fn state_place(&self, _name: &str, local: usize, len: usize) -> Option<(usize, usize)> {
+        self.layout()
+            .state_offsets()
+            .get(local)
+            .map(|&off| (off, len))
+    }
     /// The state buffers with their specs (what a state reset re-initializes).
     fn states(&self) -> &[(StateSpec, wgpu::Buffer)];
     /// Bytes of the segment's state (and scratch) buffers.
     fn state_bytes(&self) -> u64;
+    /// Elements of each state buffer, padding included (default: the layout's).
+    fn state_elements(&self) -> u64 {
+        self.layout().state_elements()
+    }
     /// Dispatches per step (default: those of `dispatch_grids`; Muon adds its matmuls).
     fn dispatches(&self) -> usize {
         self.dispatch_grids().len()
@@ -532,6 +545,15 @@ impl RuleVisitor for BuildSegment<'_> {
                 self.ctx, self.arena, self.plan, self.aux, muon,
             )?));
         }
+        // Adafactor too (one workgroup per tensor; factored state smaller than the params).
+        if any
+            .downcast_ref::<Vec<super::adafactor::AdafactorConfig>>()
+            .is_some()
+        {
+            return Ok(Box::new(super::adafactor::AdafactorSegment::new(
+                self.ctx, self.arena, self.plan, self.aux,
+            )?));
+        }
         Ok(Box::new(Segment::<R>::new(
             self.ctx, self.arena, self.plan, self.aux,
         )?))
@@ -642,8 +664,14 @@ impl Optimizer {
             name: state.to_string(),
             available: self.book.segment_states(loc.segment),
         })?;
-        let off = seg.layout().state_offsets()[loc.local];
-        readback::read_f32(&self.ctx, buf, off as u64, self.layout.tensors()[i].len)
+        let len = self.layout.tensors()[i].len;
+        let (off, len) =
+            seg.state_place(state, loc.local, len)
+                .ok_or_else(|| Error::UnknownState {
+                    name: state.to_string(),
+                    available: self.book.segment_states(loc.segment),
+                })?;
+        readback::read_f32(&self.ctx, buf, off as u64, len)
     }
 
     pub(crate) fn book(&self) -> &Book {
@@ -661,11 +689,18 @@ impl Optimizer {
     /// State `name` of every member of segment `s`, in member order (one readback).
     pub(crate) fn read_segment_members(&self, s: usize, name: &str) -> Result<Vec<Vec<f32>>> {
         let img = self.read_segment_state_image(s, name)?;
-        let l = self.segments[s].layout();
-        Ok(l.members()
+        let seg = &self.segments[s];
+        Ok(seg
+            .layout()
+            .members()
             .iter()
-            .zip(l.state_offsets())
-            .map(|(&i, &off)| img[off..off + self.layout.tensors()[i].len].to_vec())
+            .enumerate()
+            .map(|(local, &i)| {
+                seg.state_place(name, local, self.layout.tensors()[i].len)
+                    .and_then(|(off, len)| img.get(off..off + len))
+                    .map(|x| x.to_vec())
+                    .unwrap_or_default()
+            })
             .collect())
     }
 
@@ -681,12 +716,18 @@ impl Optimizer {
         let Some(buf) = seg.state_buffer(name) else {
             return;
         };
-        let offs = seg.layout().state_offsets();
+        let members_of = seg.layout().members();
         for (local, data) in members {
-            if let Some(&off) = offs.get(*local) {
-                self.ctx
-                    .queue()
-                    .write_buffer(buf, off as u64 * 4, bytemuck::cast_slice(data));
+            let Some(&i) = members_of.get(*local) else {
+                continue;
+            };
+            let len = self.layout.tensors()[i].len;
+            if let Some((off, n)) = seg.state_place(name, *local, len) {
+                if n == data.len() && n > 0 {
+                    self.ctx
+                        .queue()
+                        .write_buffer(buf, off as u64 * 4, bytemuck::cast_slice(data));
+                }
             }
         }
     }
@@ -1060,32 +1101,40 @@ impl Optimizer {
         let mut ops = Vec::new();
         for (s, seg) in self.segments.iter().enumerate() {
             let l = seg.layout();
-            // Element ranges [start, end) of the segment's state buffers, merged.
-            let mut ranges: Vec<(usize, usize)> = Vec::new();
-            for (local, &i) in l.members().iter().enumerate() {
-                let len = self.layout.tensors()[i].len;
-                if len == 0 || !wanted[i] {
+            for (spec, buf) in seg.states() {
+                // Element ranges [start, end) of this state buffer, merged.
+                let mut ranges: Vec<(usize, usize)> = Vec::new();
+                for (local, &i) in l.members().iter().enumerate() {
+                    if !wanted[i] {
+                        continue;
+                    }
+                    let len = self.layout.tensors()[i].len;
+                    let Some((start, n)) = seg.state_place(spec.name, local, len) else {
+                        continue;
+                    };
+                    if n == 0 {
+                        continue;
+                    }
+                    // Padding lanes up to the next vec4 are zero and stay zero.
+                    let end = start + n.next_multiple_of(4);
+                    match ranges.last_mut() {
+                        Some(r) if r.1 == start => r.1 = end,
+                        _ => ranges.push((start, end)),
+                    }
+                }
+                if ranges.is_empty() {
                     continue;
                 }
-                let start = l.state_offsets()[local];
-                // Padding lanes up to the next vec4 are zero and stay zero.
-                let end = start + len.next_multiple_of(4);
-                match ranges.last_mut() {
-                    Some(r) if r.1 == start => r.1 = end,
-                    _ => ranges.push((start, end)),
-                }
-            }
-            if ranges.is_empty() {
-                continue;
-            }
-            for (spec, buf) in seg.states() {
                 let source = if spec.init == 0.0 {
                     None
                 } else {
                     // The initial image, padding zero (a copy cannot broadcast a value).
-                    let mut image = vec![0f32; l.state_elements() as usize];
-                    for (&i, &off) in l.members().iter().zip(l.state_offsets()) {
-                        image[off..off + self.layout.tensors()[i].len].fill(spec.init);
+                    let mut image = vec![0f32; seg.state_elements() as usize];
+                    for (local, &i) in l.members().iter().enumerate() {
+                        let len = self.layout.tensors()[i].len;
+                        if let Some((off, n)) = seg.state_place(spec.name, local, len) {
+                            image[off..off + n].fill(spec.init);
+                        }
                     }
                     let src = self.ctx.scoped(|| {
                         let b = storage_buffer(
@@ -1160,7 +1209,7 @@ impl Optimizer {
             name: state.to_string(),
             available: self.book.segment_states(s),
         })?;
-        readback::read_f32(&self.ctx, buf, 0, seg.layout().state_elements() as usize)
+        readback::read_f32(&self.ctx, buf, 0, seg.state_elements() as usize)
     }
 
     /// State `state` gathered into one arena-shaped image (zeros for tensors without it and
@@ -1178,10 +1227,21 @@ impl Optimizer {
                 continue;
             }
             let img = self.read_segment_state_image(s, state)?;
-            let l = seg.layout();
-            for (&i, &off) in l.members().iter().zip(l.state_offsets()) {
+            for (local, &i) in seg.layout().members().iter().enumerate() {
                 let t = &self.layout.tensors()[i];
-                out[t.offset..t.offset + t.len].copy_from_slice(&img[off..off + t.len]);
+                match seg.state_place(state, local, t.len) {
+                    Some((off, len)) if len == t.len => {
+                        out[t.offset..t.offset + t.len].copy_from_slice(&img[off..off + t.len])
+                    }
+                    // A tensor that keeps no such state stays zero.
+                    Some((_, 0)) | None => {}
+                    Some(_) => {
+                        return Err(Error::Unsupported(
+                            "read_state_image: this state is not shaped like its tensor \
+                             (Adafactor's row_var / col_var); read it per tensor with read_state",
+                        ))
+                    }
+                }
             }
         }
         Ok(out)

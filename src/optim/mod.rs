@@ -22,6 +22,7 @@
 //! test variants), and one row in the `optimizer_table!` invocation below.
 
 pub mod adadelta;
+pub mod adafactor;
 pub mod adagrad;
 pub mod adam;
 pub mod adam_hd;
@@ -55,6 +56,7 @@ use crate::error::Result;
 use crate::shaders::KernelDef;
 
 pub use adadelta::AdadeltaConfig;
+pub use adafactor::AdafactorConfig;
 pub use adagrad::AdagradConfig;
 pub use adam::AdamConfig;
 pub use adam_hd::AdamHdConfig;
@@ -216,6 +218,14 @@ pub trait Rule:
     /// selects (default: any tensor is fine). Muon takes 2-D tensors only.
     fn check_tensor(&self, _info: &TensorInfo) -> Result<()> {
         Ok(())
+    }
+    /// The shape of state buffer `state` of tensor `info`, under PyTorch's convention, or
+    /// `None` when the tensor keeps no such buffer. Default: every state buffer is shaped like
+    /// its tensor. Adafactor keeps `row_var` and `col_var` (one value per row and per column)
+    /// for tensors of two or more dims and `variance` for the others. The CPU engine sizes its
+    /// buffers by it and checkpoints save and check state under it.
+    fn state_shape(&self, _state: &str, info: &TensorInfo) -> Option<Vec<usize>> {
+        Some(info.shape.clone().unwrap_or_else(|| vec![info.len]))
     }
     /// Checked when two configurations of this rule share a segment: every group's against the
     /// segment's first group's when an optimizer is built, and a replacement against the
@@ -430,6 +440,10 @@ macro_rules! optimizer_table {
                 match self { $(OptimizerConfig::$variant(c) => c.check_tensor(info),)* }
             }
 
+            pub(crate) fn state_shape(&self, state: &str, info: &TensorInfo) -> Option<Vec<usize>> {
+                match self { $(OptimizerConfig::$variant(c) => c.state_shape(state, info),)* }
+            }
+
             pub(crate) fn check_peer(&self, other: &OptimizerConfig) -> Result<()> {
                 match (self, other) {
                     $((OptimizerConfig::$variant(a), OptimizerConfig::$variant(b)) => a.check_peer(b),)*
@@ -580,6 +594,8 @@ optimizer_table! {
     AdamHd(AdamHdConfig) = "adam_hd";
     /// torch.optim.Muon (2-D tensors only; Newton–Schulz in f32 on the batched matmul)
     Muon(MuonConfig) = "muon";
+    /// torch.optim.Adafactor (factored row / column second moments for tensors of 2+ dims)
+    Adafactor(AdafactorConfig) = "adafactor";
 }
 
 impl OptimizerConfig {
