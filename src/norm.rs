@@ -101,6 +101,12 @@ impl NormReducer {
                 "the arena was built on another GpuContext; build the reducer on the arena's",
             ));
         }
+        if matches!(source, NormSource::Grads) && arena.precision().grads.is_16() {
+            return Err(Error::Unsupported(
+                "norms (clipping, the AMP guard) of 16-bit gradients are not implemented yet; \
+                 clip or check the gradients before they are stored in 16 bits",
+            ));
+        }
         let layout = arena.layout_arc();
         let source = match source {
             NormSource::Params => arena.params_buffer(),

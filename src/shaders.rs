@@ -25,24 +25,58 @@ pub const FLAG_GRAD_SCALE: u32 = 2;
 /// Workgroup size of the per-tensor reduction passes (WGSL `RED_SIZE` in reduce.wgsl).
 pub const RED_SIZE: u32 = 32;
 
-/// The composed source of a kernel file: `common.wgsl`, then (with `reduce`) `reduce.wgsl`,
-/// then `shaders/<file>`.
+/// The composed sources of a kernel file ([`KernelSources`]): `common.wgsl`, the storage
+/// prelude (`io_f32.wgsl`, or `io_packed16.wgsl` for the mixed-precision variant), then (with
+/// `reduce`) `reduce.wgsl`, then `shaders/<file>`.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! kernel_source {
     ($file:literal) => {
-        concat!(
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
-        )
+        $crate::shaders::KernelSources {
+            plain: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/io_f32.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
+            packed16: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/io_packed16.wgsl"
+                )),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
+        }
     };
     (reduce $file:literal) => {
-        concat!(
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl")),
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
-        )
+        $crate::shaders::KernelSources {
+            plain: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/io_f32.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
+            packed16: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/io_packed16.wgsl"
+                )),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
+        }
     };
+}
+
+/// The two compositions of one kernel file: over an f32 arena, and over a mixed-precision
+/// arena (16-bit model copy and gradients packed in `u32` pairs, f32 master weights).
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSources {
+    /// `common.wgsl` + `io_f32.wgsl` + the kernel.
+    pub plain: &'static str,
+    /// `common.wgsl` + `io_packed16.wgsl` + the kernel.
+    pub packed16: &'static str,
 }
 
 /// The common prelude on its own (for the constant-agreement test).
@@ -95,43 +129,77 @@ pub struct KernelDef {
     pub source: &'static str,
     /// Its binding convention.
     pub layout: LayoutKind,
+    /// The mixed-precision composition of the same kernel file (`io_packed16.wgsl`), or `""`
+    /// for kernels without one (the norms, copy, AMP, matmul, Muon, Lookahead).
+    pub packed16: &'static str,
+    /// Whether this definition is the mixed-precision variant ([`KernelDef::mixed`]): its
+    /// `source` is the packed-16 composition and it binds the model copy at 11.
+    pub mixed: bool,
 }
 
 impl PartialEq for KernelDef {
     fn eq(&self, other: &Self) -> bool {
-        self.entry == other.entry
+        self.entry == other.entry && self.mixed == other.mixed
     }
 }
 impl Eq for KernelDef {}
 impl std::hash::Hash for KernelDef {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.entry.hash(h)
+        self.entry.hash(h);
+        self.mixed.hash(h);
     }
 }
 
 impl KernelDef {
     /// An optimizer pass with `state_slots` state buffers and no reduction buffer.
-    pub const fn step(entry: &'static str, source: &'static str, state_slots: u32) -> Self {
+    pub const fn step(entry: &'static str, source: KernelSources, state_slots: u32) -> Self {
         Self {
             entry,
-            source,
+            source: source.plain,
             layout: LayoutKind::Step {
                 state_slots,
                 partials: false,
             },
+            packed16: source.packed16,
+            mixed: false,
         }
     }
 
     /// An optimizer pass of a family that reduces (LARS, LAMB): binds `partials` too.
-    pub const fn reducing(entry: &'static str, source: &'static str, state_slots: u32) -> Self {
+    pub const fn reducing(entry: &'static str, source: KernelSources, state_slots: u32) -> Self {
         Self {
             entry,
-            source,
+            source: source.plain,
             layout: LayoutKind::Step {
                 state_slots,
                 partials: true,
             },
+            packed16: source.packed16,
+            mixed: false,
         }
+    }
+
+    /// The mixed-precision variant of an optimizer pass (the same entry point compiled from
+    /// its `io_packed16.wgsl` composition, binding the model copy at 11), or `None` where the
+    /// kernel has none.
+    pub fn mixed(&self) -> Option<Self> {
+        if self.packed16.is_empty() || !matches!(self.layout, LayoutKind::Step { .. }) {
+            return None;
+        }
+        Some(Self {
+            source: self.packed16,
+            mixed: true,
+            ..*self
+        })
+    }
+
+    /// Storage buffers the kernel binds (what `max_storage_buffers_per_shader_stage` must
+    /// allow).
+    pub fn storage_buffers(&self) -> u32 {
+        self.bindings()
+            .iter()
+            .filter(|(_, k)| *k != BindKind::Uniform)
+            .count() as u32
     }
 
     /// Entry point name.
@@ -211,6 +279,9 @@ impl KernelDef {
                 if partials {
                     b.push((10, BindKind::ReadWrite));
                 }
+                if self.mixed {
+                    b.push((11, BindKind::ReadWrite));
+                }
                 b
             }
         }
@@ -220,20 +291,26 @@ impl KernelDef {
 /// `norm_partials` in norm.wgsl (per chunk).
 pub const NORM_PARTIALS: KernelDef = KernelDef {
     entry: "norm_partials",
-    source: kernel_source!(reduce "norm.wgsl"),
+    source: kernel_source!(reduce "norm.wgsl").plain,
     layout: LayoutKind::Norm,
+    packed16: "",
+    mixed: false,
 };
 /// `norm_combine` in norm.wgsl (per tensor).
 pub const NORM_COMBINE: KernelDef = KernelDef {
     entry: "norm_combine",
-    source: kernel_source!(reduce "norm.wgsl"),
+    source: kernel_source!(reduce "norm.wgsl").plain,
     layout: LayoutKind::Norm,
+    packed16: "",
+    mixed: false,
 };
 /// `norm_global` in norm.wgsl (one workgroup).
 pub const NORM_GLOBAL: KernelDef = KernelDef {
     entry: "norm_global",
-    source: kernel_source!(reduce "norm.wgsl"),
+    source: kernel_source!(reduce "norm.wgsl").plain,
     layout: LayoutKind::Norm,
+    packed16: "",
+    mixed: false,
 };
 /// `copy_vec4` in copy.wgsl: the streaming-copy baseline (its shape comes from `override`
 /// constants in the pipeline key).
@@ -241,6 +318,8 @@ pub const COPY: KernelDef = KernelDef {
     entry: "copy_vec4",
     source: include_str!("../shaders/copy.wgsl"),
     layout: LayoutKind::Copy,
+    packed16: "",
+    mixed: false,
 };
 
 /// `matmul_tiles` in matmul.wgsl: the batched tiled matmul ([`crate::matmul::BatchedMatmul`]).
@@ -249,6 +328,8 @@ pub const MATMUL: KernelDef = KernelDef {
     entry: "matmul_tiles",
     source: include_str!("../shaders/matmul.wgsl"),
     layout: LayoutKind::Matmul,
+    packed16: "",
+    mixed: false,
 };
 
 /// `amp_decide` in amp.wgsl: loss scaling and the non-finite skip (one invocation).
@@ -256,6 +337,8 @@ pub const AMP_DECIDE: KernelDef = KernelDef {
     entry: "amp_decide",
     source: include_str!("../shaders/amp.wgsl"),
     layout: LayoutKind::Amp,
+    packed16: "",
+    mixed: false,
 };
 
 /// Every kernel of the library: the norm family, the copy kernel, the AMP decision, the matmul, the

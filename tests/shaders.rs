@@ -206,3 +206,22 @@ fn muon_structs_match_rust_twins() {
         false,
     );
 }
+
+#[test]
+fn every_mixed_precision_variant_validates_and_binds_the_model_copy() {
+    let mut n = 0;
+    for k in shaders::all_kernels() {
+        let Some(m) = k.mixed() else { continue };
+        n += 1;
+        validate(m.source).unwrap_or_else(|e| panic!("{m:?} (packed16): {e}"));
+        assert!(m
+            .source
+            .contains("var<storage, read_write> model: array<vec2<u32>>"));
+        assert!(m.bindings().contains(&(11, shaders::BindKind::ReadWrite)));
+        assert_eq!(m.storage_buffers(), k.storage_buffers() + 1, "{m:?}");
+        assert_ne!(m, k, "the variants are different pipeline-cache keys");
+    }
+    // Every optimizer pass of the table has one (Muon's passes and the norms do not).
+    assert!(n >= 25, "{n}");
+    assert!(shaders::NORM_GLOBAL.mixed().is_none());
+}

@@ -40,7 +40,7 @@ use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Result};
 use crate::shaders::{KernelDef, CHUNK, RED_SIZE, VEC_PER_LANE, WG_SIZE};
 
-const SGD_HD_WGSL: &str = crate::kernel_source!(reduce "sgd_hd.wgsl");
+const SGD_HD_WGSL: crate::shaders::KernelSources = crate::kernel_source!(reduce "sgd_hd.wgsl");
 /// `sgd_hd_dot` in sgd_hd.wgsl (per chunk): partial sums of `<g, d_prev>`.
 pub const SGD_HD_DOT: KernelDef = KernelDef::reducing("sgd_hd_dot", SGD_HD_WGSL, 2);
 /// `sgd_hd_lr` in sgd_hd.wgsl (per parameter group): folds the dots, updates the learned lr.

@@ -1,0 +1,453 @@
+//! Mixed precision: 16-bit model copy and gradients beside f32 master weights and state.
+//!
+//! - The GPU's conversions against the `half` crate, bit for bit: f32 to f16/bf16 on edge
+//!   cases (overflow to inf, subnormals, NaN, exact ties, -0.0) and on random bit patterns,
+//!   and f16/bf16 to f32 on every one of the 65,536 patterns.
+//! - Every optimizer and flag combination of the table on the GPU against the CPU reference
+//!   (`CpuOptimizer::step_mixed`) in f16 and bf16 modes, 7 steps, at the awkward sizes with
+//!   odd lengths (a 16-bit pair straddles a tensor's end): master weights and every state
+//!   buffer at PyTorch's fp32 tolerance (rtol 1.3e-6, atol 1e-5), and the 16-bit model copy
+//!   bit-equal to the `half` crate's rounding of the master weights, after every step.
+//! - Padding lanes of the packed buffers stay zero.
+//! - Typed errors: unsupported combinations, Muon, Lookahead, 16-bit gradient norms, and a
+//!   device that grants fewer storage buffers than a mixed kernel binds.
+
+mod common;
+
+use common::{assert_close, gpu, randn, ATOL, RTOL};
+use wgpu_optim::precision::{from_bits16, to_bits16};
+use wgpu_optim::{
+    AdamConfig, CpuOptimizer, Error, GpuContext, GradClipper, HalfPath, Lookahead, LookaheadConfig,
+    MuonConfig, NormType, Optimizer, OptimizerConfig, ParamArena, Precision, PrecisionOptions,
+    SgdConfig, StorageType, TensorSpec,
+};
+
+const STEPS: usize = 7;
+const MODES: [Precision; 2] = [Precision::F16, Precision::BF16];
+
+fn specs(lens: &[usize]) -> Vec<TensorSpec> {
+    lens.iter()
+        .enumerate()
+        .map(|(i, &n)| TensorSpec::new(format!("t{i}"), n).in_group(i % 2))
+        .collect()
+}
+
+fn arena(ctx: &GpuContext, lens: &[usize], p: Precision) -> ParamArena {
+    let a = ParamArena::with_precision(ctx, &specs(lens), p, PrecisionOptions::default()).unwrap();
+    assert_eq!(a.half_path(), HalfPath::Packed);
+    assert_eq!(a.precision(), p);
+    a
+}
+
+/// Writes `master` straight into the params buffer (not through `write_params`, which rounds
+/// the model copy on the host), so the model copy can only come from the kernel.
+fn write_master_only(ctx: &GpuContext, arena: &ParamArena, name: &str, data: &[f32]) {
+    let t = arena.tensor(name).unwrap();
+    ctx.queue().write_buffer(
+        arena.params_buffer(),
+        t.byte_offset(),
+        bytemuck::cast_slice(data),
+    );
+}
+
+fn is_f32_subnormal(x: f32) -> bool {
+    x != 0.0 && x.abs() < f32::MIN_POSITIVE
+}
+
+/// Edge cases for f32 -> 16-bit rounding, plus random bit patterns.
+fn edge_values(ty: StorageType, rng: &mut fastrand::Rng) -> Vec<f32> {
+    let mut v: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::MIN,
+        f32::from_bits(0x7fc0_0000),
+        f32::from_bits(0xffc0_0000),
+        f32::from_bits(0x7fa1_2345),
+        f32::from_bits(0xff80_0001),
+        // f16: largest finite, just under the rounding boundary, the tie (rounds to inf:
+        // 65504's mantissa is odd), over it.
+        65504.0,
+        65519.99,
+        65520.0,
+        65536.0,
+        -65520.0,
+        // f16 subnormals: the smallest, half of it (a tie to 0), a bit over half, the largest,
+        // the normal boundary and the tie just under it.
+        5.960_464_5e-8,
+        2.980_232_2e-8,
+        2.980_233e-8,
+        6.097_555e-5,
+        6.103_515_6e-5,
+        6.100_535e-5,
+        -5.960_464_5e-8,
+        1e-10,
+        // bf16: largest finite, and a value that rounds past it to inf.
+        f32::from_bits(0x7f7f_0000),
+        f32::from_bits(0x7f7f_8000),
+        f32::from_bits(0x7f7f_7fff),
+        // f32 subnormals.
+        f32::from_bits(1),
+        f32::from_bits(0x0040_0000),
+        f32::from_bits(0x8000_0001),
+    ];
+    // Exact ties of the target format, even and odd kept bit, normal and subnormal.
+    for k in 0..2000u32 {
+        let upper = rng.u32(..) & 0xffff_0000;
+        match ty {
+            StorageType::Bf16 => v.push(f32::from_bits(upper | 0x8000)),
+            _ => {
+                // f16 normal range: f32 exponents 113..=142.
+                let e = 113 + (k % 30);
+                let m = rng.u32(..1024);
+                let s = (k & 1) << 31;
+                v.push(f32::from_bits(s | (e << 23) | (m << 13) | 0x1000));
+                // A subnormal tie: (j + 0.5) * 2^-24.
+                let j = rng.u32(..1024) as f32;
+                v.push((j + 0.5) * 5.960_464_5e-8);
+            }
+        }
+    }
+    for _ in 0..20_001 {
+        v.push(f32::from_bits(rng.u32(..)));
+    }
+    v
+}
+
+/// The kernel's f32 -> 16-bit rounding (written by an SGD step with lr 0 over zero
+/// gradients, which leaves the master weights as they are) against the `half` crate.
+#[test]
+fn kernel_rounding_to_16_bits_matches_half_bit_for_bit() {
+    let Some(ctx) = gpu() else { return };
+    for p in MODES {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let vals = edge_values(p.model, &mut rng);
+        // Two tensors of odd length: the pair at each end straddles into padding.
+        let lens = [vals.len(), 3];
+        let arena = arena(&ctx, &lens, p);
+        write_master_only(&ctx, &arena, "t0", &vals);
+        write_master_only(&ctx, &arena, "t1", &[1.5, -2.25, 3.0e-5]);
+        let cfg = SgdConfig {
+            lr: 0.0,
+            ..Default::default()
+        };
+        let mut opt = Optimizer::new(&ctx, &arena, cfg).unwrap();
+        opt.step(&arena).unwrap();
+        let master = arena.read_all_params().unwrap();
+        let model: Vec<Vec<u16>> = (0..2)
+            .map(|i| arena.read_model_bits(&format!("t{i}")).unwrap().unwrap())
+            .collect();
+        let mut flushed = 0;
+        for (i, (&x, &m)) in vals.iter().zip(&master[0]).enumerate() {
+            if x.is_nan() {
+                assert!(m.is_nan(), "{p:?} {i}: NaN master became {m}");
+            } else if is_f32_subnormal(x) && m == 0.0 {
+                // WGSL lets an implementation flush f32 subnormals in arithmetic.
+                flushed += 1;
+            } else {
+                assert_eq!(
+                    m.to_bits(),
+                    x.to_bits(),
+                    "{p:?} {i}: master {x:e} changed to {m:e}"
+                );
+            }
+        }
+        eprintln!("{p:?}: {flushed} f32 subnormal master values flushed by the step's add");
+        for t in 0..2 {
+            let want = to_bits16(p.model, &master[t]);
+            for (i, (&g, &w)) in model[t].iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g, w,
+                    "{p:?} tensor {t} element {i}: master {:e} ({:#010x}): kernel {g:#06x}, half {w:#06x}",
+                    master[t][i],
+                    master[t][i].to_bits()
+                );
+            }
+        }
+        assert_packed_padding_zero(&arena, &format!("{p:?} rounding"));
+    }
+}
+
+/// Every 16-bit pattern as a gradient, widened by the kernel: SGD with lr 1 over master
+/// weights of -0.0 leaves exactly -g (for g = ±0 too), which must be the `half` crate's
+/// widening, negated.
+#[test]
+fn kernel_widening_of_every_16_bit_pattern_is_exact() {
+    let Some(ctx) = gpu() else { return };
+    for p in MODES {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let lens = [all.len(), 1];
+        let arena = arena(&ctx, &lens, p);
+        arena.write_params("t0", &vec![-0.0; all.len()]).unwrap();
+        arena.write_params("t1", &[-0.0]).unwrap();
+        arena.write_grads_bits("t0", &all).unwrap();
+        arena.write_grads_bits("t1", &[0x3c00]).unwrap();
+        assert_eq!(arena.read_grads("t0").unwrap().len(), all.len());
+        let cfg = SgdConfig {
+            lr: 1.0,
+            ..Default::default()
+        };
+        let mut opt = Optimizer::new(&ctx, &arena, cfg).unwrap();
+        opt.step(&arena).unwrap();
+        let master = arena.read_params("t0").unwrap();
+        let wide = from_bits16(p.grads, &all);
+        let mut flushed = 0;
+        for (i, (&m, &g)) in master.iter().zip(&wide).enumerate() {
+            if g.is_nan() {
+                assert!(m.is_nan(), "{p:?} pattern {i:#06x}: NaN gave {m}");
+            } else if is_f32_subnormal(g) && m == 0.0 {
+                // bf16 subnormals are f32 subnormals; the step's multiply may flush them.
+                flushed += 1;
+            } else {
+                assert_eq!(
+                    m.to_bits(),
+                    (-g).to_bits(),
+                    "{p:?} pattern {i:#06x}: kernel {m:e}, half {:e}",
+                    -g
+                );
+            }
+        }
+        eprintln!("{p:?}: {flushed} f32-subnormal gradients flushed by the step's multiply");
+        // The model copy is the rounding of the master weights (exact here for f16 grads
+        // and an f16 model, since -g is representable).
+        let model = arena.read_model_bits("t0").unwrap().unwrap();
+        assert_eq!(model, to_bits16(p.model, &master));
+    }
+}
+
+/// Padding lanes of the 16-bit model copy and gradients, and of the master weights, are zero.
+fn assert_packed_padding_zero(arena: &ParamArena, what: &str) {
+    let n = arena.layout().total_elements() as usize;
+    let mut inside = vec![false; n];
+    for t in arena.layout().tensors() {
+        inside[t.offset..t.offset + t.len].fill(true);
+    }
+    let model = arena.read_model_image_bits().unwrap().unwrap();
+    let grads = arena.read_grads_image_bits().unwrap().unwrap();
+    let master = arena.read_params_image().unwrap();
+    for j in 0..n {
+        if !inside[j] {
+            assert_eq!(model[j], 0, "{what}: model padding {j}");
+            assert_eq!(grads[j], 0, "{what}: grads padding {j}");
+            assert_eq!(master[j].to_bits(), 0, "{what}: master padding {j}");
+        }
+    }
+}
+
+fn frozen(step: usize, tensor: usize) -> bool {
+    (step * 7 + tensor * 3) % 5 == 0
+}
+
+/// `cfg` in mixed mode `p` on the GPU against the CPU reference, 7 steps.
+fn trial(ctx: &GpuContext, cfg: &OptimizerConfig, p: Precision, lens: &[usize], seed: u64) {
+    let arena = arena(ctx, lens, p);
+    let specs = specs(lens);
+    let mut gpu = Optimizer::new(ctx, &arena, cfg.clone()).unwrap();
+    let mut cpu = CpuOptimizer::new(cfg.clone(), &specs).unwrap();
+    if gpu.groups() > 1 {
+        let g1 = common::with_lr_wd(cfg, cfg.lr() * 0.5, 0.0);
+        gpu.set_group_config(1, g1.clone()).unwrap();
+        cpu.set_group_config(1, g1).unwrap();
+    }
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut master: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    arena.write_all_params(&master).unwrap();
+    let what = format!("{} {p:?} {} tensors", cfg.name(), lens.len());
+    let states = gpu.state_names();
+    let names: Vec<String> = (0..lens.len()).map(|i| format!("t{i}")).collect();
+    for k in 0..STEPS {
+        // Gradients as the backward pass would store them: already 16-bit.
+        let grads: Vec<Vec<u16>> = lens
+            .iter()
+            .map(|&n| to_bits16(p.grads, &randn(&mut rng, n, 0.5)))
+            .collect();
+        for (name, g) in names.iter().zip(&grads) {
+            arena.write_grads_bits(name, g).unwrap();
+        }
+        for (i, name) in names.iter().enumerate() {
+            gpu.set_frozen(name, frozen(k, i)).unwrap();
+            cpu.set_frozen(name, frozen(k, i)).unwrap();
+        }
+        if k == 4 {
+            gpu.set_lr(cfg.lr() * 0.7).unwrap();
+            cpu.set_lr(cfg.lr() * 0.7).unwrap();
+        }
+        gpu.step(&arena).unwrap();
+        cpu.step_mixed(&mut master, &grads, p.grads).unwrap();
+        let got = arena.read_all_params().unwrap();
+        let model = arena.read_model_image_bits().unwrap().unwrap();
+        for (i, name) in names.iter().enumerate() {
+            let w = format!("{what} step {k} tensor {i}");
+            assert_close(&format!("{w} master"), &got[i], &master[i], ATOL, RTOL);
+            for st in &states {
+                let Ok(want) = cpu.read_state(st, name) else {
+                    continue;
+                };
+                let have = gpu.read_state(st, name).unwrap();
+                assert_close(&format!("{w} {st}"), &have, &want, ATOL, RTOL);
+            }
+            let t = arena.tensor(name).unwrap();
+            let m = &model[t.offset..t.offset + t.len];
+            assert!(
+                m == to_bits16(p.model, &got[i]).as_slice(),
+                "{w}: model copy is not the rounding of the master weights"
+            );
+        }
+    }
+    assert_packed_padding_zero(&arena, &what);
+}
+
+/// Odd lengths (1, 255, 257, 3: the last pair of each straddles the tensor's end), an empty
+/// tensor and one past a chunk.
+const LENS: [usize; 7] = [1, 255, 257, 0, 3, 4099, 2];
+
+#[test]
+fn every_optimizer_of_the_table_in_f16_and_bf16_matches_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let mut ran = 0;
+    for cfg in OptimizerConfig::variants() {
+        if cfg.family() == "muon" {
+            continue;
+        }
+        for (m, p) in MODES.into_iter().enumerate() {
+            trial(&ctx, &cfg, p, &LENS, 11 + m as u64);
+            ran += 1;
+        }
+    }
+    assert!(ran >= 40, "{ran}");
+}
+
+#[test]
+fn sgd_and_adam_at_large_and_many_small_tensors_match_cpu() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fastrand::Rng::with_seed(5);
+    // Many small tensors share packed chunks.
+    let many: Vec<usize> = (0..300).map(|_| rng.usize(0..40)).collect();
+    let mixed_precisions = [
+        Precision::F16,
+        Precision::BF16,
+        Precision {
+            model: StorageType::Bf16,
+            grads: StorageType::F16,
+        },
+    ];
+    for cfg in [
+        OptimizerConfig::Sgd(SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            ..Default::default()
+        }),
+        OptimizerConfig::Adam(AdamConfig {
+            weight_decay: 0.01,
+            decoupled_weight_decay: true,
+            ..Default::default()
+        }),
+    ] {
+        for p in mixed_precisions {
+            trial(&ctx, &cfg, p, &[278_011, 1], 3);
+            trial(&ctx, &cfg, p, &many, 4);
+        }
+    }
+}
+
+#[test]
+fn unsupported_modes_are_typed_errors() {
+    let Some(ctx) = gpu() else { return };
+    let s = specs(&[5]);
+    for bad in [
+        Precision {
+            model: StorageType::F32,
+            grads: StorageType::F16,
+        },
+        Precision {
+            model: StorageType::Bf16,
+            grads: StorageType::F32,
+        },
+    ] {
+        assert!(matches!(
+            ParamArena::with_precision(&ctx, &s, bad, PrecisionOptions::default()),
+            Err(Error::Unsupported(_))
+        ));
+    }
+    let m = ParamArena::with_precision(
+        &ctx,
+        &[TensorSpec::shaped("w", &[4, 3])],
+        Precision::BF16,
+        PrecisionOptions::default(),
+    )
+    .unwrap();
+    let r = Optimizer::new(&ctx, &m, MuonConfig::default());
+    assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
+    let a = arena(&ctx, &[5, 7], Precision::BF16);
+    assert!(matches!(
+        GradClipper::new(&ctx, &a, 1.0, NormType::L2),
+        Err(Error::Unsupported(_))
+    ));
+    let opt = Optimizer::new(&ctx, &a, AdamConfig::default()).unwrap();
+    assert!(matches!(
+        Lookahead::new(&ctx, &a, opt, LookaheadConfig::default()),
+        Err(Error::Unsupported(_))
+    ));
+    // 16-bit gradient bits: wrong length, and an f32 arena.
+    assert!(matches!(
+        a.write_grads_bits("t0", &[0; 4]),
+        Err(Error::LengthMismatch { .. })
+    ));
+    let f = ParamArena::new(&ctx, &s).unwrap();
+    assert_eq!(f.half_path(), HalfPath::None);
+    assert!(f.model_buffer().is_none());
+    assert!(matches!(
+        f.write_grads_bits("t0", &[0; 5]),
+        Err(Error::Unsupported(_))
+    ));
+    let mut cpu = CpuOptimizer::new(AdamConfig::default(), &s).unwrap();
+    let mut m = vec![vec![0f32; 5]];
+    assert!(matches!(
+        cpu.step_mixed(&mut m, &[vec![0u16; 5]], StorageType::F32),
+        Err(Error::Unsupported(_))
+    ));
+}
+
+/// A device granting WebGPU's default of 8 storage buffers per stage: f32 Adam (8) builds,
+/// mixed Adam (9: the model copy) is a typed error, and so is every kernel over the limit;
+/// SGD (6 + 1) still runs mixed.
+#[test]
+fn a_short_storage_buffer_budget_is_a_typed_error() {
+    if gpu().is_none() {
+        return;
+    }
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
+    let limits = wgpu::Limits {
+        max_storage_buffers_per_shader_stage: 8,
+        ..adapter.limits()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("eight storage buffers"),
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .unwrap();
+    let ctx = GpuContext::from_device(device, queue, adapter.get_info());
+    assert_eq!(ctx.limits().max_storage_buffers_per_shader_stage, 8);
+    let f32_arena = ParamArena::new(&ctx, &specs(&[9])).unwrap();
+    Optimizer::new(&ctx, &f32_arena, AdamConfig::default()).unwrap();
+    let a = arena(&ctx, &[9], Precision::F16);
+    match Optimizer::new(&ctx, &a, AdamConfig::default()) {
+        Err(Error::StorageBufferLimit {
+            kernel,
+            needed,
+            limit,
+        }) => {
+            assert_eq!((kernel, needed, limit), ("adam_step", 9, 8));
+        }
+        other => panic!("expected StorageBufferLimit, got {other:?}"),
+    }
+    let mut sgd = Optimizer::new(&ctx, &a, SgdConfig::default()).unwrap();
+    a.write_grads("t0", &[1.0; 9]).unwrap();
+    sgd.step(&a).unwrap();
+}
