@@ -451,3 +451,33 @@ fn a_short_storage_buffer_budget_is_a_typed_error() {
     a.write_grads("t0", &[1.0; 9]).unwrap();
     sgd.step(&a).unwrap();
 }
+
+/// An arena in many binding windows (64 KiB of f32 each, so 32 KiB windows of the 16-bit
+/// buffers, whose offsets must stay aligned): SGD, Adam, LAMB and LARS in both modes.
+#[test]
+fn windowed_mixed_arena_matches_cpu() {
+    let Some(ctx) = common::gpu_with(wgpu_optim::ContextOptions {
+        max_binding_bytes: Some(64 * 1024),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let lens = [257, 5000, 1, 70_001, 0, 16_385, 3];
+    for p in MODES {
+        let a = arena(&ctx, &lens, p);
+        assert!(a.layout().windows().len() > 5, "windowing not exercised");
+        let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
+        assert!(a
+            .layout()
+            .windows()
+            .iter()
+            .all(|w| (w.byte_offset() / 2) % align == 0));
+    }
+    for family in ["sgd", "adam", "lamb", "lars"] {
+        for cfg in common::variants_of(family).into_iter().take(3) {
+            for p in MODES {
+                trial(&ctx, &cfg, p, &lens, 21);
+            }
+        }
+    }
+}
