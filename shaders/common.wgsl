@@ -84,9 +84,9 @@ struct Window {
 @group(0) @binding(1) var<uniform> win: Window;
 @group(0) @binding(2) var<storage, read> chunks: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> aux: array<f32>;
-// params (binding 5), grads (binding 6), `grad_raw`, `load_grad` and `store_param` come from
-// the storage prelude that follows this file: io_f32.wgsl (the f32 arena) or
-// io_packed16.wgsl (16-bit model copy and gradients beside f32 master weights).
+// params (binding 5), grads (binding 6), `grad_raw` and `store_param` come from the storage
+// prelude that follows this file: io_f32.wgsl (the f32 arena), or io_packed16.wgsl /
+// io_native16.wgsl after half.wgsl (16-bit model copy and gradients beside f32 master weights).
 
 struct ChunkRef {
     ok: bool,
@@ -144,6 +144,20 @@ fn first_lanes(n: u32) -> vec4<bool> {
 fn lane_mask(len: u32, v: u32) -> vec4<bool> {
     let first = v * 4u;
     return vec4<bool>(first < len, first + 1u < len, first + 2u < len, first + 3u < len);
+}
+
+// The gradient as every torch.optim rule first sees it: widened to f32 by the storage
+// prelude, scaled by a global-norm clip coefficient (or the loss scale's inverse: the
+// in-kernel unscale) when one is armed, then negated for maximize.
+fn load_grad(i: u32, flags: u32) -> vec4<f32> {
+    var g = grad_raw(i);
+    if ((flags & FLAG_GRAD_SCALE) != 0u) {
+        g = g * aux[0];
+    }
+    if ((flags & FLAG_MAXIMIZE) != 0u) {
+        g = -g;
+    }
+    return g;
 }
 
 // NaN test on the bits: compilers may fold `x != x` away, and WGSL leaves max() with a NaN

@@ -1,6 +1,6 @@
 // io_f32.wgsl: the storage prelude of an f32 arena (follows common.wgsl). The twin of
-// io_packed16.wgsl: every kernel reads gradients through `load_grad` and writes parameters
-// through `store_param`, so one kernel file serves both storage modes.
+// io_packed16.wgsl: every kernel reads gradients through `load_grad` (common.wgsl, over
+// `grad_raw`) and writes parameters through `store_param`, so one kernel file serves both storage modes.
 
 @group(0) @binding(5) var<storage, read_write> params: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> grads: array<vec4<f32>>;
@@ -8,19 +8,6 @@
 // The i-th vec4 of the gradient, as stored.
 fn grad_raw(i: u32) -> vec4<f32> {
     return grads[i];
-}
-
-// The gradient as every torch.optim rule first sees it: scaled by a global-norm clip
-// coefficient (or the loss-scale's inverse) when one is armed, then negated for maximize.
-fn load_grad(i: u32, flags: u32) -> vec4<f32> {
-    var g = grad_raw(i);
-    if ((flags & FLAG_GRAD_SCALE) != 0u) {
-        g = g * aux[0];
-    }
-    if ((flags & FLAG_MAXIMIZE) != 0u) {
-        g = -g;
-    }
-    return g;
 }
 
 // Writes the i-th vec4 of the parameters (padding lanes must be given their old value, zero).

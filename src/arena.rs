@@ -780,6 +780,7 @@ pub struct ParamArena {
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
     precision: Precision,
+    path: HalfPath,
     // The 16-bit model copy of a mixed-precision arena (u32 pairs); None for f32.
     model: Option<wgpu::Buffer>,
 }
@@ -804,8 +805,18 @@ impl ParamArena {
     ) -> Result<Self> {
         ctx.check_alive()?;
         precision.check()?;
-        // Only the packed path exists today, so forcing it changes nothing yet.
-        let _ = options.force_packed;
+        // Native f16 storage needs the device feature, and covers only an all-f16 arena (bf16
+        // has no WGSL type); every other mixed arena is packed.
+        let path = if !precision.is_mixed() {
+            HalfPath::None
+        } else if precision == Precision::F16
+            && !options.force_packed
+            && ctx.features().contains(wgpu::Features::SHADER_F16)
+        {
+            HalfPath::Native
+        } else {
+            HalfPath::Packed
+        };
         let bytes = ParamLayout::required_bytes(specs)?;
         let limit = ctx.limits().max_buffer_size;
         if bytes > limit {
@@ -848,6 +859,7 @@ impl ParamArena {
             params,
             grads,
             precision,
+            path,
             model,
         })
     }
@@ -857,14 +869,13 @@ impl ParamArena {
         self.precision
     }
 
-    /// How the kernels read and write the 16-bit buffers: [`HalfPath::Packed`] for a
-    /// mixed-precision arena (every adapter; bf16 has no other), [`HalfPath::None`] for f32.
+    /// How the kernels read and write the 16-bit buffers: [`HalfPath::Native`] for an
+    /// all-f16 arena on a device with `SHADER_F16` (unless forced packed),
+    /// [`HalfPath::Packed`] for every other mixed-precision arena, [`HalfPath::None`] for f32.
+    /// The buffers' bytes are the same on both paths (little-endian 16-bit values, element
+    /// `2k` in the low half of word `k`).
     pub fn half_path(&self) -> HalfPath {
-        if self.precision.is_mixed() {
-            HalfPath::Packed
-        } else {
-            HalfPath::None
-        }
+        self.path
     }
 
     /// The 16-bit model copy (STORAGE | COPY_SRC | COPY_DST), `None` for an f32 arena: the

@@ -133,14 +133,19 @@ pub enum HalfPath {
     /// Two 16-bit values packed in each `u32`, converted with integer operations. Works on
     /// every adapter; the only path for bf16, which WGSL lacks.
     Packed,
+    /// WGSL `f16` storage (`array<vec4<f16>>`) through wgpu's `SHADER_F16`: taken for an
+    /// all-f16 arena ([`Precision::F16`]) on an adapter with the feature, unless
+    /// [`PrecisionOptions::force_packed`]. The gradients are loaded and widened natively; the
+    /// model copy is still rounded with integer operations (WGSL leaves f32-to-f16 rounding
+    /// implementation-defined), so both paths write the same bits.
+    Native,
 }
 
 /// Options of a mixed-precision arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct PrecisionOptions {
-    /// Use the packed path even where the adapter offers `SHADER_F16` (for tests and
-    /// comparisons). The library currently always takes the packed path, see
-    /// [`ParamArena::half_path`](crate::ParamArena::half_path).
+    /// Use [`HalfPath::Packed`] even where the adapter offers `SHADER_F16` (for tests and
+    /// comparisons); see [`ParamArena::half_path`](crate::ParamArena::half_path).
     pub force_packed: bool,
 }
 

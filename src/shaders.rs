@@ -6,6 +6,8 @@
 //! constants. The Rust twins of the WGSL constants live here; `tests/shaders.rs` checks they
 //! agree.
 
+use crate::precision::HalfPath;
+
 /// Invocations per workgroup (WGSL `WG_SIZE`).
 pub const WG_SIZE: u32 = 256;
 /// vec4s each invocation updates per chunk (WGSL `VEC_PER_LANE`).
@@ -26,8 +28,9 @@ pub const FLAG_GRAD_SCALE: u32 = 2;
 pub const RED_SIZE: u32 = 32;
 
 /// The composed sources of a kernel file ([`KernelSources`]): `common.wgsl`, the storage
-/// prelude (`io_f32.wgsl`, or `io_packed16.wgsl` for the mixed-precision variant), then (with
-/// `reduce`) `reduce.wgsl`, then `shaders/<file>`.
+/// prelude (`io_f32.wgsl`; `half.wgsl` + `io_packed16.wgsl` for the packed mixed-precision
+/// variant; `enable_f16.wgsl` first and `half.wgsl` + `io_native16.wgsl` for the native one),
+/// then (with `reduce`) `reduce.wgsl`, then `shaders/<file>`.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! kernel_source {
@@ -40,9 +43,23 @@ macro_rules! kernel_source {
             ),
             packed16: concat!(
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/half.wgsl")),
                 include_str!(concat!(
                     env!("CARGO_MANIFEST_DIR"),
                     "/shaders/io_packed16.wgsl"
+                )),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
+            native16: concat!(
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/enable_f16.wgsl"
+                )),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/half.wgsl")),
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/io_native16.wgsl"
                 )),
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
             ),
@@ -58,9 +75,24 @@ macro_rules! kernel_source {
             ),
             packed16: concat!(
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/half.wgsl")),
                 include_str!(concat!(
                     env!("CARGO_MANIFEST_DIR"),
                     "/shaders/io_packed16.wgsl"
+                )),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
+            native16: concat!(
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/enable_f16.wgsl"
+                )),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/half.wgsl")),
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/io_native16.wgsl"
                 )),
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl")),
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
@@ -69,14 +101,17 @@ macro_rules! kernel_source {
     };
 }
 
-/// The two compositions of one kernel file: over an f32 arena, and over a mixed-precision
-/// arena (16-bit model copy and gradients packed in `u32` pairs, f32 master weights).
+/// The compositions of one kernel file: over an f32 arena, and over a mixed-precision arena
+/// (16-bit model copy and gradients, f32 master weights) on either [`HalfPath`].
 #[derive(Debug, Clone, Copy)]
 pub struct KernelSources {
     /// `common.wgsl` + `io_f32.wgsl` + the kernel.
     pub plain: &'static str,
-    /// `common.wgsl` + `io_packed16.wgsl` + the kernel.
+    /// `common.wgsl` + `half.wgsl` + `io_packed16.wgsl` + the kernel ([`HalfPath::Packed`]).
     pub packed16: &'static str,
+    /// `enable_f16.wgsl` + `common.wgsl` + `half.wgsl` + `io_native16.wgsl` + the kernel
+    /// ([`HalfPath::Native`], needs `SHADER_F16`).
+    pub native16: &'static str,
 }
 
 /// The common prelude on its own (for the constant-agreement test).
@@ -129,24 +164,26 @@ pub struct KernelDef {
     pub source: &'static str,
     /// Its binding convention.
     pub layout: LayoutKind,
-    /// The mixed-precision composition of the same kernel file (`io_packed16.wgsl`), or `""`
-    /// for kernels without one (the norms, copy, AMP, matmul, Muon, Lookahead).
+    /// The packed mixed-precision composition of the same kernel file, or `""` for kernels
+    /// without one (the norms, copy, AMP, matmul, Muon).
     pub packed16: &'static str,
-    /// Whether this definition is the mixed-precision variant ([`KernelDef::mixed`]): its
-    /// `source` is the packed-16 composition and it binds the model copy at 11.
-    pub mixed: bool,
+    /// The native-f16 mixed-precision composition, or `""`.
+    pub native16: &'static str,
+    /// Which storage prelude `source` was composed with ([`KernelDef::mixed`]):
+    /// [`HalfPath::None`] for io_f32.wgsl; otherwise the kernel binds the model copy at 11.
+    pub io: HalfPath,
 }
 
 impl PartialEq for KernelDef {
     fn eq(&self, other: &Self) -> bool {
-        self.entry == other.entry && self.mixed == other.mixed
+        self.entry == other.entry && self.io == other.io
     }
 }
 impl Eq for KernelDef {}
 impl std::hash::Hash for KernelDef {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         self.entry.hash(h);
-        self.mixed.hash(h);
+        self.io.hash(h);
     }
 }
 
@@ -161,7 +198,8 @@ impl KernelDef {
                 partials: false,
             },
             packed16: source.packed16,
-            mixed: false,
+            native16: source.native16,
+            io: HalfPath::None,
         }
     }
 
@@ -175,20 +213,27 @@ impl KernelDef {
                 partials: true,
             },
             packed16: source.packed16,
-            mixed: false,
+            native16: source.native16,
+            io: HalfPath::None,
         }
     }
 
-    /// The mixed-precision variant of an optimizer pass (the same entry point compiled from
-    /// its `io_packed16.wgsl` composition, binding the model copy at 11), or `None` where the
-    /// kernel has none.
-    pub fn mixed(&self) -> Option<Self> {
-        if self.packed16.is_empty() || !matches!(self.layout, LayoutKind::Step { .. }) {
+    /// The mixed-precision variant of an optimizer pass on `path` (the same entry point
+    /// compiled from its `io_packed16.wgsl` or `io_native16.wgsl` composition, binding the
+    /// model copy at 11), or `None` where the kernel has none (or `path` is
+    /// [`HalfPath::None`]).
+    pub fn mixed(&self, path: HalfPath) -> Option<Self> {
+        let source = match path {
+            HalfPath::None => return None,
+            HalfPath::Packed => self.packed16,
+            HalfPath::Native => self.native16,
+        };
+        if source.is_empty() || !matches!(self.layout, LayoutKind::Step { .. }) {
             return None;
         }
         Some(Self {
-            source: self.packed16,
-            mixed: true,
+            source,
+            io: path,
             ..*self
         })
     }
@@ -279,7 +324,7 @@ impl KernelDef {
                 if partials {
                     b.push((10, BindKind::ReadWrite));
                 }
-                if self.mixed {
+                if self.io != HalfPath::None {
                     b.push((11, BindKind::ReadWrite));
                 }
                 b
@@ -294,7 +339,8 @@ pub const NORM_PARTIALS: KernelDef = KernelDef {
     source: kernel_source!(reduce "norm.wgsl").plain,
     layout: LayoutKind::Norm,
     packed16: "",
-    mixed: false,
+    native16: "",
+    io: HalfPath::None,
 };
 /// `norm_combine` in norm.wgsl (per tensor).
 pub const NORM_COMBINE: KernelDef = KernelDef {
@@ -302,7 +348,8 @@ pub const NORM_COMBINE: KernelDef = KernelDef {
     source: kernel_source!(reduce "norm.wgsl").plain,
     layout: LayoutKind::Norm,
     packed16: "",
-    mixed: false,
+    native16: "",
+    io: HalfPath::None,
 };
 /// `norm_global` in norm.wgsl (one workgroup).
 pub const NORM_GLOBAL: KernelDef = KernelDef {
@@ -310,7 +357,8 @@ pub const NORM_GLOBAL: KernelDef = KernelDef {
     source: kernel_source!(reduce "norm.wgsl").plain,
     layout: LayoutKind::Norm,
     packed16: "",
-    mixed: false,
+    native16: "",
+    io: HalfPath::None,
 };
 /// `copy_vec4` in copy.wgsl: the streaming-copy baseline (its shape comes from `override`
 /// constants in the pipeline key).
@@ -319,7 +367,8 @@ pub const COPY: KernelDef = KernelDef {
     source: include_str!("../shaders/copy.wgsl"),
     layout: LayoutKind::Copy,
     packed16: "",
-    mixed: false,
+    native16: "",
+    io: HalfPath::None,
 };
 
 /// `matmul_tiles` in matmul.wgsl: the batched tiled matmul ([`crate::matmul::BatchedMatmul`]).
@@ -329,7 +378,8 @@ pub const MATMUL: KernelDef = KernelDef {
     source: include_str!("../shaders/matmul.wgsl"),
     layout: LayoutKind::Matmul,
     packed16: "",
-    mixed: false,
+    native16: "",
+    io: HalfPath::None,
 };
 
 /// `amp_decide` in amp.wgsl: loss scaling and the non-finite skip (one invocation).
@@ -338,7 +388,8 @@ pub const AMP_DECIDE: KernelDef = KernelDef {
     source: include_str!("../shaders/amp.wgsl"),
     layout: LayoutKind::Amp,
     packed16: "",
-    mixed: false,
+    native16: "",
+    io: HalfPath::None,
 };
 
 /// Every kernel of the library: the norm family, the copy kernel, the AMP decision, the matmul, the

@@ -23,7 +23,6 @@ use wgpu_optim::{
 };
 
 const STEPS: usize = 7;
-const MODES: [Precision; 2] = [Precision::F16, Precision::BF16];
 
 fn specs(lens: &[usize]) -> Vec<TensorSpec> {
     lens.iter()
@@ -32,11 +31,37 @@ fn specs(lens: &[usize]) -> Vec<TensorSpec> {
         .collect()
 }
 
-fn arena(ctx: &GpuContext, lens: &[usize], p: Precision) -> ParamArena {
-    let a = ParamArena::with_precision(ctx, &specs(lens), p, PrecisionOptions::default()).unwrap();
-    assert_eq!(a.half_path(), HalfPath::Packed);
+/// The modes under test: f16 on the native path (where the adapter has SHADER_F16), f16
+/// forced onto the packed path, and bf16 (always packed).
+const MODES: [(Precision, bool); 3] = [
+    (Precision::F16, false),
+    (Precision::F16, true),
+    (Precision::BF16, false),
+];
+
+fn arena(ctx: &GpuContext, lens: &[usize], (p, force_packed): (Precision, bool)) -> ParamArena {
+    let opts = PrecisionOptions { force_packed };
+    let a = ParamArena::with_precision(ctx, &specs(lens), p, opts).unwrap();
+    let native = ctx.features().contains(wgpu::Features::SHADER_F16);
+    let want = if p == Precision::F16 && native && !force_packed {
+        HalfPath::Native
+    } else {
+        HalfPath::Packed
+    };
+    assert_eq!(a.half_path(), want);
     assert_eq!(a.precision(), p);
     a
+}
+
+/// Whether the adapter gives the native path, so the native-f16 mode is really tested
+/// (REQUIRE_GPU runs on lavapipe, which has SHADER_F16).
+fn check_native_offered(ctx: &GpuContext) {
+    if std::env::var("REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        assert!(
+            ctx.features().contains(wgpu::Features::SHADER_F16),
+            "the CI adapter should offer SHADER_F16"
+        );
+    }
 }
 
 /// Writes `master` straight into the params buffer (not through `write_params`, which rounds
@@ -123,12 +148,14 @@ fn edge_values(ty: StorageType, rng: &mut fastrand::Rng) -> Vec<f32> {
 #[test]
 fn kernel_rounding_to_16_bits_matches_half_bit_for_bit() {
     let Some(ctx) = gpu() else { return };
-    for p in MODES {
+    check_native_offered(&ctx);
+    for mode in MODES {
+        let p = mode.0;
         let mut rng = fastrand::Rng::with_seed(7);
         let vals = edge_values(p.model, &mut rng);
         // Two tensors of odd length: the pair at each end straddles into padding.
         let lens = [vals.len(), 3];
-        let arena = arena(&ctx, &lens, p);
+        let arena = arena(&ctx, &lens, mode);
         write_master_only(&ctx, &arena, "t0", &vals);
         write_master_only(&ctx, &arena, "t1", &[1.5, -2.25, 3.0e-5]);
         let cfg = SgdConfig {
@@ -178,10 +205,12 @@ fn kernel_rounding_to_16_bits_matches_half_bit_for_bit() {
 #[test]
 fn kernel_widening_of_every_16_bit_pattern_is_exact() {
     let Some(ctx) = gpu() else { return };
-    for p in MODES {
+    check_native_offered(&ctx);
+    for mode in MODES {
+        let p = mode.0;
         let all: Vec<u16> = (0..=u16::MAX).collect();
         let lens = [all.len(), 1];
-        let arena = arena(&ctx, &lens, p);
+        let arena = arena(&ctx, &lens, mode);
         arena.write_params("t0", &vec![-0.0; all.len()]).unwrap();
         arena.write_params("t1", &[-0.0]).unwrap();
         arena.write_grads_bits("t0", &all).unwrap();
@@ -243,8 +272,15 @@ fn frozen(step: usize, tensor: usize) -> bool {
 }
 
 /// `cfg` in mixed mode `p` on the GPU against the CPU reference, 7 steps.
-fn trial(ctx: &GpuContext, cfg: &OptimizerConfig, p: Precision, lens: &[usize], seed: u64) {
-    let arena = arena(ctx, lens, p);
+fn trial(
+    ctx: &GpuContext,
+    cfg: &OptimizerConfig,
+    mode: (Precision, bool),
+    lens: &[usize],
+    seed: u64,
+) {
+    let p = mode.0;
+    let arena = arena(ctx, lens, mode);
     let specs = specs(lens);
     let mut gpu = Optimizer::new(ctx, &arena, cfg.clone()).unwrap();
     let mut cpu = CpuOptimizer::new(cfg.clone(), &specs).unwrap();
@@ -256,7 +292,13 @@ fn trial(ctx: &GpuContext, cfg: &OptimizerConfig, p: Precision, lens: &[usize], 
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut master: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
     arena.write_all_params(&master).unwrap();
-    let what = format!("{} {p:?} {} tensors", cfg.name(), lens.len());
+    let what = format!(
+        "{} {:?} {} tensors",
+        cfg.name(),
+        arena.half_path(),
+        lens.len()
+    );
+    let what = format!("{what} {p:?}");
     let states = gpu.state_names();
     let names: Vec<String> = (0..lens.len()).map(|i| format!("t{i}")).collect();
     for k in 0..STEPS {
@@ -308,6 +350,7 @@ const LENS: [usize; 7] = [1, 255, 257, 0, 3, 4099, 2];
 #[test]
 fn every_optimizer_of_the_table_in_f16_and_bf16_matches_cpu() {
     let Some(ctx) = gpu() else { return };
+    check_native_offered(&ctx);
     let mut ran = 0;
     for cfg in OptimizerConfig::variants() {
         if cfg.family() == "muon" {
@@ -318,7 +361,7 @@ fn every_optimizer_of_the_table_in_f16_and_bf16_matches_cpu() {
             ran += 1;
         }
     }
-    assert!(ran >= 40, "{ran}");
+    assert!(ran >= 60, "{ran}");
 }
 
 #[test]
@@ -328,12 +371,16 @@ fn sgd_and_adam_at_large_and_many_small_tensors_match_cpu() {
     // Many small tensors share packed chunks.
     let many: Vec<usize> = (0..300).map(|_| rng.usize(0..40)).collect();
     let mixed_precisions = [
-        Precision::F16,
-        Precision::BF16,
-        Precision {
-            model: StorageType::Bf16,
-            grads: StorageType::F16,
-        },
+        (Precision::F16, false),
+        (Precision::F16, true),
+        (Precision::BF16, false),
+        (
+            Precision {
+                model: StorageType::Bf16,
+                grads: StorageType::F16,
+            },
+            false,
+        ),
     ];
     for cfg in [
         OptimizerConfig::Sgd(SgdConfig {
@@ -382,7 +429,7 @@ fn unsupported_modes_are_typed_errors() {
     .unwrap();
     let r = Optimizer::new(&ctx, &m, MuonConfig::default());
     assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
-    let a = arena(&ctx, &[5, 7], Precision::BF16);
+    let a = arena(&ctx, &[5, 7], (Precision::BF16, false));
     assert!(matches!(
         GradClipper::new(&ctx, &a, 1.0, NormType::L2),
         Err(Error::Unsupported(_))
@@ -436,7 +483,7 @@ fn a_short_storage_buffer_budget_is_a_typed_error() {
     assert_eq!(ctx.limits().max_storage_buffers_per_shader_stage, 8);
     let f32_arena = ParamArena::new(&ctx, &specs(&[9])).unwrap();
     Optimizer::new(&ctx, &f32_arena, AdamConfig::default()).unwrap();
-    let a = arena(&ctx, &[9], Precision::F16);
+    let a = arena(&ctx, &[9], (Precision::F16, false));
     match Optimizer::new(&ctx, &a, AdamConfig::default()) {
         Err(Error::StorageBufferLimit {
             kernel,
@@ -463,8 +510,8 @@ fn windowed_mixed_arena_matches_cpu() {
         return;
     };
     let lens = [257, 5000, 1, 70_001, 0, 16_385, 3];
-    for p in MODES {
-        let a = arena(&ctx, &lens, p);
+    for mode in MODES {
+        let a = arena(&ctx, &lens, mode);
         assert!(a.layout().windows().len() > 5, "windowing not exercised");
         let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
         assert!(a
@@ -475,8 +522,8 @@ fn windowed_mixed_arena_matches_cpu() {
     }
     for family in ["sgd", "adam", "lamb", "lars"] {
         for cfg in common::variants_of(family).into_iter().take(3) {
-            for p in MODES {
-                trial(&ctx, &cfg, p, &lens, 21);
+            for mode in MODES {
+                trial(&ctx, &cfg, mode, &lens, 21);
             }
         }
     }

@@ -6,13 +6,17 @@ mod common;
 use wgpu_optim::shaders::{self, KernelDef};
 
 fn validate(src: &str) -> Result<naga::valid::ModuleInfo, String> {
+    validate_with(src, naga::valid::Capabilities::empty())
+}
+
+fn validate_with(
+    src: &str,
+    caps: naga::valid::Capabilities,
+) -> Result<naga::valid::ModuleInfo, String> {
     let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .map_err(|e| e.emit_to_string(src))
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .map_err(|e| e.emit_to_string(src))
 }
 
 #[test]
@@ -211,7 +215,9 @@ fn muon_structs_match_rust_twins() {
 fn every_mixed_precision_variant_validates_and_binds_the_model_copy() {
     let mut n = 0;
     for k in shaders::all_kernels() {
-        let Some(m) = k.mixed() else { continue };
+        let Some(m) = k.mixed(wgpu_optim::HalfPath::Packed) else {
+            continue;
+        };
         n += 1;
         validate(m.source).unwrap_or_else(|e| panic!("{m:?} (packed16): {e}"));
         assert!(m
@@ -223,5 +229,22 @@ fn every_mixed_precision_variant_validates_and_binds_the_model_copy() {
     }
     // Every optimizer pass of the table has one (Muon's passes and the norms do not).
     assert!(n >= 25, "{n}");
-    assert!(shaders::NORM_GLOBAL.mixed().is_none());
+    // The native-f16 compositions need naga's f16 capability, and only that.
+    let mut native = 0;
+    for k in shaders::all_kernels() {
+        let Some(m) = k.mixed(wgpu_optim::HalfPath::Native) else {
+            continue;
+        };
+        native += 1;
+        assert!(m.source.starts_with("// enable_f16.wgsl"));
+        assert!(validate(m.source).is_err(), "{m:?} validates without f16");
+        validate_with(m.source, naga::valid::Capabilities::SHADER_FLOAT16)
+            .unwrap_or_else(|e| panic!("{m:?} (native16): {e}"));
+        assert!(m.bindings().contains(&(11, shaders::BindKind::ReadWrite)));
+        assert_ne!(m, k.mixed(wgpu_optim::HalfPath::Packed).unwrap());
+    }
+    assert_eq!(native, n);
+    assert!(shaders::NORM_GLOBAL
+        .mixed(wgpu_optim::HalfPath::Packed)
+        .is_none());
 }

@@ -213,7 +213,7 @@ impl<R: Rule> Segment<R> {
             // here, so a short adapter gets a typed error instead of a validation failure.
             let kernel = match precision.is_mixed() {
                 false => kernel,
-                true => kernel.mixed().ok_or(Error::Unsupported(
+                true => kernel.mixed(arena.half_path()).ok_or(Error::Unsupported(
                     "this optimizer has no mixed-precision kernel",
                 ))?,
             };

@@ -55,7 +55,8 @@ pub const MUON_MOMENTUM: KernelDef = KernelDef {
     source: include_str!("../../shaders/muon.wgsl"),
     layout: LayoutKind::Muon,
     packed16: "",
-    mixed: false,
+    native16: "",
+    io: crate::precision::HalfPath::None,
 };
 /// `muon_apply` in muon.wgsl: decoupled decay and the update.
 pub const MUON_APPLY: KernelDef = KernelDef {
@@ -63,7 +64,8 @@ pub const MUON_APPLY: KernelDef = KernelDef {
     source: include_str!("../../shaders/muon.wgsl"),
     layout: LayoutKind::Muon,
     packed16: "",
-    mixed: false,
+    native16: "",
+    io: crate::precision::HalfPath::None,
 };
 
 /// torch's `adjust_lr_fn`: how the lr is scaled by the matrix's shape (rows A, cols B).
