@@ -220,15 +220,15 @@ impl KernelDef {
 
     /// The mixed-precision variant of an optimizer pass on `path` (the same entry point
     /// compiled from its `io_packed16.wgsl` or `io_native16.wgsl` composition, binding the
-    /// model copy at 11), or `None` where the kernel has none (or `path` is
-    /// [`HalfPath::None`]).
+    /// model copy at 11), or of a norm pass over 16-bit gradients (packed only, no model
+    /// copy); `None` where the kernel has none (or `path` is [`HalfPath::None`]).
     pub fn mixed(&self, path: HalfPath) -> Option<Self> {
         let source = match path {
             HalfPath::None => return None,
             HalfPath::Packed => self.packed16,
             HalfPath::Native => self.native16,
         };
-        if source.is_empty() || !matches!(self.layout, LayoutKind::Step { .. }) {
+        if source.is_empty() || !matches!(self.layout, LayoutKind::Step { .. } | LayoutKind::Norm) {
             return None;
         }
         Some(Self {
@@ -338,7 +338,7 @@ pub const NORM_PARTIALS: KernelDef = KernelDef {
     entry: "norm_partials",
     source: kernel_source!(reduce "norm.wgsl").plain,
     layout: LayoutKind::Norm,
-    packed16: "",
+    packed16: kernel_source!(reduce "norm.wgsl").packed16,
     native16: "",
     io: HalfPath::None,
 };
@@ -347,7 +347,7 @@ pub const NORM_COMBINE: KernelDef = KernelDef {
     entry: "norm_combine",
     source: kernel_source!(reduce "norm.wgsl").plain,
     layout: LayoutKind::Norm,
-    packed16: "",
+    packed16: kernel_source!(reduce "norm.wgsl").packed16,
     native16: "",
     io: HalfPath::None,
 };
@@ -356,7 +356,7 @@ pub const NORM_GLOBAL: KernelDef = KernelDef {
     entry: "norm_global",
     source: kernel_source!(reduce "norm.wgsl").plain,
     layout: LayoutKind::Norm,
-    packed16: "",
+    packed16: kernel_source!(reduce "norm.wgsl").packed16,
     native16: "",
     io: HalfPath::None,
 };

@@ -9,17 +9,19 @@
 //!   buffer at PyTorch's fp32 tolerance (rtol 1.3e-6, atol 1e-5), and the 16-bit model copy
 //!   bit-equal to the `half` crate's rounding of the master weights, after every step.
 //! - Padding lanes of the packed buffers stay zero.
-//! - Typed errors: unsupported combinations, Muon, Lookahead, 16-bit gradient norms, and a
+//! - Loss scaling with the unscale inside the kernel, and clipping, over 16-bit gradients.
+//! - Typed errors: unsupported combinations, Muon, Lookahead, and a
 //!   device that grants fewer storage buffers than a mixed kernel binds.
 
 mod common;
 
 use common::{assert_close, gpu, randn, ATOL, RTOL};
+use wgpu_optim::norm::cpu_clip_grad_norm;
 use wgpu_optim::precision::{from_bits16, to_bits16};
 use wgpu_optim::{
-    AdamConfig, CpuOptimizer, Error, GpuContext, GradClipper, HalfPath, Lookahead, LookaheadConfig,
-    MuonConfig, NormType, Optimizer, OptimizerConfig, ParamArena, Precision, PrecisionOptions,
-    SgdConfig, StorageType, TensorSpec,
+    AdamConfig, AmpConfig, CpuOptimizer, Error, GpuContext, GradClipper, GradScalerConfig,
+    HalfPath, Lookahead, LookaheadConfig, LossScale, MuonConfig, NormType, Optimizer,
+    OptimizerConfig, ParamArena, Precision, PrecisionOptions, SgdConfig, StorageType, TensorSpec,
 };
 
 const STEPS: usize = 7;
@@ -430,10 +432,6 @@ fn unsupported_modes_are_typed_errors() {
     let r = Optimizer::new(&ctx, &m, MuonConfig::default());
     assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
     let a = arena(&ctx, &[5, 7], (Precision::BF16, false));
-    assert!(matches!(
-        GradClipper::new(&ctx, &a, 1.0, NormType::L2),
-        Err(Error::Unsupported(_))
-    ));
     let opt = Optimizer::new(&ctx, &a, AdamConfig::default()).unwrap();
     assert!(matches!(
         Lookahead::new(&ctx, &a, opt, LookaheadConfig::default()),
@@ -524,6 +522,128 @@ fn windowed_mixed_arena_matches_cpu() {
         for cfg in common::variants_of(family).into_iter().take(3) {
             for mode in MODES {
                 trial(&ctx, &cfg, mode, &lens, 21);
+            }
+        }
+    }
+}
+
+/// f16 training as it is done: a dynamic loss scale multiplies the gradients before they are
+/// stored in f16 (so large scales overflow to inf and the step is skipped, and the scale backs
+/// off), and the kernel unscales them in f32 (`g * aux[0]`) after widening. GPU against the CPU
+/// twin (`step_mixed` with the same AmpConfig) in every mode, with Adam and SGD.
+#[test]
+fn loss_scaling_unscales_16_bit_gradients_inside_the_kernel() {
+    let Some(ctx) = gpu() else { return };
+    let amp = AmpConfig {
+        loss_scale: LossScale::Dynamic(GradScalerConfig {
+            // 2^17: 0.3 * 2^17 overflows f16's 65504, so the first steps skip and back off.
+            init_scale: 131_072.0,
+            growth_interval: 3,
+            ..GradScalerConfig::default()
+        }),
+        skip_non_finite: true,
+    };
+    let lens = [1, 255, 257, 4099];
+    for cfg in [
+        OptimizerConfig::from(AdamConfig::default()),
+        SgdConfig {
+            lr: 0.05,
+            momentum: 0.9,
+            ..SgdConfig::default()
+        }
+        .into(),
+    ] {
+        for mode in MODES {
+            let p = mode.0;
+            let a = arena(&ctx, &lens, mode);
+            let specs = specs(&lens);
+            let mut opt = Optimizer::new(&ctx, &a, cfg.clone()).unwrap();
+            opt.set_amp(&a, Some(amp)).unwrap();
+            let mut cpu = CpuOptimizer::new(cfg.clone(), &specs).unwrap();
+            cpu.set_amp(Some(amp)).unwrap();
+            let mut rng = fastrand::Rng::with_seed(9);
+            let mut master: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+            a.write_all_params(&master).unwrap();
+            let mut skipped = 0;
+            for k in 0..10 {
+                let scale = cpu.amp_state().unwrap().scale as f32;
+                let g: Vec<Vec<u16>> = lens
+                    .iter()
+                    .map(|&n| {
+                        let v: Vec<f32> =
+                            randn(&mut rng, n, 0.3).iter().map(|x| x * scale).collect();
+                        to_bits16(p.grads, &v)
+                    })
+                    .collect();
+                for (i, gi) in g.iter().enumerate() {
+                    a.write_grads_bits(&format!("t{i}"), gi).unwrap();
+                }
+                opt.step(&a).unwrap();
+                cpu.step_mixed(&mut master, &g, p.grads).unwrap();
+                let what = format!("{} {p:?} {:?} step {k}", cfg.name(), a.half_path());
+                assert_eq!(opt.found_inf().unwrap(), cpu.found_inf(), "{what}");
+                assert_eq!(opt.amp_state().unwrap(), cpu.amp_state(), "{what}");
+                skipped += usize::from(cpu.found_inf() == Some(true));
+                let got = a.read_all_params().unwrap();
+                for (i, spec) in specs.iter().enumerate() {
+                    assert_close(&format!("{what} t{i}"), &got[i], &master[i], ATOL, RTOL);
+                    for st in cpu.tensor_state_names(&spec.name).unwrap() {
+                        assert_close(
+                            &format!("{what} t{i} {st}"),
+                            &opt.read_state(st, &spec.name).unwrap(),
+                            &cpu.read_state(st, &spec.name).unwrap(),
+                            ATOL,
+                            RTOL,
+                        );
+                    }
+                    let m = a.read_model_bits(&spec.name).unwrap().unwrap();
+                    assert_eq!(m, to_bits16(p.model, &got[i]), "{what} t{i} model");
+                }
+            }
+            // bf16 has f32's range, so only f16 overflows at this scale.
+            if p.grads == StorageType::F16 {
+                assert!(skipped >= 1, "{p:?}: no step overflowed");
+            }
+        }
+    }
+}
+
+/// Global-norm clipping over 16-bit gradients: the norm kernels read the packed gradients
+/// (both f16 paths store the same bytes), and the clipped step matches the CPU optimizer on
+/// the widened gradients clipped on the host (f64 norm there, f32 tree on the GPU).
+#[test]
+fn clipping_reads_16_bit_gradients() {
+    let Some(ctx) = gpu() else { return };
+    let lens = [1, 255, 257, 4099, 3];
+    for mode in MODES {
+        let p = mode.0;
+        for norm in [NormType::L2, NormType::Inf] {
+            let a = arena(&ctx, &lens, mode);
+            let specs = specs(&lens);
+            let mut opt = Optimizer::new(&ctx, &a, AdamConfig::default()).unwrap();
+            let clipper = std::sync::Arc::new(GradClipper::new(&ctx, &a, 0.5, norm).unwrap());
+            opt.set_grad_clip(Some(clipper)).unwrap();
+            let mut cpu = CpuOptimizer::new(AdamConfig::default(), &specs).unwrap();
+            let mut rng = fastrand::Rng::with_seed(13);
+            let mut master: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+            a.write_all_params(&master).unwrap();
+            for k in 0..4 {
+                let g: Vec<Vec<u16>> = lens
+                    .iter()
+                    .map(|&n| to_bits16(p.grads, &randn(&mut rng, n, 0.5)))
+                    .collect();
+                for (i, gi) in g.iter().enumerate() {
+                    a.write_grads_bits(&format!("t{i}"), gi).unwrap();
+                }
+                opt.step(&a).unwrap();
+                let mut wide: Vec<Vec<f32>> = g.iter().map(|x| from_bits16(p.grads, x)).collect();
+                cpu_clip_grad_norm(&mut wide, 0.5, norm).unwrap();
+                cpu.step(&mut master, &wide).unwrap();
+                let got = a.read_all_params().unwrap();
+                for i in 0..lens.len() {
+                    let what = format!("{p:?} {:?} {norm:?} step {k} t{i}", a.half_path());
+                    assert_close(&what, &got[i], &master[i], ATOL, RTOL);
+                }
             }
         }
     }

@@ -62,6 +62,7 @@ pub use adopt::AdoptConfig;
 pub use asgd::AsgdConfig;
 pub(crate) use book::Book;
 pub use book::{ParamGroups, Select};
+pub(crate) use gpu::half_window_binding;
 pub use gpu::Optimizer;
 pub(crate) use gpu::{check_learned, storage_buffer, table_bytes, window_binding, StateReset};
 pub use lamb::LambConfig;
