@@ -45,10 +45,8 @@ impl StorageType {
         self == StorageType::Bf16
     }
 
-    /// The f32 value `x` rounded to this type (round to nearest even), as its bits
-    /// (`x.to_bits()` for [`StorageType::F32`], which cannot be packed; see [`to_bits16`]).
-    ///
-    /// [`to_bits16`]: StorageType::to_bits16
+    /// `x` rounded to this type (round to nearest even) and widened back to f32 (`x` itself
+    /// for [`StorageType::F32`]).
     pub fn round(self, x: f32) -> f32 {
         match self {
             StorageType::F32 => x,
