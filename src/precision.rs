@@ -110,6 +110,18 @@ impl Precision {
         self.model.is_16()
     }
 
+    /// Bytes one step moves per element on an arena of this precision, from the f32 count
+    /// (`OptimizerConfig::bytes_per_element`) and how many times the step reads each gradient:
+    /// each gradient read shrinks to the gradient type's size, and the model copy is written
+    /// (never read) once. Master weights and state stay f32. Adam with bf16 model and grads:
+    /// 2 (g) + 4 (p) + 4 + 4 (m, v) read, 2 (model) + 4 + 4 + 4 written = 28, as in f32.
+    pub fn bytes_per_element(self, f32_bytes: u64, grad_reads: u64) -> u64 {
+        if !self.is_mixed() {
+            return f32_bytes;
+        }
+        f32_bytes - grad_reads * (4 - self.grads.bytes()) + self.model.bytes()
+    }
+
     /// Checks the combination is one the kernels implement.
     pub fn check(self) -> crate::Result<()> {
         if self.model.is_16() != self.grads.is_16() {
@@ -184,6 +196,15 @@ mod tests {
         let w = pack_pairs(&bits, 4);
         assert_eq!(w, vec![0x0002_0001, 3, 0, 0]);
         assert_eq!(unpack_pairs(&w, 3), bits);
+    }
+
+    #[test]
+    fn bytes_per_element_count_the_storage_types() {
+        // Adam: 16 read + 12 written in f32.
+        assert_eq!(Precision::F32.bytes_per_element(28, 1), 28);
+        assert_eq!(Precision::BF16.bytes_per_element(28, 1), 28);
+        // LARS reads each gradient twice (norms, update).
+        assert_eq!(Precision::F16.bytes_per_element(28, 2), 26);
     }
 
     #[test]
