@@ -566,7 +566,7 @@ fn loss_scaling_unscales_16_bit_gradients_inside_the_kernel() {
             a.write_all_params(&master).unwrap();
             let mut skipped = 0;
             for k in 0..10 {
-                let scale = cpu.amp_state().unwrap().scale as f32;
+                let scale = cpu.amp_state().unwrap().scale;
                 let g: Vec<Vec<u16>> = lens
                     .iter()
                     .map(|&n| {
