@@ -648,3 +648,81 @@ fn clipping_reads_16_bit_gradients() {
         }
     }
 }
+
+/// A checkpoint of a mixed-precision run stores the f32 master weights and state; loading
+/// it into a fresh arena rounds the model copy from them, and the resumed run is bit-identical
+/// to the uninterrupted one (master, state and model copy), in every mode.
+#[test]
+fn checkpoints_resume_mixed_runs_exactly() {
+    let Some(ctx) = gpu() else { return };
+    let lens = [1, 255, 257, 3];
+    let grads = |k: usize, p: Precision| -> Vec<Vec<u16>> {
+        let mut rng = fastrand::Rng::with_seed(100 + k as u64);
+        lens.iter()
+            .map(|&n| to_bits16(p.grads, &randn(&mut rng, n, 0.5)))
+            .collect()
+    };
+    let feed = |a: &ParamArena, g: &[Vec<u16>]| {
+        for (i, gi) in g.iter().enumerate() {
+            a.write_grads_bits(&format!("t{i}"), gi).unwrap();
+        }
+    };
+    for mode in MODES {
+        let p = mode.0;
+        let cfg = AdamConfig {
+            weight_decay: 0.01,
+            ..Default::default()
+        };
+        let mut rng = fastrand::Rng::with_seed(1);
+        let init: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+        let a = arena(&ctx, &lens, mode);
+        a.write_all_params(&init).unwrap();
+        let mut opt = Optimizer::new(&ctx, &a, cfg.clone()).unwrap();
+        for k in 0..5 {
+            feed(&a, &grads(k, p));
+            opt.step(&a).unwrap();
+            if k == 2 {
+                let ck = opt.save_checkpoint(Some(&a)).unwrap();
+                let bytes = ck.to_bytes().unwrap();
+                // Resume in a fresh arena and optimizer, then compare after step 4.
+                let ck = wgpu_optim::Checkpoint::from_bytes(&bytes).unwrap();
+                let b = arena(&ctx, &lens, mode);
+                let mut resumed = Optimizer::new(&ctx, &b, cfg.clone()).unwrap();
+                resumed.load_checkpoint(&ck, Some(&b)).unwrap();
+                assert_eq!(
+                    b.read_model_image_bits().unwrap(),
+                    a.read_model_image_bits().unwrap(),
+                    "{p:?}: the loaded model copy is the rounding of the master weights"
+                );
+                for j in 3..5 {
+                    feed(&b, &grads(j, p));
+                    resumed.step(&b).unwrap();
+                }
+                // Run the original to the same point and compare.
+                for j in 3..5 {
+                    feed(&a, &grads(j, p));
+                    opt.step(&a).unwrap();
+                }
+                let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(b.read_params_image().unwrap()),
+                    bits(a.read_params_image().unwrap()),
+                    "{p:?} master"
+                );
+                assert_eq!(
+                    b.read_model_image_bits().unwrap(),
+                    a.read_model_image_bits().unwrap(),
+                    "{p:?} model"
+                );
+                for st in opt.state_names() {
+                    assert_eq!(
+                        bits(resumed.read_state_image(st).unwrap()),
+                        bits(opt.read_state_image(st).unwrap()),
+                        "{p:?} {st}"
+                    );
+                }
+                break;
+            }
+        }
+    }
+}
