@@ -128,8 +128,9 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Byte offset of the tensor in the params, grads and state buffers (for a caller's own
-    /// kernels that write gradients in place).
+    /// Byte offset of the tensor in the params, f32 grads and state buffers (for a caller's own
+    /// kernels that write gradients in place); in the 16-bit model and grads buffers of a
+    /// mixed-precision arena it is half this.
     pub fn byte_offset(&self) -> u64 {
         self.offset as u64 * 4
     }
@@ -770,8 +771,10 @@ static NEXT_ARENA_ID: AtomicU64 = AtomicU64::new(1);
 /// built with: every call uses that device and queue.
 ///
 /// Callers may write gradients straight into [`ParamArena::grads_buffer`] with their own
-/// kernels, at each tensor's [`TensorInfo::byte_offset`]; padding must be left alone (it is
-/// never read into a tensor's update, but the layout promises it stays zero).
+/// kernels, at each tensor's [`TensorInfo::byte_offset`] (half of it in an arena with 16-bit
+/// gradients, [`ParamArena::with_precision`], where element `2k` is the low half of word
+/// `k`); padding must be left alone (it is never read into a tensor's update, but the layout
+/// promises it stays zero).
 #[derive(Debug)]
 pub struct ParamArena {
     id: u64,

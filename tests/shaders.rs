@@ -254,3 +254,46 @@ fn every_mixed_precision_variant_validates_and_binds_the_model_copy() {
         .mixed(wgpu_optim::HalfPath::Native)
         .is_none());
 }
+
+/// The storage-buffer budget the README documents for each mode (f32 / 16-bit), from the
+/// kernels' own binding lists.
+#[test]
+fn storage_buffer_budget_matches_the_readme() {
+    let want: &[(&str, u32)] = &[
+        ("sgd_step", 6),
+        ("adagrad_step", 6),
+        ("asgd_step", 6),
+        ("adadelta_step", 7),
+        ("rprop_step", 7),
+        ("nadam_step", 7),
+        ("radam_step", 7),
+        ("adamax_step", 7),
+        ("lars_step", 7),
+        ("lion_step", 7),
+        ("schedule_free_adamw_step", 7),
+        ("adam_step", 8),
+        ("rmsprop_step", 8),
+        ("lamb_apply", 8),
+        ("adopt_step", 8),
+        ("sgd_hd_step", 8),
+        ("adam_hd_step", 9),
+    ];
+    let all = shaders::all_kernels();
+    for &(entry, f32_count) in want {
+        let k = all.iter().find(|k| k.entry_point() == entry).unwrap();
+        assert_eq!(k.storage_buffers(), f32_count, "{entry} f32");
+        for path in [wgpu_optim::HalfPath::Packed, wgpu_optim::HalfPath::Native] {
+            let m = k.mixed(path).unwrap();
+            assert_eq!(m.storage_buffers(), f32_count + 1, "{entry} {path:?}");
+        }
+    }
+    for k in [
+        shaders::NORM_PARTIALS,
+        shaders::NORM_COMBINE,
+        shaders::NORM_GLOBAL,
+    ] {
+        assert_eq!(k.storage_buffers(), 6);
+        let m = k.mixed(wgpu_optim::HalfPath::Packed).unwrap();
+        assert_eq!(m.storage_buffers(), 6);
+    }
+}
