@@ -726,3 +726,47 @@ fn checkpoints_resume_mixed_runs_exactly() {
         }
     }
 }
+
+/// Schedule-Free's train/eval swap rewrites the master weights in its own pass; in a mixed
+/// arena it rewrites the model copy too, so the forward pass in eval mode reads the rounding
+/// of the swapped weights. GPU against the CPU twin's `set_train_mode`.
+#[test]
+fn schedule_free_eval_swap_rewrites_the_model_copy() {
+    let Some(ctx) = gpu() else { return };
+    let lens = [1, 255, 257, 3];
+    for family in ["schedule_free_adamw", "schedule_free_sgd"] {
+        let cfg = common::variants_of(family).remove(0);
+        for mode in MODES {
+            let p = mode.0;
+            let a = arena(&ctx, &lens, mode);
+            let specs = specs(&lens);
+            let mut opt = Optimizer::new(&ctx, &a, cfg.clone()).unwrap();
+            let mut cpu = CpuOptimizer::new(cfg.clone(), &specs).unwrap();
+            let mut rng = fastrand::Rng::with_seed(17);
+            let mut master: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+            a.write_all_params(&master).unwrap();
+            for _ in 0..3 {
+                let g: Vec<Vec<u16>> = lens
+                    .iter()
+                    .map(|&n| to_bits16(p.grads, &randn(&mut rng, n, 0.5)))
+                    .collect();
+                for (i, gi) in g.iter().enumerate() {
+                    a.write_grads_bits(&format!("t{i}"), gi).unwrap();
+                }
+                opt.step(&a).unwrap();
+                cpu.step_mixed(&mut master, &g, p.grads).unwrap();
+            }
+            for train in [false, true] {
+                opt.set_train_mode(train, &a).unwrap();
+                cpu.set_train_mode(train, &mut master).unwrap();
+                let got = a.read_all_params().unwrap();
+                for i in 0..lens.len() {
+                    let what = format!("{family} {p:?} {:?} train={train} t{i}", a.half_path());
+                    assert_close(&what, &got[i], &master[i], ATOL, RTOL);
+                    let m = a.read_model_bits(&format!("t{i}")).unwrap().unwrap();
+                    assert_eq!(m, to_bits16(p.model, &got[i]), "{what} model");
+                }
+            }
+        }
+    }
+}
