@@ -796,10 +796,11 @@ impl ParamArena {
     }
 
     /// An arena whose model copy and gradients are stored as `precision` says (see
-    /// [`crate::precision`]). With a 16-bit precision the params buffer holds the f32 master
+    /// [`crate::precision`]). With a 16-bit model the params buffer holds the f32 master
     /// weights, and the arena adds a 16-bit model buffer ([`ParamArena::model_buffer`]); the
-    /// grads buffer holds 16-bit gradients. Both 16-bit buffers pack two values per `u32`
-    /// (element `2k` of the arena in the low half) and take half the bytes of an f32 buffer.
+    /// grads buffer holds the gradients in their own type (16-bit or f32). 16-bit buffers pack
+    /// two values per `u32` (element `2k` of the arena in the low half) and take half the
+    /// bytes of an f32 buffer.
     pub fn with_precision(
         ctx: &GpuContext,
         specs: &[TensorSpec],
@@ -851,7 +852,14 @@ impl ParamArena {
         let (params, grads, model) = ctx.scoped(|| {
             (
                 make("arena params", bytes),
-                make("arena grads", if mixed { half_bytes } else { bytes }),
+                make(
+                    "arena grads",
+                    if precision.grads.is_16() {
+                        half_bytes
+                    } else {
+                        bytes
+                    },
+                ),
                 mixed.then(|| make("arena model", half_bytes)),
             )
         })?;

@@ -77,8 +77,8 @@ impl StorageType {
 /// The storage types of an arena: the model copy the forward pass reads and the gradients the
 /// backward pass writes. Master weights and optimizer state are always f32.
 ///
-/// Supported: both [`StorageType::F32`] (the plain arena), or a 16-bit model copy with 16-bit
-/// gradients, each f16 or bf16 independently. Other combinations are
+/// Supported: both [`StorageType::F32`] (the plain arena), or a 16-bit model copy (f16 or
+/// bf16) with gradients of any type (f32, f16 or bf16). An f32 model with 16-bit gradients is
 /// [`Error::Unsupported`](crate::Error::Unsupported).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Precision {
@@ -105,7 +105,7 @@ impl Precision {
         grads: StorageType::Bf16,
     };
 
-    /// Whether the arena keeps a 16-bit model copy (and 16-bit gradients).
+    /// Whether the arena keeps a 16-bit model copy (beside its f32 master weights).
     pub fn is_mixed(self) -> bool {
         self.model.is_16()
     }
@@ -124,11 +124,10 @@ impl Precision {
 
     /// Checks the combination is one the kernels implement.
     pub fn check(self) -> crate::Result<()> {
-        if self.model.is_16() != self.grads.is_16() {
+        if !self.model.is_16() && self.grads.is_16() {
             return Err(crate::Error::Unsupported(
-                "a mixed-precision arena keeps both the model copy and the gradients in 16 bits \
-                 (f16 or bf16 each); an f32 model with 16-bit gradients, or the reverse, is not \
-                 implemented",
+                "16-bit gradients need a 16-bit model copy (an f32 model with 16-bit gradients \
+                 is not implemented)",
             ));
         }
         Ok(())
@@ -216,5 +215,11 @@ mod tests {
             grads: StorageType::Bf16,
         };
         assert!(matches!(bad.check(), Err(crate::Error::Unsupported(_))));
+        let f32_grads = Precision {
+            model: StorageType::Bf16,
+            grads: StorageType::F32,
+        };
+        assert!(f32_grads.check().is_ok());
+        assert_eq!(f32_grads.bytes_per_element(28, 1), 30);
     }
 }

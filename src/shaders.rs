@@ -63,6 +63,15 @@ macro_rules! kernel_source {
                 )),
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
             ),
+            model16: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/half.wgsl")),
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/io_model16.wgsl"
+                )),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
         }
     };
     (reduce $file:literal) => {
@@ -97,6 +106,16 @@ macro_rules! kernel_source {
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl")),
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
             ),
+            model16: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/half.wgsl")),
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/shaders/io_model16.wgsl"
+                )),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/reduce.wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
         }
     };
 }
@@ -112,6 +131,9 @@ pub struct KernelSources {
     /// `enable_f16.wgsl` + `common.wgsl` + `half.wgsl` + `io_native16.wgsl` + the kernel
     /// ([`HalfPath::Native`], needs `SHADER_F16`).
     pub native16: &'static str,
+    /// `common.wgsl` + `half.wgsl` + `io_model16.wgsl` + the kernel: a 16-bit model copy over
+    /// f32 gradients.
+    pub model16: &'static str,
 }
 
 /// The common prelude on its own (for the constant-agreement test).
@@ -172,11 +194,15 @@ pub struct KernelDef {
     /// Which storage prelude `source` was composed with ([`KernelDef::mixed`]):
     /// [`HalfPath::None`] for io_f32.wgsl; otherwise the kernel binds the model copy at 11.
     pub io: HalfPath,
+    /// The model-copy-over-f32-gradients composition, or `""`.
+    pub model16: &'static str,
+    /// Whether `source` is that composition ([`KernelDef::mixed_f32_grads`]).
+    pub f32_grads: bool,
 }
 
 impl PartialEq for KernelDef {
     fn eq(&self, other: &Self) -> bool {
-        self.entry == other.entry && self.io == other.io
+        self.entry == other.entry && self.io == other.io && self.f32_grads == other.f32_grads
     }
 }
 impl Eq for KernelDef {}
@@ -184,6 +210,7 @@ impl std::hash::Hash for KernelDef {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         self.entry.hash(h);
         self.io.hash(h);
+        self.f32_grads.hash(h);
     }
 }
 
@@ -200,6 +227,8 @@ impl KernelDef {
             packed16: source.packed16,
             native16: source.native16,
             io: HalfPath::None,
+            model16: source.model16,
+            f32_grads: false,
         }
     }
 
@@ -215,6 +244,8 @@ impl KernelDef {
             packed16: source.packed16,
             native16: source.native16,
             io: HalfPath::None,
+            model16: source.model16,
+            f32_grads: false,
         }
     }
 
@@ -234,6 +265,20 @@ impl KernelDef {
         Some(Self {
             source,
             io: path,
+            ..*self
+        })
+    }
+
+    /// The variant of an optimizer pass for a 16-bit model copy over f32 gradients
+    /// (`io_model16.wgsl`, packed model copy at 11), or `None` where the kernel has none.
+    pub fn mixed_f32_grads(&self) -> Option<Self> {
+        if self.model16.is_empty() || !matches!(self.layout, LayoutKind::Step { .. }) {
+            return None;
+        }
+        Some(Self {
+            source: self.model16,
+            io: HalfPath::Packed,
+            f32_grads: true,
             ..*self
         })
     }
@@ -341,6 +386,8 @@ pub const NORM_PARTIALS: KernelDef = KernelDef {
     packed16: kernel_source!(reduce "norm.wgsl").packed16,
     native16: "",
     io: HalfPath::None,
+    model16: "",
+    f32_grads: false,
 };
 /// `norm_combine` in norm.wgsl (per tensor).
 pub const NORM_COMBINE: KernelDef = KernelDef {
@@ -350,6 +397,8 @@ pub const NORM_COMBINE: KernelDef = KernelDef {
     packed16: kernel_source!(reduce "norm.wgsl").packed16,
     native16: "",
     io: HalfPath::None,
+    model16: "",
+    f32_grads: false,
 };
 /// `norm_global` in norm.wgsl (one workgroup).
 pub const NORM_GLOBAL: KernelDef = KernelDef {
@@ -359,6 +408,8 @@ pub const NORM_GLOBAL: KernelDef = KernelDef {
     packed16: kernel_source!(reduce "norm.wgsl").packed16,
     native16: "",
     io: HalfPath::None,
+    model16: "",
+    f32_grads: false,
 };
 /// `copy_vec4` in copy.wgsl: the streaming-copy baseline (its shape comes from `override`
 /// constants in the pipeline key).
@@ -369,6 +420,8 @@ pub const COPY: KernelDef = KernelDef {
     packed16: "",
     native16: "",
     io: HalfPath::None,
+    model16: "",
+    f32_grads: false,
 };
 
 /// `matmul_tiles` in matmul.wgsl: the batched tiled matmul ([`crate::matmul::BatchedMatmul`]).
@@ -380,6 +433,8 @@ pub const MATMUL: KernelDef = KernelDef {
     packed16: "",
     native16: "",
     io: HalfPath::None,
+    model16: "",
+    f32_grads: false,
 };
 
 /// `amp_decide` in amp.wgsl: loss scaling and the non-finite skip (one invocation).
@@ -390,6 +445,8 @@ pub const AMP_DECIDE: KernelDef = KernelDef {
     packed16: "",
     native16: "",
     io: HalfPath::None,
+    model16: "",
+    f32_grads: false,
 };
 
 /// Every kernel of the library: the norm family, the copy kernel, the AMP decision, the matmul, the

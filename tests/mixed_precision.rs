@@ -4,7 +4,8 @@
 //!   cases (overflow to inf, subnormals, NaN, exact ties, -0.0) and on random bit patterns,
 //!   and f16/bf16 to f32 on every one of the 65,536 patterns.
 //! - Every optimizer and flag combination of the table on the GPU against the CPU reference
-//!   (`CpuOptimizer::step_mixed`) in f16 and bf16 modes, 7 steps, at the awkward sizes with
+//!   (`CpuOptimizer::step_mixed`) in f16 (native and packed) and bf16 modes, and an f16 model
+//!   copy over f32 gradients, 7 steps, at the awkward sizes with
 //!   odd lengths (a 16-bit pair straddles a tensor's end): master weights and every state
 //!   buffer at PyTorch's fp32 tolerance (rtol 1.3e-6, atol 1e-5), and the 16-bit model copy
 //!   bit-equal to the `half` crate's rounding of the master weights, after every step.
@@ -258,7 +259,16 @@ fn assert_packed_padding_zero(arena: &ParamArena, what: &str) {
         inside[t.offset..t.offset + t.len].fill(true);
     }
     let model = arena.read_model_image_bits().unwrap().unwrap();
-    let grads = arena.read_grads_image_bits().unwrap().unwrap();
+    // 16-bit gradients as bits; f32 gradients (under a 16-bit model) as f32 bits.
+    let grads: Vec<u32> = match arena.read_grads_image_bits().unwrap() {
+        Some(bits) => bits.iter().map(|&b| u32::from(b)).collect(),
+        None => arena
+            .read_grads_image()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect(),
+    };
     let master = arena.read_params_image().unwrap();
     for j in 0..n {
         if !inside[j] {
@@ -304,13 +314,15 @@ fn trial(
     let states = gpu.state_names();
     let names: Vec<String> = (0..lens.len()).map(|i| format!("t{i}")).collect();
     for k in 0..STEPS {
-        // Gradients as the backward pass would store them: already 16-bit.
-        let grads: Vec<Vec<u16>> = lens
-            .iter()
-            .map(|&n| to_bits16(p.grads, &randn(&mut rng, n, 0.5)))
-            .collect();
-        for (name, g) in names.iter().zip(&grads) {
-            arena.write_grads_bits(name, g).unwrap();
+        // Gradients as the backward pass would store them: already 16-bit (or f32).
+        let wide: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 0.5)).collect();
+        let grads: Vec<Vec<u16>> = wide.iter().map(|g| to_bits16(p.grads, g)).collect();
+        if p.grads.is_16() {
+            for (name, g) in names.iter().zip(&grads) {
+                arena.write_grads_bits(name, g).unwrap();
+            }
+        } else {
+            arena.write_all_grads(&wide).unwrap();
         }
         for (i, name) in names.iter().enumerate() {
             gpu.set_frozen(name, frozen(k, i)).unwrap();
@@ -321,7 +333,10 @@ fn trial(
             cpu.set_lr(cfg.lr() * 0.7).unwrap();
         }
         gpu.step(&arena).unwrap();
-        cpu.step_mixed(&mut master, &grads, p.grads).unwrap();
+        match p.grads.is_16() {
+            true => cpu.step_mixed(&mut master, &grads, p.grads).unwrap(),
+            false => cpu.step(&mut master, &wide).unwrap(),
+        }
         let got = arena.read_all_params().unwrap();
         let model = arena.read_model_image_bits().unwrap().unwrap();
         for (i, name) in names.iter().enumerate() {
@@ -354,16 +369,24 @@ fn every_optimizer_of_the_table_in_f16_and_bf16_matches_cpu() {
     let Some(ctx) = gpu() else { return };
     check_native_offered(&ctx);
     let mut ran = 0;
+    // A 16-bit model copy over f32 gradients too (gradients accumulated in f32).
+    let f16_over_f32 = (
+        Precision {
+            model: StorageType::F16,
+            grads: StorageType::F32,
+        },
+        false,
+    );
     for cfg in OptimizerConfig::variants() {
         if cfg.family() == "muon" {
             continue;
         }
-        for (m, p) in MODES.into_iter().enumerate() {
+        for (m, p) in MODES.into_iter().chain([f16_over_f32]).enumerate() {
             trial(&ctx, &cfg, p, &LENS, 11 + m as u64);
             ran += 1;
         }
     }
-    assert!(ran >= 60, "{ran}");
+    assert!(ran >= 80, "{ran}");
 }
 
 #[test]
@@ -380,6 +403,13 @@ fn sgd_and_adam_at_large_and_many_small_tensors_match_cpu() {
             Precision {
                 model: StorageType::Bf16,
                 grads: StorageType::F16,
+            },
+            false,
+        ),
+        (
+            Precision {
+                model: StorageType::Bf16,
+                grads: StorageType::F32,
             },
             false,
         ),
@@ -413,8 +443,8 @@ fn unsupported_modes_are_typed_errors() {
             grads: StorageType::F16,
         },
         Precision {
-            model: StorageType::Bf16,
-            grads: StorageType::F32,
+            model: StorageType::F32,
+            grads: StorageType::Bf16,
         },
     ] {
         assert!(matches!(
@@ -442,6 +472,22 @@ fn unsupported_modes_are_typed_errors() {
         a.write_grads_bits("t0", &[0; 4]),
         Err(Error::LengthMismatch { .. })
     ));
+    // 16-bit gradient bits into an arena of f32 gradients.
+    let over_f32 = ParamArena::with_precision(
+        &ctx,
+        &s,
+        Precision {
+            model: StorageType::Bf16,
+            grads: StorageType::F32,
+        },
+        PrecisionOptions::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        over_f32.write_grads_bits("t0", &[0; 5]),
+        Err(Error::Unsupported(_))
+    ));
+    assert!(over_f32.read_grads_image_bits().unwrap().is_none());
     let f = ParamArena::new(&ctx, &s).unwrap();
     assert_eq!(f.half_path(), HalfPath::None);
     assert!(f.model_buffer().is_none());

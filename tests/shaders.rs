@@ -250,6 +250,21 @@ fn every_mixed_precision_variant_validates_and_binds_the_model_copy() {
         assert_ne!(m, k.mixed(wgpu_optim::HalfPath::Packed).unwrap());
     }
     assert_eq!(native, n);
+    // The model copy over f32 gradients: the same kernels, f32 grads at 6.
+    let mut over_f32 = 0;
+    for k in shaders::all_kernels() {
+        let Some(m) = k.mixed_f32_grads() else {
+            continue;
+        };
+        over_f32 += 1;
+        validate(m.source).unwrap_or_else(|e| panic!("{m:?} (model16): {e}"));
+        assert!(m
+            .source
+            .contains("var<storage, read> grads: array<vec4<f32>>"));
+        assert_eq!(m.storage_buffers(), k.storage_buffers() + 1, "{m:?}");
+        assert_ne!(m, k.mixed(wgpu_optim::HalfPath::Packed).unwrap());
+    }
+    assert_eq!(over_f32, n);
     assert!(shaders::NORM_GLOBAL
         .mixed(wgpu_optim::HalfPath::Native)
         .is_none());

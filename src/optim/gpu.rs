@@ -156,6 +156,8 @@ struct Segment<R: Rule> {
     grads: wgpu::Buffer,
     /// The arena's 16-bit model copy (bound at 11) in a mixed-precision arena.
     model: Option<wgpu::Buffer>,
+    /// Whether the grads buffer holds 16-bit gradients (bound at half offsets).
+    half_grads: bool,
     partials: Option<wgpu::Buffer>,
     dummy: wgpu::Buffer,
     states: Vec<(StateSpec, wgpu::Buffer)>,
@@ -211,12 +213,14 @@ impl<R: Rule> Segment<R> {
             // A mixed-precision arena runs the kernel's io_packed16.wgsl composition, which
             // binds the model copy too: checked against the device's storage-buffer budget
             // here, so a short adapter gets a typed error instead of a validation failure.
-            let kernel = match precision.is_mixed() {
-                false => kernel,
-                true => kernel.mixed(arena.half_path()).ok_or(Error::Unsupported(
-                    "this optimizer has no mixed-precision kernel",
-                ))?,
-            };
+            let kernel = match (precision.is_mixed(), precision.grads.is_16()) {
+                (false, _) => Some(kernel),
+                (true, true) => kernel.mixed(arena.half_path()),
+                (true, false) => kernel.mixed_f32_grads(),
+            }
+            .ok_or(Error::Unsupported(
+                "this optimizer has no mixed-precision kernel",
+            ))?;
             let limit = ctx.limits().max_storage_buffers_per_shader_stage;
             if kernel.storage_buffers() > limit {
                 return Err(Error::StorageBufferLimit {
@@ -307,6 +311,7 @@ impl<R: Rule> Segment<R> {
                 params: arena.params_buffer().clone(),
                 grads: arena.grads_buffer().clone(),
                 model: arena.model_buffer().cloned(),
+                half_grads: arena.precision().grads.is_16(),
                 partials,
                 // Slots this configuration does not use are bound to one small dummy.
                 dummy: storage("unused state", 16),
@@ -505,9 +510,9 @@ impl<R: Rule> GpuSegment for Segment<R> {
                     entry(3, self.tensors.as_entire_binding()),
                     entry(4, aux.as_entire_binding()),
                     entry(5, window_binding(&self.params, w)),
-                    match &self.model {
-                        None => entry(6, window_binding(&self.grads, w)),
-                        Some(_) => entry(6, half_window_binding(&self.grads, w)),
+                    match self.half_grads {
+                        false => entry(6, window_binding(&self.grads, w)),
+                        true => entry(6, half_window_binding(&self.grads, w)),
                     },
                 ];
                 if let Some(model) = &self.model {

@@ -57,6 +57,8 @@ pub const MUON_MOMENTUM: KernelDef = KernelDef {
     packed16: "",
     native16: "",
     io: crate::precision::HalfPath::None,
+    model16: "",
+    f32_grads: false,
 };
 /// `muon_apply` in muon.wgsl: decoupled decay and the update.
 pub const MUON_APPLY: KernelDef = KernelDef {
@@ -66,6 +68,8 @@ pub const MUON_APPLY: KernelDef = KernelDef {
     packed16: "",
     native16: "",
     io: crate::precision::HalfPath::None,
+    model16: "",
+    f32_grads: false,
 };
 
 /// torch's `adjust_lr_fn`: how the lr is scaled by the matrix's shape (rows A, cols B).
