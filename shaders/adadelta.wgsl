@@ -47,7 +47,7 @@ fn adadelta_vec(i: u32, si: u32, mask: vec4<bool>, hp: AdadeltaHyper) {
     let a = a0 * hp.rho + (hp.one_minus_rho * delta) * delta;
     square_avg[si] = select(s0, s, mask);
     acc_delta[si] = select(a0, a, mask);
-    params[i] = select(p0, p0 + hp.neg_lr * delta, mask);
+    store_param(i, select(p0, p0 + hp.neg_lr * delta, mask));
 }
 
 @compute @workgroup_size(WG_SIZE)

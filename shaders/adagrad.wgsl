@@ -34,7 +34,7 @@ fn adagrad_vec(i: u32, si: u32, mask: vec4<bool>, t: AdagradTensor, hp: AdagradH
     let s = s0 + g * g;
     sum[si] = select(s0, s, mask);
     let root = sqrt(s) + hp.eps;
-    params[i] = select(p0, p0 + (t.neg_clr * g) / root, mask);
+    store_param(i, select(p0, p0 + (t.neg_clr * g) / root, mask));
 }
 
 @compute @workgroup_size(WG_SIZE)

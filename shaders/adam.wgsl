@@ -66,7 +66,7 @@ fn adam_vec(i: u32, si: u32, mask: vec4<bool>, t: AdamTensor, hp: AdamHyper) {
         max_exp_avg_sq[si] = select(x0, vv, mask);
     }
     let denom = sqrt(vv) / t.bias_correction2_sqrt + hp.eps;
-    params[i] = select(p0, p + (t.neg_step_size * m) / denom, mask);
+    store_param(i, select(p0, p + (t.neg_step_size * m) / denom, mask));
 }
 
 @compute @workgroup_size(WG_SIZE)

@@ -95,6 +95,6 @@ fn adam_hd_step(
         exp_avg_sq[si] = select(v0, s, mask);
         // State padding is zero and stays zero.
         prev_direction[si] = select(vec4<f32>(0.0), d, mask);
-        params[i] = select(p0, p0 - alpha * d, mask);
+        store_param(i, select(p0, p0 - alpha * d, mask));
     }
 }

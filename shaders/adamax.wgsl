@@ -45,7 +45,7 @@ fn adamax_vec(i: u32, si: u32, mask: vec4<bool>, t: AdamaxTensor, hp: AdamaxHype
     let u = max_nan4(u0 * hp.beta2, abs(g) + hp.eps);
     exp_avg[si] = select(m0, m, mask);
     exp_inf[si] = select(u0, u, mask);
-    params[i] = select(p0, p0 + (t.neg_clr * m) / u, mask);
+    store_param(i, select(p0, p0 + (t.neg_clr * m) / u, mask));
 }
 
 @compute @workgroup_size(WG_SIZE)

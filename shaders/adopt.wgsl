@@ -367,7 +367,7 @@ fn adopt_step(
         if (caution) {
             me = m * select(vec4<f32>(0.0), vec4<f32>(scale), m * g > vec4<f32>(0.0));
         }
-        params[i] = select(p0, p + hp.neg_lr * me, mask);
+        store_param(i, select(p0, p + hp.neg_lr * me, mask));
         exp_avg_sq[si] = select(v0, v0 * hp.beta2 + (hp.one_minus_beta2 * g) * g, mask);
     }
 }

@@ -40,7 +40,7 @@ fn asgd_vec(i: u32, si: u32, mask: vec4<bool>, t: AsgdTensor, hp: AsgdHyper) {
     }
     let decayed = p0 * t.decay_factor;
     let p = decayed + t.neg_eta * g;
-    params[i] = select(p0, p, mask);
+    store_param(i, select(p0, p, mask));
     if (t.copy != 0u) {
         // Padding lanes of p are zero (their grads and params are), so ax's stay zero.
         ax[si] = select(vec4<f32>(0.0), p, mask);

@@ -30,6 +30,8 @@
 //   6  storage, read       grads          same window of the gradient arena
 //   7+ storage, read_write state buffers  this window of the segment's state buffers
 //   10 storage, read_write partials       per-chunk, then per-tensor reduction results (reduce.wgsl)
+//   11 storage, read_write model          16-bit model copy, two values per u32 (io_packed16.wgsl
+//                                         only; binding 6 then holds 16-bit gradients the same way)
 //
 // WG_SIZE, VEC_PER_LANE and CHUNK have Rust twins in src/shaders.rs; tests/shaders.rs checks
 // that the two agree.
@@ -82,8 +84,9 @@ struct Window {
 @group(0) @binding(1) var<uniform> win: Window;
 @group(0) @binding(2) var<storage, read> chunks: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> aux: array<f32>;
-@group(0) @binding(5) var<storage, read_write> params: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> grads: array<vec4<f32>>;
+// params (binding 5), grads (binding 6), `grad_raw` and `store_param` come from the storage
+// prelude that follows this file: io_f32.wgsl (the f32 arena), or io_packed16.wgsl /
+// io_native16.wgsl after half.wgsl (16-bit model copy and gradients beside f32 master weights).
 
 struct ChunkRef {
     ok: bool,
@@ -143,10 +146,11 @@ fn lane_mask(len: u32, v: u32) -> vec4<bool> {
     return vec4<bool>(first < len, first + 1u < len, first + 2u < len, first + 3u < len);
 }
 
-// The gradient as every torch.optim rule first sees it: scaled by a global-norm clip
-// coefficient when one is armed, then negated for maximize.
+// The gradient as every torch.optim rule first sees it: widened to f32 by the storage
+// prelude, scaled by a global-norm clip coefficient (or the loss scale's inverse: the
+// in-kernel unscale) when one is armed, then negated for maximize.
 fn load_grad(i: u32, flags: u32) -> vec4<f32> {
-    var g = grads[i];
+    var g = grad_raw(i);
     if ((flags & FLAG_GRAD_SCALE) != 0u) {
         g = g * aux[0];
     }

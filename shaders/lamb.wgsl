@@ -148,6 +148,6 @@ fn lamb_apply(
         let p0 = params[i];
         let si = c.sbase + v;
         let u = lamb_direction(exp_avg[si], exp_avg_sq[si], p0, t, hp);
-        params[i] = select(p0, p0 + t.neg_lr * (u * ratio), lane_mask(c.len, v));
+        store_param(i, select(p0, p0 + t.neg_lr * (u * ratio), lane_mask(c.len, v)));
     }
 }

@@ -148,6 +148,6 @@ fn lars_step(
             momentum_buffer[si] = select(b0, m.buf, mask);
             g = m.dir;
         }
-        params[i] = select(p0, p0 + t.neg_lr * g, mask);
+        store_param(i, select(p0, p0 + t.neg_lr * g, mask));
     }
 }

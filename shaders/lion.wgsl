@@ -140,7 +140,7 @@ fn lion_step(
         if (caution) {
             u = u * select(vec4<f32>(0.0), vec4<f32>(scale), u * g > vec4<f32>(0.0));
         }
-        params[i] = select(p0, p + hp.neg_lr * u, mask);
+        store_param(i, select(p0, p + hp.neg_lr * u, mask));
         exp_avg[si] = select(m0, lerp_torch(m0, g, hp.one_minus_beta2), mask);
     }
 }

@@ -63,7 +63,7 @@ fn nadam_vec(i: u32, si: u32, mask: vec4<bool>, t: NadamTensor, hp: NadamHyper) 
     let denom = sqrt(v / t.bias_correction2) + hp.eps;
     p = p + (t.grad_coef * g) / denom;
     p = p + (t.exp_avg_coef * m) / denom;
-    params[i] = select(p0, p, mask);
+    store_param(i, select(p0, p, mask));
 }
 
 @compute @workgroup_size(WG_SIZE)

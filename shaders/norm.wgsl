@@ -8,6 +8,18 @@
 // the gradients and no host round trip. Mirrors src/norm.rs (f64 on the CPU).
 
 const NORM_HAS_B: u32 = 256u;
+
+// Set (in the pipeline key) when source a is the arena's 16-bit gradients: this file is then
+// composed with io_packed16.wgsl, the gradients are bound at 6 and widened by grad_raw, and 5
+// holds the (unread) master weights. The native-f16 path stores the same bytes.
+override NORM_A_GRADS: bool = false;
+
+fn source_a(i: u32) -> vec4<f32> {
+    if (NORM_A_GRADS) {
+        return grad_raw(i);
+    }
+    return params[i];
+}
 const NORM_INF: u32 = 512u;
 const NORM_CLIP: u32 = 1024u;
 
@@ -44,10 +56,10 @@ fn norm_partials(
             break;
         }
         let mask = lane_mask(c.len, v);
-        let sa = lane_stats(params[c.base + v], mask);
+        let sa = lane_stats(source_a(c.base + v), mask);
         var sb = vec2<f32>(0.0);
         if ((nh.flags & NORM_HAS_B) != 0u) {
-            sb = lane_stats(grads[c.base + v], mask);
+            sb = lane_stats(grad_raw(c.base + v), mask);
         }
         acc = red_combine(acc, vec4<f32>(sa, sb));
     }

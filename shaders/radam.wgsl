@@ -65,7 +65,7 @@ fn radam_vec(i: u32, si: u32, mask: vec4<bool>, t: RadamTensor, hp: RadamHyper) 
     } else {
         p = p - step;
     }
-    params[i] = select(p0, p, mask);
+    store_param(i, select(p0, p, mask));
 }
 
 @compute @workgroup_size(WG_SIZE)

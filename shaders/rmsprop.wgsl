@@ -59,9 +59,9 @@ fn rmsprop_vec(i: u32, si: u32, mask: vec4<bool>, t: RmspropTensor, hp: RmspropH
         let b0 = momentum_buffer[si];
         let b = b0 * hp.momentum + g / avg;
         momentum_buffer[si] = select(b0, b, mask);
-        params[i] = select(p0, p0 + t.neg_lr * b, mask);
+        store_param(i, select(p0, p0 + t.neg_lr * b, mask));
     } else {
-        params[i] = select(p0, p0 + (t.neg_lr * g) / avg, mask);
+        store_param(i, select(p0, p0 + (t.neg_lr * g) / avg, mask));
     }
 }
 

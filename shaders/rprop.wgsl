@@ -67,7 +67,7 @@ fn rprop_vec(i: u32, si: u32, mask: vec4<bool>, t: RpropTensor, hp: RpropHyper) 
     let gm = select(g, vec4<f32>(0.0), f == vec4<f32>(hp.etaminus));
     step_size[si] = select(size0, size, mask);
     prev[si] = select(prev0, gm, mask);
-    params[i] = select(p0, p0 - sign3(gm) * size, mask);
+    store_param(i, select(p0, p0 - sign3(gm) * size, mask));
 }
 
 @compute @workgroup_size(WG_SIZE)

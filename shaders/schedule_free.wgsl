@@ -55,7 +55,7 @@ fn sf_vec(mode: u32, i: u32, si: u32, mask: vec4<bool>, t: ScheduleFreeTensor, h
     let p0 = params[i];
     let z_old = z[si];
     if (mode == SF_SWAP) {
-        params[i] = select(p0, lerp_torch(p0, z_old, t.swap_w), mask);
+        store_param(i, select(p0, lerp_torch(p0, z_old, t.swap_w), mask));
         return;
     }
     let g = load_grad(i, hp.flags);
@@ -74,7 +74,7 @@ fn sf_vec(mode: u32, i: u32, si: u32, mask: vec4<bool>, t: ScheduleFreeTensor, h
         z0 = p0;
     }
     let y = lerp_torch(p0, z0, hp.c);
-    params[i] = select(p0, y + hp.y_coef * d, mask);
+    store_param(i, select(p0, y + hp.y_coef * d, mask));
     z[si] = select(z_old, z0 - hp.lr * d, mask);
 }
 

@@ -45,7 +45,7 @@ fn sgd_vec(i: u32, si: u32, mask: vec4<bool>, t: SgdTensor, hp: SgdHyper) {
         momentum_buffer[si] = select(b0, m.buf, mask);
         g = m.dir;
     }
-    params[i] = select(p0, p0 + t.neg_lr * g, mask);
+    store_param(i, select(p0, p0 + t.neg_lr * g, mask));
 }
 
 @compute @workgroup_size(WG_SIZE)

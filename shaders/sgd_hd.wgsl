@@ -91,6 +91,6 @@ fn sgd_hd_step(
         }
         // State padding is zero and stays zero.
         prev_direction[si] = select(vec4<f32>(0.0), d, mask);
-        params[i] = select(p0, p0 - alpha * d, mask);
+        store_param(i, select(p0, p0 - alpha * d, mask));
     }
 }

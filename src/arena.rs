@@ -18,6 +18,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
+use crate::precision::{HalfPath, Precision, PrecisionOptions, StorageType};
 use crate::readback;
 use crate::shaders::CHUNK;
 
@@ -127,8 +128,9 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Byte offset of the tensor in the params, grads and state buffers (for a caller's own
-    /// kernels that write gradients in place).
+    /// Byte offset of the tensor in the params, f32 grads and state buffers (for a caller's own
+    /// kernels that write gradients in place); in the 16-bit model and grads buffers of a
+    /// mixed-precision arena it is half this.
     pub fn byte_offset(&self) -> u64 {
         self.offset as u64 * 4
     }
@@ -769,8 +771,10 @@ static NEXT_ARENA_ID: AtomicU64 = AtomicU64::new(1);
 /// built with: every call uses that device and queue.
 ///
 /// Callers may write gradients straight into [`ParamArena::grads_buffer`] with their own
-/// kernels, at each tensor's [`TensorInfo::byte_offset`]; padding must be left alone (it is
-/// never read into a tensor's update, but the layout promises it stays zero).
+/// kernels, at each tensor's [`TensorInfo::byte_offset`] (half of it in an arena with 16-bit
+/// gradients, [`ParamArena::with_precision`], where element `2k` is the low half of word
+/// `k`); padding must be left alone (it is never read into a tensor's update, but the layout
+/// promises it stays zero).
 #[derive(Debug)]
 pub struct ParamArena {
     id: u64,
@@ -778,13 +782,45 @@ pub struct ParamArena {
     layout: Arc<ParamLayout>,
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
+    precision: Precision,
+    path: HalfPath,
+    // The 16-bit model copy of a mixed-precision arena (u32 pairs); None for f32.
+    model: Option<wgpu::Buffer>,
 }
 
 impl ParamArena {
     /// Lays out `specs` and creates zeroed params and grads buffers. Sizes are checked
     /// against the library's and the device's limits before anything is allocated.
     pub fn new(ctx: &GpuContext, specs: &[TensorSpec]) -> Result<Self> {
+        Self::with_precision(ctx, specs, Precision::F32, PrecisionOptions::default())
+    }
+
+    /// An arena whose model copy and gradients are stored as `precision` says (see
+    /// [`crate::precision`]). With a 16-bit model the params buffer holds the f32 master
+    /// weights, and the arena adds a 16-bit model buffer ([`ParamArena::model_buffer`]); the
+    /// grads buffer holds the gradients in their own type (16-bit or f32). 16-bit buffers pack
+    /// two values per `u32` (element `2k` of the arena in the low half) and take half the
+    /// bytes of an f32 buffer.
+    pub fn with_precision(
+        ctx: &GpuContext,
+        specs: &[TensorSpec],
+        precision: Precision,
+        options: PrecisionOptions,
+    ) -> Result<Self> {
         ctx.check_alive()?;
+        precision.check()?;
+        // Native f16 storage needs the device feature, and covers only an all-f16 arena (bf16
+        // has no WGSL type); every other mixed arena is packed.
+        let path = if !precision.is_mixed() {
+            HalfPath::None
+        } else if precision == Precision::F16
+            && !options.force_packed
+            && ctx.features().contains(wgpu::Features::SHADER_F16)
+        {
+            HalfPath::Native
+        } else {
+            HalfPath::Packed
+        };
         let bytes = ParamLayout::required_bytes(specs)?;
         let limit = ctx.limits().max_buffer_size;
         if bytes > limit {
@@ -794,29 +830,77 @@ impl ParamArena {
                 limit,
             });
         }
+        let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
         let layout = ParamLayout::new(
             specs,
             ctx.max_binding_bytes(),
-            ctx.limits().min_storage_buffer_offset_alignment as u64,
+            align * precision_factor(precision),
         )?;
-        let make = |label: &str| {
+        // 16-bit buffers: half the f32 bytes, kept a multiple of 16.
+        let half_bytes = (bytes / 2).next_multiple_of(16);
+        let make = |label: &str, size: u64| {
             ctx.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
-                size: bytes,
+                size,
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_DST
                     | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             })
         };
-        let (params, grads) = ctx.scoped(|| (make("arena params"), make("arena grads")))?;
+        let mixed = precision.is_mixed();
+        let (params, grads, model) = ctx.scoped(|| {
+            (
+                make("arena params", bytes),
+                make(
+                    "arena grads",
+                    if precision.grads.is_16() {
+                        half_bytes
+                    } else {
+                        bytes
+                    },
+                ),
+                mixed.then(|| make("arena model", half_bytes)),
+            )
+        })?;
         Ok(Self {
             id: NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed),
             ctx: ctx.clone(),
             layout: Arc::new(layout),
             params,
             grads,
+            precision,
+            path,
+            model,
         })
+    }
+
+    /// The storage types of the model copy and gradients.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// How the kernels read and write the 16-bit buffers: [`HalfPath::Native`] for an
+    /// all-f16 arena on a device with `SHADER_F16` (unless forced packed),
+    /// [`HalfPath::Packed`] for every other mixed-precision arena, [`HalfPath::None`] for f32.
+    /// The buffers' bytes are the same on both paths (little-endian 16-bit values, element
+    /// `2k` in the low half of word `k`).
+    pub fn half_path(&self) -> HalfPath {
+        self.path
+    }
+
+    /// The 16-bit model copy (STORAGE | COPY_SRC | COPY_DST), `None` for an f32 arena: the
+    /// weights the forward pass reads, element `2k` of the arena in the low half of word `k`.
+    pub fn model_buffer(&self) -> Option<&wgpu::Buffer> {
+        self.model.as_ref()
+    }
+
+    /// Alignment of the binding windows' byte offsets in the f32 buffers: twice the device's
+    /// in a mixed-precision arena, so the 16-bit buffers' windows (half the offset) are
+    /// aligned too.
+    pub fn binding_alignment(&self) -> u64 {
+        self.ctx.limits().min_storage_buffer_offset_alignment as u64
+            * precision_factor(self.precision)
     }
 
     /// Unique id (optimizers check they are stepped with the arena they were built for).
@@ -874,24 +958,149 @@ impl ParamArena {
         Ok(())
     }
 
-    /// Uploads one tensor's parameters.
+    /// Uploads one tensor's parameters (in a mixed-precision arena: its master weights and
+    /// their rounding into the model copy).
     pub fn write_params(&self, name: &str, data: &[f32]) -> Result<()> {
-        self.write_one(&self.params, name, data)
+        self.write_one(&self.params, name, data)?;
+        if let Some(model) = &self.model {
+            let t = self.layout.tensor(name)?;
+            self.write_half(model, self.precision.model, t, data)?;
+        }
+        Ok(())
     }
 
-    /// Uploads one tensor's gradient.
+    /// Uploads one tensor's gradient (in a mixed-precision arena, rounded to the gradients'
+    /// storage type on the host, to nearest even).
     pub fn write_grads(&self, name: &str, data: &[f32]) -> Result<()> {
+        if self.precision.grads.is_16() {
+            let t = self.layout.tensor(name)?;
+            return self.write_half(&self.grads, self.precision.grads, t, data);
+        }
         self.write_one(&self.grads, name, data)
     }
 
-    /// Uploads every tensor's parameters (one slice per tensor, in arena order) in one write.
+    /// Uploads one tensor's gradient as 16-bit patterns of the arena's gradient type
+    /// ([`Error::Unsupported`] in an f32 arena).
+    pub fn write_grads_bits(&self, name: &str, bits: &[u16]) -> Result<()> {
+        if !self.precision.grads.is_16() {
+            return Err(Error::Unsupported(
+                "write_grads_bits needs an arena with 16-bit gradients",
+            ));
+        }
+        self.ctx.check_alive()?;
+        let t = self.layout.tensor(name)?;
+        if bits.len() != t.len {
+            return Err(Error::LengthMismatch {
+                what: format!("gradient bits of tensor {name:?}"),
+                expected: t.len,
+                got: bits.len(),
+            });
+        }
+        self.write_bits(&self.grads, t, bits);
+        Ok(())
+    }
+
+    // Tensors start on 4-element boundaries, so a tensor's 16-bit image starts on a u32 (and
+    // 8-byte) boundary; a tensor of odd length shares its last word with padding, written as
+    // zero here.
+    fn write_bits(&self, buf: &wgpu::Buffer, t: &TensorInfo, bits: &[u16]) {
+        if bits.is_empty() {
+            return;
+        }
+        let words = crate::precision::pack_pairs(bits, t.len.div_ceil(4) * 2);
+        self.ctx
+            .queue()
+            .write_buffer(buf, t.offset as u64 * 2, bytemuck::cast_slice(&words));
+    }
+
+    fn write_half(
+        &self,
+        buf: &wgpu::Buffer,
+        ty: StorageType,
+        t: &TensorInfo,
+        data: &[f32],
+    ) -> Result<()> {
+        self.ctx.check_alive()?;
+        check_len(t, data)?;
+        let bits = crate::precision::to_bits16(ty, data);
+        self.write_bits(buf, t, &bits);
+        Ok(())
+    }
+
+    /// Uploads every tensor's parameters (one slice per tensor, in arena order) in one write
+    /// (in a mixed-precision arena, the model copy too).
     pub fn write_all_params<T: AsRef<[f32]>>(&self, data: &[T]) -> Result<()> {
-        self.write_image(&self.params, data)
+        self.write_image(&self.params, data)?;
+        if let Some(model) = &self.model {
+            self.write_half_image(model, self.precision.model, data)?;
+        }
+        Ok(())
     }
 
     /// Uploads every tensor's gradient (one slice per tensor, in arena order) in one write.
     pub fn write_all_grads<T: AsRef<[f32]>>(&self, data: &[T]) -> Result<()> {
+        if self.precision.grads.is_16() {
+            return self.write_half_image(&self.grads, self.precision.grads, data);
+        }
         self.write_image(&self.grads, data)
+    }
+
+    fn write_half_image<T: AsRef<[f32]>>(
+        &self,
+        buf: &wgpu::Buffer,
+        ty: StorageType,
+        data: &[T],
+    ) -> Result<()> {
+        self.ctx.check_alive()?;
+        let image = self.layout.pack(data)?;
+        let bits = crate::precision::to_bits16(ty, &image);
+        let words = crate::precision::pack_pairs(&bits, (buf.size() / 4) as usize);
+        self.ctx
+            .queue()
+            .write_buffer(buf, 0, bytemuck::cast_slice(&words));
+        Ok(())
+    }
+
+    /// Reads the whole 16-bit model copy back as `(bits per element of the arena, padding
+    /// included)`; `None` for an f32 arena.
+    pub fn read_model_image_bits(&self) -> Result<Option<Vec<u16>>> {
+        self.read_half_image(self.model.as_ref())
+    }
+
+    /// Reads the whole 16-bit grads buffer back (padding included); `None` for f32 grads.
+    pub fn read_grads_image_bits(&self) -> Result<Option<Vec<u16>>> {
+        match self.precision.grads.is_16() {
+            true => self.read_half_image(Some(&self.grads)),
+            false => Ok(None),
+        }
+    }
+
+    fn read_half_image(&self, buf: Option<&wgpu::Buffer>) -> Result<Option<Vec<u16>>> {
+        let Some(buf) = buf else { return Ok(None) };
+        let n = self.layout.total_elements() as usize;
+        // The readback moves bytes; the f32 view of the words is only a container.
+        let words: Vec<u32> = readback::read_f32(&self.ctx, buf, 0, n.div_ceil(2))?
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        Ok(Some(crate::precision::unpack_pairs(&words, n)))
+    }
+
+    /// Reads one tensor's 16-bit model copy back as bit patterns; `None` for an f32 arena.
+    pub fn read_model_bits(&self, name: &str) -> Result<Option<Vec<u16>>> {
+        let t = self.layout.tensor(name)?.clone();
+        Ok(self
+            .read_model_image_bits()?
+            .map(|img| img[t.offset..t.offset + t.len].to_vec()))
+    }
+
+    /// Reads one tensor's model copy back widened to f32: the 16-bit values in a
+    /// mixed-precision arena, the parameters in an f32 one.
+    pub fn read_model(&self, name: &str) -> Result<Vec<f32>> {
+        match self.read_model_bits(name)? {
+            Some(bits) => Ok(crate::precision::from_bits16(self.precision.model, &bits)),
+            None => self.read_params(name),
+        }
     }
 
     /// Reads one tensor's parameters back.
@@ -900,9 +1109,13 @@ impl ParamArena {
         readback::read_f32(&self.ctx, &self.params, t.offset as u64, t.len)
     }
 
-    /// Reads one tensor's gradient back.
+    /// Reads one tensor's gradient back (widened to f32 from 16-bit storage).
     pub fn read_grads(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.layout.tensor(name)?;
+        if let Some(img) = self.read_grads_image_bits()? {
+            let bits = &img[t.offset..t.offset + t.len];
+            return Ok(crate::precision::from_bits16(self.precision.grads, bits));
+        }
         readback::read_f32(&self.ctx, &self.grads, t.offset as u64, t.len)
     }
 
@@ -926,8 +1139,11 @@ impl ParamArena {
         )
     }
 
-    /// Reads the whole grads buffer, padding included.
+    /// Reads the whole grads buffer, padding included (widened to f32 from 16-bit storage).
     pub fn read_grads_image(&self) -> Result<Vec<f32>> {
+        if let Some(img) = self.read_grads_image_bits()? {
+            return Ok(crate::precision::from_bits16(self.precision.grads, &img));
+        }
         readback::read_f32(
             &self.ctx,
             &self.grads,
@@ -939,6 +1155,16 @@ impl ParamArena {
     /// Records a clear of the whole grads buffer (padding included) into `encoder`.
     pub fn zero_grads(&self, encoder: &mut wgpu::CommandEncoder) {
         encoder.clear_buffer(&self.grads, 0, None);
+    }
+}
+
+// Binding windows of a mixed-precision arena start at twice the device's offset alignment in
+// the f32 buffers, so they start aligned in the 16-bit buffers too.
+fn precision_factor(p: Precision) -> u64 {
+    if p.is_mixed() {
+        2
+    } else {
+        1
     }
 }
 

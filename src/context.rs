@@ -149,9 +149,11 @@ impl GpuContext {
         // Ask for everything the adapter offers: the default limits cap a storage binding at
         // 128 MiB and a buffer at 256 MiB, far below what a real GPU (or lavapipe) allows.
         let limits = adapter.limits();
+        // SHADER_F16 where offered: f16 arenas then take the native path (src/precision.rs).
         let wanted = wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
-            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+            | wgpu::Features::SHADER_F16;
         let features = adapter.features() & wanted;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpu-optim"),

@@ -413,6 +413,27 @@ impl CpuOptimizer {
         &self.layout
     }
 
+    /// The CPU reference of a mixed-precision step: `grads` are 16-bit patterns of
+    /// `grad_type` (one slice per tensor), widened exactly to f32 with the `half` crate, and
+    /// `master` holds the f32 master weights, updated as [`CpuOptimizer::step`] does. The
+    /// 16-bit model copy is then [`crate::precision::to_bits16`] of the master weights (the
+    /// GPU kernels write the same bits in the same pass). `grad_type` must be 16-bit.
+    pub fn step_mixed<P: AsMut<[f32]>, G: AsRef<[u16]>>(
+        &mut self,
+        master: &mut [P],
+        grads: &[G],
+        grad_type: crate::precision::StorageType,
+    ) -> Result<()> {
+        if !grad_type.is_16() {
+            return Err(Error::Unsupported("step_mixed takes 16-bit gradients"));
+        }
+        let wide: Vec<Vec<f32>> = grads
+            .iter()
+            .map(|g| crate::precision::from_bits16(grad_type, g.as_ref()))
+            .collect();
+        self.step(master, &wide)
+    }
+
     /// One step over every tensor in a group (one slice per arena tensor, in arena order).
     /// Lengths are checked before anything changes.
     pub fn step<P: AsMut<[f32]>, G: AsRef<[f32]>>(

@@ -128,6 +128,21 @@ pub enum Error {
     /// The device was lost (or destroyed); every object built on it now returns this error.
     #[error("the GPU device was lost: {0}")]
     DeviceLost(String),
+    /// A kernel binds more storage buffers than the device grants per shader stage
+    /// (`max_storage_buffers_per_shader_stage`; WebGPU's default is 8). Mixed-precision
+    /// kernels bind one more than their f32 twins (the 16-bit model copy).
+    #[error(
+        "kernel {kernel} binds {needed} storage buffers, over the device's \
+         max_storage_buffers_per_shader_stage of {limit}"
+    )]
+    StorageBufferLimit {
+        /// The kernel's entry point.
+        kernel: &'static str,
+        /// Storage buffers it binds.
+        needed: u32,
+        /// What the device grants.
+        limit: u32,
+    },
     /// An option the call cannot honour, with the reason.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),

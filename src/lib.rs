@@ -39,6 +39,7 @@ pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod pipeline;
+pub mod precision;
 pub mod readback;
 pub mod schedule;
 
@@ -59,6 +60,7 @@ pub use optim::{
     ScheduleFreeSgdConfig, Select, SgdConfig,
 };
 pub use optim::{AdamHdConfig, HdScope, SgdHdConfig};
+pub use precision::{HalfPath, Precision, PrecisionOptions, StorageType};
 pub use schedule::{
     ChainedScheduler, ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR,
     ExponentialLR, HostGroups, LambdaLR, LinearLR, LrSchedule, MultiStepLR, MultiplicativeLR,

@@ -384,6 +384,12 @@ impl Lookahead {
         // The optimizer checks its arena at every step; checked here too, so a Lookahead never
         // binds another arena's buffers.
         optimizer.check_arena(arena)?;
+        if arena.precision().is_mixed() {
+            return Err(Error::Unsupported(
+                "Lookahead does not run on a mixed-precision arena (its sync pass writes only \
+                 the f32 master weights, not the 16-bit model copy)",
+            ));
+        }
         let members = wrapped(arena.layout(), optimizer.book(), &select)?;
         let layout = SegmentLayout::new(
             arena.layout(),

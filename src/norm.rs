@@ -23,9 +23,12 @@ use crate::arena::{ArenaTables, ChunkRange, ParamArena, ParamLayout};
 use crate::context::GpuContext;
 use crate::dispatch;
 use crate::error::{Error, Result};
-use crate::optim::{storage_buffer, table_bytes, window_binding};
+use crate::optim::{half_window_binding, storage_buffer, table_bytes, window_binding};
 use crate::pipeline::Kernel;
+use crate::pipeline::PipelineKey;
+use crate::precision::{HalfPath, StorageType};
 use crate::readback;
+use crate::shaders::KernelDef;
 use crate::shaders::{NORM_COMBINE, NORM_GLOBAL, NORM_PARTIALS};
 use std::sync::Arc;
 
@@ -102,15 +105,32 @@ impl NormReducer {
             ));
         }
         let layout = arena.layout_arc();
+        // 16-bit gradients: the packed composition of norm.wgsl reads them at 6 (both f16
+        // paths store the same bytes), with the master weights at 5 unread.
+        let half_grads = matches!(source, NormSource::Grads) && arena.precision().grads.is_16();
         let source = match source {
             NormSource::Params => arena.params_buffer(),
+            NormSource::Grads if half_grads => arena.params_buffer(),
             NormSource::Grads => arena.grads_buffer(),
         };
-        let kernels = [
-            ctx.pipelines().get(ctx, NORM_PARTIALS)?,
-            ctx.pipelines().get(ctx, NORM_COMBINE)?,
-            ctx.pipelines().get(ctx, NORM_GLOBAL)?,
-        ];
+        let get = |k: KernelDef| -> Result<Arc<Kernel>> {
+            if !half_grads {
+                return ctx.pipelines().get(ctx, k);
+            }
+            let packed = k.mixed(HalfPath::Packed).ok_or(Error::Unsupported(
+                "the norm kernels have no 16-bit composition",
+            ))?;
+            let bf16 = if arena.precision().grads == StorageType::Bf16 {
+                1.0
+            } else {
+                0.0
+            };
+            ctx.pipelines().get_keyed(
+                ctx,
+                PipelineKey::with_constants(packed, &[("NORM_A_GRADS", 1.0), ("GRAD_BF16", bf16)]),
+            )
+        };
+        let kernels = [get(NORM_PARTIALS)?, get(NORM_COMBINE)?, get(NORM_GLOBAL)?];
         let n_tensors = layout.tensors().len();
         let n_chunks = layout.chunks().len();
         let hyper = NormHyper {
@@ -169,7 +189,10 @@ impl NormReducer {
                             e(2, tables.chunks.as_entire_binding()),
                             e(3, range_buf.as_entire_binding()),
                             e(5, window_binding(source, w)),
-                            e(6, dummy.as_entire_binding()),
+                            match half_grads {
+                                true => e(6, half_window_binding(arena.grads_buffer(), w)),
+                                false => e(6, dummy.as_entire_binding()),
+                            },
                             e(10, partials.as_entire_binding()),
                             e(12, out.as_entire_binding()),
                         ],

@@ -6,13 +6,17 @@ mod common;
 use wgpu_optim::shaders::{self, KernelDef};
 
 fn validate(src: &str) -> Result<naga::valid::ModuleInfo, String> {
+    validate_with(src, naga::valid::Capabilities::empty())
+}
+
+fn validate_with(
+    src: &str,
+    caps: naga::valid::Capabilities,
+) -> Result<naga::valid::ModuleInfo, String> {
     let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .map_err(|e| e.emit_to_string(src))
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .map_err(|e| e.emit_to_string(src))
 }
 
 #[test]
@@ -38,10 +42,11 @@ fn every_kernel_validates_and_has_its_entry_point() {
 #[test]
 fn hypergradient_kernels_compose_the_shared_hd_file() {
     // SGD-HD and Adam-HD share their dot and lr passes through hd.wgsl, placed between
-    // reduce.wgsl and the family file; hd.wgsl uses bindings the family file declares after it,
+    // reduce.wgsl and the family file (after common.wgsl and the f32 storage prelude); hd.wgsl uses bindings the family file declares after it,
     // so each composition must validate on its own.
     use wgpu_optim::optim::{adam_hd, sgd_hd};
     let common = shaders::COMMON;
+    let io = include_str!("../shaders/io_f32.wgsl");
     let reduce = include_str!("../shaders/reduce.wgsl");
     let shared = include_str!("../shaders/hd.wgsl");
     let families = [
@@ -59,7 +64,7 @@ fn hypergradient_kernels_compose_the_shared_hd_file() {
         ),
     ];
     for (kernels, family) in families {
-        let composed = format!("{common}{reduce}{shared}{family}");
+        let composed = format!("{common}{io}{reduce}{shared}{family}");
         // The family file alone does not define the shared passes.
         assert!(!family.contains("fn hd_dot(") && !family.contains("fn hd_lr("));
         let module = naga::front::wgsl::parse_str(&composed).unwrap();
@@ -75,7 +80,7 @@ fn hypergradient_kernels_compose_the_shared_hd_file() {
         for k in kernels {
             assert_eq!(
                 k.source, composed,
-                "{k:?} is not common + reduce + hd + family"
+                "{k:?} is not common + io_f32 + reduce + hd + family"
             );
             validate(k.source).unwrap_or_else(|e| panic!("{k:?}: {e}"));
             assert!(module
@@ -287,4 +292,106 @@ fn adafactor_structs_match_rust_twins() {
         ],
         false,
     );
+}
+
+#[test]
+fn every_mixed_precision_variant_validates_and_binds_the_model_copy() {
+    let mut n = 0;
+    for k in shaders::all_kernels() {
+        let Some(m) = k.mixed(wgpu_optim::HalfPath::Packed) else {
+            continue;
+        };
+        validate(m.source).unwrap_or_else(|e| panic!("{m:?} (packed16): {e}"));
+        assert_ne!(m, k, "the variants are different pipeline-cache keys");
+        if matches!(k.layout, shaders::LayoutKind::Norm) {
+            // The norms over 16-bit gradients bind no model copy.
+            assert_eq!(m.bindings(), k.bindings());
+            continue;
+        }
+        n += 1;
+        assert!(m
+            .source
+            .contains("var<storage, read_write> model: array<vec2<u32>>"));
+        assert!(m.bindings().contains(&(11, shaders::BindKind::ReadWrite)));
+        assert_eq!(m.storage_buffers(), k.storage_buffers() + 1, "{m:?}");
+        assert_ne!(m, k, "the variants are different pipeline-cache keys");
+    }
+    // Every optimizer pass of the table has one (Muon's passes do not).
+    assert!(n >= 25, "{n}");
+    // The native-f16 compositions need naga's f16 capability, and only that.
+    let mut native = 0;
+    for k in shaders::all_kernels() {
+        let Some(m) = k.mixed(wgpu_optim::HalfPath::Native) else {
+            continue;
+        };
+        native += 1;
+        assert!(m.source.starts_with("// enable_f16.wgsl"));
+        assert!(validate(m.source).is_err(), "{m:?} validates without f16");
+        validate_with(m.source, naga::valid::Capabilities::SHADER_FLOAT16)
+            .unwrap_or_else(|e| panic!("{m:?} (native16): {e}"));
+        assert!(m.bindings().contains(&(11, shaders::BindKind::ReadWrite)));
+        assert_ne!(m, k.mixed(wgpu_optim::HalfPath::Packed).unwrap());
+    }
+    assert_eq!(native, n);
+    // The model copy over f32 gradients: the same kernels, f32 grads at 6.
+    let mut over_f32 = 0;
+    for k in shaders::all_kernels() {
+        let Some(m) = k.mixed_f32_grads() else {
+            continue;
+        };
+        over_f32 += 1;
+        validate(m.source).unwrap_or_else(|e| panic!("{m:?} (model16): {e}"));
+        assert!(m
+            .source
+            .contains("var<storage, read> grads: array<vec4<f32>>"));
+        assert_eq!(m.storage_buffers(), k.storage_buffers() + 1, "{m:?}");
+        assert_ne!(m, k.mixed(wgpu_optim::HalfPath::Packed).unwrap());
+    }
+    assert_eq!(over_f32, n);
+    assert!(shaders::NORM_GLOBAL
+        .mixed(wgpu_optim::HalfPath::Native)
+        .is_none());
+}
+
+/// The storage-buffer budget the README documents for each mode (f32 / 16-bit), from the
+/// kernels' own binding lists.
+#[test]
+fn storage_buffer_budget_matches_the_readme() {
+    let want: &[(&str, u32)] = &[
+        ("sgd_step", 6),
+        ("adagrad_step", 6),
+        ("asgd_step", 6),
+        ("adadelta_step", 7),
+        ("rprop_step", 7),
+        ("nadam_step", 7),
+        ("radam_step", 7),
+        ("adamax_step", 7),
+        ("lars_step", 7),
+        ("lion_step", 7),
+        ("schedule_free_adamw_step", 7),
+        ("adam_step", 8),
+        ("rmsprop_step", 8),
+        ("lamb_apply", 8),
+        ("adopt_step", 8),
+        ("sgd_hd_step", 8),
+        ("adam_hd_step", 9),
+    ];
+    let all = shaders::all_kernels();
+    for &(entry, f32_count) in want {
+        let k = all.iter().find(|k| k.entry_point() == entry).unwrap();
+        assert_eq!(k.storage_buffers(), f32_count, "{entry} f32");
+        for path in [wgpu_optim::HalfPath::Packed, wgpu_optim::HalfPath::Native] {
+            let m = k.mixed(path).unwrap();
+            assert_eq!(m.storage_buffers(), f32_count + 1, "{entry} {path:?}");
+        }
+    }
+    for k in [
+        shaders::NORM_PARTIALS,
+        shaders::NORM_COMBINE,
+        shaders::NORM_GLOBAL,
+    ] {
+        assert_eq!(k.storage_buffers(), 6);
+        let m = k.mixed(wgpu_optim::HalfPath::Packed).unwrap();
+        assert_eq!(m.storage_buffers(), 6);
+    }
 }

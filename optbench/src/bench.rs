@@ -11,7 +11,7 @@ use wgpu_optim::bench::{
 };
 use wgpu_optim::{
     AmpConfig, CpuOptimizer, GpuContext, Lookahead, LookaheadConfig, Optimizer, OptimizerConfig,
-    ParamArena, TensorSpec,
+    ParamArena, Precision, PrecisionOptions, StorageType, TensorSpec,
 };
 
 use crate::tables::{f2, f3, fmt_elems, opt_f, table};
@@ -24,7 +24,8 @@ const MAX_TENSORS: usize = 1_000_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct BenchPlan {
-    optimizers: Vec<(String, OptimizerConfig)>,
+    /// (row label, configuration, storage of the model copy and gradients).
+    optimizers: Vec<(String, OptimizerConfig, Precision)>,
     sizes: Vec<u64>,
     tensors: Vec<usize>,
     iters: usize,
@@ -72,6 +73,29 @@ impl BenchPlan {
                     })
             })
             .collect::<Result<Vec<_>>>()?;
+        let precisions = if opts.precision.is_empty() {
+            vec![Precision::F32]
+        } else {
+            opts.precision.clone()
+        };
+        let mut optimizers_by_precision = Vec::new();
+        for (n, c) in optimizers {
+            for &p in &precisions {
+                if p.is_mixed() && grad_reads(&c).is_none() {
+                    bail!(
+                        "--precision {}: {n}'s gradient reads per step are not counted for the \
+                         bytes per element; bench it in f32",
+                        precision_name(p)
+                    );
+                }
+                let label = match p.is_mixed() {
+                    false => n.clone(),
+                    true => format!("{n} [{}]", precision_name(p)),
+                };
+                optimizers_by_precision.push((label, c.clone(), p));
+            }
+        }
+        let optimizers = optimizers_by_precision;
         let sizes = if !opts.sizes.is_empty() {
             opts.sizes.clone()
         } else if quick {
@@ -248,6 +272,40 @@ pub(crate) struct BenchReport {
 }
 
 /// 1-minute load average from /proc/loadavg (None elsewhere).
+/// How many times one step reads each gradient, for the families whose count is known here:
+/// the single-pass elementwise ones (the norm-reducing and caution passes read it again).
+fn grad_reads(cfg: &OptimizerConfig) -> Option<u64> {
+    match cfg.family() {
+        "lars" => Some(2),
+        "sgd"
+        | "adam"
+        | "rmsprop"
+        | "adagrad"
+        | "adadelta"
+        | "asgd"
+        | "nadam"
+        | "radam"
+        | "adamax"
+        | "rprop"
+        | "schedule_free_adamw"
+        | "schedule_free_sgd" => Some(1),
+        _ => None,
+    }
+}
+
+fn precision_name(p: Precision) -> String {
+    let n = |t: StorageType| match t {
+        StorageType::F32 => "f32",
+        StorageType::F16 => "f16",
+        StorageType::Bf16 => "bf16",
+    };
+    if p.model == p.grads {
+        n(p.model).to_string()
+    } else {
+        format!("{} model, {} grads", n(p.model), n(p.grads))
+    }
+}
+
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
@@ -387,7 +445,7 @@ pub(crate) fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<B
         let first_row = rows.len();
         pb.inc(1);
 
-        for (name, cfg) in &plan.optimizers {
+        for (name, cfg, precision) in &plan.optimizers {
             for &t in &plan.tensors {
                 let lens = split(n, t);
                 let specs: Vec<TensorSpec> = lens
@@ -400,7 +458,12 @@ pub(crate) fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<B
                 pb.set_message(format!("{name} {} x{t}", fmt_elems(n)));
 
                 // The fused multi-tensor step.
-                let arena = ParamArena::new(ctx, &specs)?;
+                let arena = ParamArena::with_precision(
+                    ctx,
+                    &specs,
+                    *precision,
+                    PrecisionOptions::default(),
+                )?;
                 arena.write_all_params(&parts_p)?;
                 arena.write_all_grads(&parts_g)?;
                 let mut opt = Optimizer::new(ctx, &arena, cfg.clone())?;
@@ -414,7 +477,8 @@ pub(crate) fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<B
                     |e| opt.encode_step(e, &arena),
                 )?;
                 let s = summary(&ms)?;
-                let bpe = cfg.bytes_per_element();
+                let bpe = precision
+                    .bytes_per_element(cfg.bytes_per_element(), grad_reads(cfg).unwrap_or(1));
                 let gbs = gb_per_s((n * bpe) as f64, s.median * 1e-3);
                 let dispatches = opt.dispatches_per_step();
                 // The AMP guard on the same optimizer and arena (grads stay finite, so every
@@ -440,7 +504,7 @@ pub(crate) fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<B
                     None
                 };
                 // Lookahead around the same optimizer, every step a sync, on the same arena.
-                let lookahead = if plan.lookahead {
+                let lookahead = if plan.lookahead && !precision.is_mixed() {
                     let cfg = LookaheadConfig::default().with_k(1);
                     let mut la = Lookahead::new(ctx, &arena, opt, cfg)?;
                     let (lms, _, _) = measure(
@@ -505,7 +569,8 @@ pub(crate) fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<B
                 };
 
                 // The CPU reference, single-threaded, on the same data.
-                let cpu_row = if plan.cpu {
+                // (f32 only: the CPU twin of a mixed step is the f32 step on widened gradients.)
+                let cpu_row = if plan.cpu && !precision.is_mixed() {
                     pb.set_message(format!("{name} {} x{t} cpu", fmt_elems(n)));
                     let mut cpu = CpuOptimizer::new(cfg.clone(), &specs)?;
                     let mut p: Vec<Vec<f32>> = parts_p.iter().map(|s| s.to_vec()).collect();

@@ -150,6 +150,11 @@ struct Opts {
     /// Skip the CPU reference timing.
     #[arg(long, global = true)]
     no_cpu: bool,
+    /// Storage of the model copy and gradients for bench cases: f32 (default), f16, bf16;
+    /// several give one row each per case (f16 and bf16 rows are labelled `name [f16]`, with
+    /// f32 master weights and state, and bytes per element counted for the storage types).
+    #[arg(long, global = true, value_delimiter = ',', value_parser = parse_precision)]
+    precision: Vec<wgpu_optim::Precision>,
     /// Also time every bench case under Lookahead with k = 1 (each step syncs) and report the
     /// sync's cost and the per-step cost at k = 5 against the plain step of the same run.
     #[arg(long, global = true)]
@@ -189,6 +194,15 @@ impl From<TimerArg> for TimerChoice {
 }
 
 /// `1234`, `64k` (2^16), `1M` (2^20), `1G`, `2^24`.
+fn parse_precision(s: &str) -> std::result::Result<wgpu_optim::Precision, String> {
+    match s {
+        "f32" => Ok(wgpu_optim::Precision::F32),
+        "f16" => Ok(wgpu_optim::Precision::F16),
+        "bf16" => Ok(wgpu_optim::Precision::BF16),
+        _ => Err(format!("{s:?}: expected f32, f16 or bf16")),
+    }
+}
+
 fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim().replace('_', "");
     let bad = || format!("bad size {s:?}: use an integer, 64k, 1M, 1G or 2^N");

@@ -4,9 +4,10 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 use wgpu_optim::norm::{cpu_clip_grad_norm, cpu_norms};
+use wgpu_optim::precision::to_bits16;
 use wgpu_optim::{
     CpuOptimizer, GpuContext, GradClipper, NormReducer, NormType, Optimizer, OptimizerConfig,
-    ParamArena, ParamGroups, Select, TensorSpec,
+    ParamArena, ParamGroups, Precision, PrecisionOptions, Select, TensorSpec,
 };
 
 use crate::tables::table;
@@ -214,7 +215,12 @@ pub(crate) fn verify(
                     .any(|f| label.starts_with(f.as_str()) || cfgs.iter().any(|c| c.name() == f))
         })
         .collect();
-    if variants.is_empty() && !opts.optimizers.iter().any(|o| o == "lookahead") {
+    if variants.is_empty()
+        && !opts
+            .optimizers
+            .iter()
+            .any(|o| o == "lookahead" || o == "mixed")
+    {
         bail!(
             "--optimizers {:?} matches no verify variant",
             opts.optimizers
@@ -326,6 +332,9 @@ pub(crate) fn verify(
     }
     if opts.optimizers.is_empty() || opts.optimizers.iter().any(|o| o == "lookahead") {
         rows.extend(verify_lookahead(ctx, steps, &mut rng)?);
+    }
+    if opts.optimizers.is_empty() || opts.optimizers.iter().any(|o| o == "mixed") {
+        rows.extend(verify_mixed(ctx, steps, &mut rng)?);
     }
     let passed = rows.iter().all(|r| r.pass);
     Ok(VerifyReport {
@@ -479,5 +488,96 @@ fn verify_lookahead(
             rows.push(c.row(&label, buffer, lens.iter().sum()));
         }
     }
+    Ok(rows)
+}
+
+/// Mixed precision (`--optimizers mixed`, and in the full run): every optimizer variant of
+/// the table except Muon and Adafactor, in f16 (the adapter's path, and forced packed) and bf16, on the GPU
+/// against `CpuOptimizer::step_mixed`: the f32 master weights and state at the fp32
+/// tolerance, and the 16-bit model copy, which must equal the `half` crate's rounding of the
+/// GPU's master weights bit for bit (its row's max_abs_err is the largest difference, and the
+/// row fails on any mismatch).
+fn verify_mixed(ctx: &GpuContext, steps: usize, rng: &mut fastrand::Rng) -> Result<Vec<VerifyRow>> {
+    let lens = VERIFY_LENS;
+    let specs: Vec<TensorSpec> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| TensorSpec::new(format!("t{i}"), n))
+        .collect();
+    let modes = [
+        (Precision::F16, false),
+        (Precision::F16, true),
+        (Precision::BF16, false),
+    ];
+    let configs: Vec<OptimizerConfig> = OptimizerConfig::variants()
+        .into_iter()
+        .filter(|c| c.runs_mixed_precision())
+        .collect();
+    let pb = progress((configs.len() * modes.len()) as u64, "verify mixed");
+    let mut rows = Vec::new();
+    for cfg in &configs {
+        for (p, force_packed) in modes {
+            let arena =
+                ParamArena::with_precision(ctx, &specs, p, PrecisionOptions { force_packed })?;
+            let label = format!(
+                "{} [{}, {:?}]",
+                cfg.describe(),
+                if p == Precision::F16 { "f16" } else { "bf16" },
+                arena.half_path()
+            );
+            pb.set_message(label.clone());
+            let mut gpu = Optimizer::new(ctx, &arena, cfg.clone())?;
+            let mut cpu = CpuOptimizer::new(cfg.clone(), &specs)?;
+            let mut master: Vec<Vec<f32>> = lens.iter().map(|&n| randn(rng, n, 1.0)).collect();
+            arena.write_all_params(&master)?;
+            let names = gpu.state_names();
+            let mut cmps: Vec<Cmp> = (0..=names.len()).map(|_| Cmp::default()).collect();
+            let (mut model_err, mut model_bad) = (0f64, 0usize);
+            for _ in 0..steps {
+                let grads: Vec<Vec<u16>> = lens
+                    .iter()
+                    .map(|&n| to_bits16(p.grads, &randn(rng, n, 0.5)))
+                    .collect();
+                for (i, g) in grads.iter().enumerate() {
+                    arena.write_grads_bits(&format!("t{i}"), g)?;
+                }
+                gpu.step(&arena)?;
+                cpu.step_mixed(&mut master, &grads, p.grads)?;
+                let got = arena.read_all_params()?;
+                for (i, g) in got.iter().enumerate() {
+                    cmps[0].add(g, &master[i]);
+                    let t = format!("t{i}");
+                    let model = arena.read_model(&t)?;
+                    let want: Vec<f32> = g.iter().map(|&x| p.model.round(x)).collect();
+                    for (&a, &b) in model.iter().zip(&want) {
+                        if a.to_bits() != b.to_bits() {
+                            model_bad += 1;
+                            model_err = model_err.max(((a - b) as f64).abs());
+                        }
+                    }
+                    for (s, name) in names.iter().enumerate() {
+                        if cpu.tensor_state_names(&t)?.contains(name) {
+                            cmps[s + 1].add(&gpu.read_state(name, &t)?, &cpu.read_state(name, &t)?);
+                        }
+                    }
+                }
+            }
+            let elements = lens.iter().sum();
+            for (s, c) in cmps.iter().enumerate() {
+                let buffer = if s == 0 { "master" } else { names[s - 1] };
+                rows.push(c.row(&label, buffer, elements));
+            }
+            rows.push(VerifyRow {
+                optimizer: label,
+                buffer: "model (bits)".into(),
+                elements,
+                max_abs_err: model_err,
+                max_rel_err: 0.0,
+                pass: model_bad == 0,
+            });
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
     Ok(rows)
 }

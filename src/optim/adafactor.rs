@@ -47,11 +47,11 @@ use crate::shaders::{KernelDef, LayoutKind, FLAG_GRAD_SCALE, FLAG_MAXIMIZE};
 pub const ADAFACTOR_WG: u32 = 256;
 
 /// `adafactor_step` in adafactor.wgsl: the whole step of one tensor per workgroup.
-pub const ADAFACTOR_STEP: KernelDef = KernelDef {
-    entry: "adafactor_step",
-    source: include_str!("../../shaders/adafactor.wgsl"),
-    layout: LayoutKind::Adafactor,
-};
+pub const ADAFACTOR_STEP: KernelDef = KernelDef::standalone(
+    "adafactor_step",
+    include_str!("../../shaders/adafactor.wgsl"),
+    LayoutKind::Adafactor,
+);
 
 /// torch.optim.Adafactor's hyperparameters; `Default` is torch's.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

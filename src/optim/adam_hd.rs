@@ -24,7 +24,8 @@ use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::KernelDef;
 
-const ADAM_HD_WGSL: &str = crate::kernel_source!(reduce "hd.wgsl" + "adam_hd.wgsl");
+const ADAM_HD_WGSL: crate::shaders::KernelSources =
+    crate::kernel_source!(reduce "hd.wgsl" + "adam_hd.wgsl");
 /// `adam_hd_dot` in adam_hd.wgsl (per chunk; hd.wgsl's `hd_dot`): partial sums of `<g, d_prev>`.
 pub const ADAM_HD_DOT: KernelDef = KernelDef::reducing("adam_hd_dot", ADAM_HD_WGSL, 3);
 /// `adam_hd_lr` in adam_hd.wgsl (per parameter group; hd.wgsl's `hd_lr`): folds the dots, updates the learned lr.

@@ -43,6 +43,19 @@ pub(crate) fn window_binding<'a>(buf: &'a wgpu::Buffer, w: &Window) -> wgpu::Bin
     })
 }
 
+/// Binds window `w` of a 16-bit arena buffer (the model copy, 16-bit grads): half the f32
+/// window's offset and size ([`ParamArena::binding_alignment`] keeps the offset aligned).
+pub(crate) fn half_window_binding<'a>(
+    buf: &'a wgpu::Buffer,
+    w: &Window,
+) -> wgpu::BindingResource<'a> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: buf,
+        offset: w.byte_offset() / 2,
+        size: std::num::NonZeroU64::new(w.byte_size() / 2),
+    })
+}
+
 /// Binds the state window of `w` of a segment's state buffer.
 fn state_binding<'a>(buf: &'a wgpu::Buffer, w: &Window) -> wgpu::BindingResource<'a> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -154,6 +167,10 @@ struct Segment<R: Rule> {
     tensors: wgpu::Buffer,
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
+    /// The arena's 16-bit model copy (bound at 11) in a mixed-precision arena.
+    model: Option<wgpu::Buffer>,
+    /// Whether the grads buffer holds 16-bit gradients (bound at half offsets).
+    half_grads: bool,
     partials: Option<wgpu::Buffer>,
     dummy: wgpu::Buffer,
     states: Vec<(StateSpec, wgpu::Buffer)>,
@@ -182,7 +199,7 @@ impl<R: Rule> Segment<R> {
             plan.members.clone(),
             &plan.member_groups,
             ctx.max_binding_bytes(),
-            ctx.limits().min_storage_buffer_offset_alignment as u64,
+            arena.binding_alignment(),
             // Small tensors share packed chunks for the rules whose kernels read them: the
             // elementwise ones (one pass, no per-tensor reduction).
             R::passes().len() == 1 && !R::KERNEL.uses_partials(),
@@ -204,12 +221,42 @@ impl<R: Rule> Segment<R> {
             0.0
         };
         let any_packed = layout.windows().iter().any(|w| w.packed);
+        let precision = arena.precision();
         let pipelines = |kernel: KernelDef| -> Result<(Arc<Kernel>, Option<Arc<Kernel>>)> {
-            let key = |packed: f64| {
-                PipelineKey::with_constants(
+            // A mixed-precision arena runs the kernel's io_packed16.wgsl composition, which
+            // binds the model copy too: checked against the device's storage-buffer budget
+            // here, so a short adapter gets a typed error instead of a validation failure.
+            let kernel = match (precision.is_mixed(), precision.grads.is_16()) {
+                (false, _) => Some(kernel),
+                (true, true) => kernel.mixed(arena.half_path()),
+                (true, false) => kernel.mixed_f32_grads(),
+            }
+            .ok_or(Error::Unsupported(
+                "this optimizer has no mixed-precision kernel",
+            ))?;
+            let limit = ctx.limits().max_storage_buffers_per_shader_stage;
+            if kernel.storage_buffers() > limit {
+                return Err(Error::StorageBufferLimit {
+                    kernel: kernel.entry_point(),
+                    needed: kernel.storage_buffers(),
+                    limit,
+                });
+            }
+            let bf = |b: bool| if b { 1.0 } else { 0.0 };
+            let key = |packed: f64| match precision.is_mixed() {
+                false => PipelineKey::with_constants(
                     kernel,
                     &[("STATE_AT_PARAMS", same), ("PACKED", packed)],
-                )
+                ),
+                true => PipelineKey::with_constants(
+                    kernel,
+                    &[
+                        ("STATE_AT_PARAMS", same),
+                        ("PACKED", packed),
+                        ("GRAD_BF16", bf(precision.grads.is_bf16())),
+                        ("MODEL_BF16", bf(precision.model.is_bf16())),
+                    ],
+                ),
             };
             let plain = ctx.pipelines().get_keyed(ctx, key(0.0))?;
             let packed = match any_packed {
@@ -276,6 +323,8 @@ impl<R: Rule> Segment<R> {
                 tensors: storage("tensors", table_bytes::<R::TensorStep>(n_tensors)),
                 params: arena.params_buffer().clone(),
                 grads: arena.grads_buffer().clone(),
+                model: arena.model_buffer().cloned(),
+                half_grads: arena.precision().grads.is_16(),
                 partials,
                 // Slots this configuration does not use are bound to one small dummy.
                 dummy: storage("unused state", 16),
@@ -474,8 +523,14 @@ impl<R: Rule> GpuSegment for Segment<R> {
                     entry(3, self.tensors.as_entire_binding()),
                     entry(4, aux.as_entire_binding()),
                     entry(5, window_binding(&self.params, w)),
-                    entry(6, window_binding(&self.grads, w)),
+                    match self.half_grads {
+                        false => entry(6, window_binding(&self.grads, w)),
+                        true => entry(6, half_window_binding(&self.grads, w)),
+                    },
                 ];
+                if let Some(model) = &self.model {
+                    entries.push(entry(11, half_window_binding(model, w)));
+                }
                 for slot in 0..R::KERNEL.state_slots() {
                     let resource = match self.states.iter().find(|(s, _)| s.slot == slot) {
                         Some((_, buf)) => state_binding(buf, w),
@@ -541,6 +596,12 @@ impl RuleVisitor for BuildSegment<'_> {
         // Muon runs its own segment (momentum, batched Newton–Schulz matmuls, apply).
         let any: &dyn std::any::Any = &configs;
         if let Some(muon) = any.downcast_ref::<Vec<super::muon::MuonConfig>>() {
+            if self.arena.precision().is_mixed() {
+                return Err(Error::Unsupported(
+                    "Muon does not run on a mixed-precision arena (its momentum and apply \
+                     passes read f32 gradients and write only the f32 weights)",
+                ));
+            }
             return Ok(Box::new(super::muon::MuonSegment::new(
                 self.ctx, self.arena, self.plan, self.aux, muon,
             )?));
@@ -550,6 +611,12 @@ impl RuleVisitor for BuildSegment<'_> {
             .downcast_ref::<Vec<super::adafactor::AdafactorConfig>>()
             .is_some()
         {
+            if self.arena.precision().is_mixed() {
+                return Err(Error::Unsupported(
+                    "Adafactor does not run on a mixed-precision arena yet (its step reads f32 \
+                     gradients and writes only the f32 weights)",
+                ));
+            }
             return Ok(Box::new(super::adafactor::AdafactorSegment::new(
                 self.ctx, self.arena, self.plan, self.aux,
             )?));

@@ -22,7 +22,7 @@ use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
-const LAMB_WGSL: &str = crate::kernel_source!(reduce "lamb.wgsl");
+const LAMB_WGSL: crate::shaders::KernelSources = crate::kernel_source!(reduce "lamb.wgsl");
 /// `lamb_moments` in lamb.wgsl (per chunk).
 pub const LAMB_MOMENTS: KernelDef = KernelDef::reducing("lamb_moments", LAMB_WGSL, 2);
 /// `lamb_ratio` in lamb.wgsl (per tensor).

@@ -23,7 +23,7 @@ use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
-const LARS_WGSL: &str = crate::kernel_source!(reduce "lars.wgsl");
+const LARS_WGSL: crate::shaders::KernelSources = crate::kernel_source!(reduce "lars.wgsl");
 /// `lars_norms` in lars.wgsl (per chunk).
 pub const LARS_NORMS: KernelDef = KernelDef::reducing("lars_norms", LARS_WGSL, 1);
 /// `lars_ratio` in lars.wgsl (per tensor).

@@ -34,7 +34,7 @@ use super::{lerp_torch, maximize_flag, ChunkRange, HyperCtx, Pass, Rule, StateSp
 use crate::error::{check_finite, check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
-const LION_WGSL: &str = crate::kernel_source!(reduce "lion.wgsl");
+const LION_WGSL: crate::shaders::KernelSources = crate::kernel_source!(reduce "lion.wgsl");
 /// `lion_caution_count` in lion.wgsl (per chunk).
 pub const LION_CAUTION_COUNT: KernelDef = KernelDef::reducing("lion_caution_count", LION_WGSL, 1);
 /// `lion_caution_scale` in lion.wgsl (per tensor).

@@ -65,6 +65,7 @@ pub use adopt::AdoptConfig;
 pub use asgd::AsgdConfig;
 pub(crate) use book::Book;
 pub use book::{ParamGroups, Select};
+pub(crate) use gpu::half_window_binding;
 pub use gpu::Optimizer;
 pub(crate) use gpu::{check_learned, storage_buffer, table_bytes, window_binding, StateReset};
 pub use lamb::LambConfig;
@@ -603,6 +604,13 @@ impl OptimizerConfig {
     pub fn with_lr(mut self, lr: f64) -> Self {
         self.set_lr(lr);
         self
+    }
+
+    /// Whether this configuration runs on a mixed-precision arena (every family but Muon and
+    /// Adafactor, whose own segments write only the f32 weights; on a 16-bit arena they are
+    /// [`crate::Error::Unsupported`]).
+    pub fn runs_mixed_precision(&self) -> bool {
+        !matches!(self.family(), "muon" | "adafactor")
     }
 
     /// A preset by name.

@@ -54,12 +54,22 @@ pub const MUON_MOMENTUM: KernelDef = KernelDef {
     entry: "muon_momentum",
     source: include_str!("../../shaders/muon.wgsl"),
     layout: LayoutKind::Muon,
+    packed16: "",
+    native16: "",
+    io: crate::precision::HalfPath::None,
+    model16: "",
+    f32_grads: false,
 };
 /// `muon_apply` in muon.wgsl: decoupled decay and the update.
 pub const MUON_APPLY: KernelDef = KernelDef {
     entry: "muon_apply",
     source: include_str!("../../shaders/muon.wgsl"),
     layout: LayoutKind::Muon,
+    packed16: "",
+    native16: "",
+    io: crate::precision::HalfPath::None,
+    model16: "",
+    f32_grads: false,
 };
 
 /// torch's `adjust_lr_fn`: how the lr is scaled by the matrix's shape (rows A, cols B).

@@ -43,7 +43,8 @@ use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Result};
 use crate::shaders::KernelDef;
 
-const SGD_HD_WGSL: &str = crate::kernel_source!(reduce "hd.wgsl" + "sgd_hd.wgsl");
+const SGD_HD_WGSL: crate::shaders::KernelSources =
+    crate::kernel_source!(reduce "hd.wgsl" + "sgd_hd.wgsl");
 /// `sgd_hd_dot` in sgd_hd.wgsl (per chunk; hd.wgsl's `hd_dot`): partial sums of `<g, d_prev>`.
 pub const SGD_HD_DOT: KernelDef = KernelDef::reducing("sgd_hd_dot", SGD_HD_WGSL, 2);
 /// `sgd_hd_lr` in sgd_hd.wgsl (per parameter group; hd.wgsl's `hd_lr`): folds the dots, updates the learned lr.
