@@ -102,7 +102,10 @@ fn parse_list(s: &str) -> Result<Vec<u64>, String> {
 fn parse_shape(s: &str) -> Result<[usize; 3], String> {
     let dims: Vec<usize> = s
         .split('x')
-        .map(|d| d.parse::<usize>().map_err(|_| format!("not a shape MxKxN: {s:?}")))
+        .map(|d| {
+            d.parse::<usize>()
+                .map_err(|_| format!("not a shape MxKxN: {s:?}"))
+        })
         .collect::<Result<_, _>>()?;
     match dims[..] {
         [m, k, n] if m > 0 && k > 0 && n > 0 => Ok([m, k, n]),
@@ -216,7 +219,9 @@ fn sync(device: &Device) -> Result<(), String> {
 
 /// optbench's split of E elements over N tensors.
 fn split(n: u64, t: u64) -> Vec<usize> {
-    (0..t).map(|i| (n / t + u64::from(i < n % t)) as usize).collect()
+    (0..t)
+        .map(|i| (n / t + u64::from(i < n % t)) as usize)
+        .collect()
 }
 
 fn uniform<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
@@ -309,9 +314,15 @@ fn ns_stages(layers: usize, w: usize) -> Vec<(&'static str, Vec<Product>)> {
         gram,
     };
     vec![
-        ("NS X·Xᵀ", vec![p(sq, w, w, w, true), p(wide, w, 4 * w, w, true)]),
+        (
+            "NS X·Xᵀ",
+            vec![p(sq, w, w, w, true), p(wide, w, 4 * w, w, true)],
+        ),
         ("NS A·A", vec![p(sq + wide, w, w, w, false)]),
-        ("NS B·X", vec![p(sq, w, w, w, false), p(wide, w, w, 4 * w, false)]),
+        (
+            "NS B·X",
+            vec![p(sq, w, w, w, false), p(wide, w, w, 4 * w, false)],
+        ),
     ]
 }
 
@@ -427,7 +438,9 @@ fn run(o: &Opts) -> Result<Report, String> {
             if !o.json {
                 eprintln!("{name} ...");
             }
-            report.matmul.push(matmul_case(o, name.to_string(), &products)?);
+            report
+                .matmul
+                .push(matmul_case(o, name.to_string(), &products)?);
         }
     }
     for &[m, k, n] in &o.shapes {
@@ -458,7 +471,10 @@ fn print_table(r: &Report) {
         r.warmup
     );
     if !r.adam.is_empty() {
-        println!("\nAdam step: {}; GB/s at {} B/element", r.adam_config, r.adam_bytes_per_element);
+        println!(
+            "\nAdam step: {}; GB/s at {} B/element",
+            r.adam_config, r.adam_bytes_per_element
+        );
         println!(
             "{:>10} {:>8} {:>12} {:>10} {:>10} {:>10}",
             "elements", "tensors", "median ms", "min ms", "max ms", "GB/s"
@@ -476,7 +492,10 @@ fn print_table(r: &Report) {
         }
     }
     if !r.matmul.is_empty() {
-        println!("\nf32 matmul (GFLOP = 2·m·n·k per product; stages over {})", r.stage_model);
+        println!(
+            "\nf32 matmul (GFLOP = 2·m·n·k per product; stages over {})",
+            r.stage_model
+        );
         println!(
             "{:<22} {:>8} {:>8} {:>10} {:>12} {:>10}",
             "case", "launches", "products", "GFLOP", "median ms", "GFLOP/s"
@@ -540,7 +559,10 @@ mod tests {
 
     #[test]
     fn counts_parse() {
-        assert_eq!(parse_list("1M,4m,16M,1000").unwrap(), vec![MIB, 4 * MIB, 16 * MIB, 1000]);
+        assert_eq!(
+            parse_list("1M,4m,16M,1000").unwrap(),
+            vec![MIB, 4 * MIB, 16 * MIB, 1000]
+        );
         assert!(parse_count("0").is_err());
         assert!(parse_shape("768x3072x768").is_ok());
         assert!(parse_shape("768x3072").is_err());
