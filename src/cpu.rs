@@ -6,7 +6,7 @@
 use crate::amp::{AmpConfig, AmpHyper, AmpState};
 use crate::arena::{ParamLayout, TensorSpec};
 use crate::error::{Error, Result};
-use crate::optim::{Book, HyperCtx, OptimizerConfig, ParamGroups, Rule, RuleVisitor};
+use crate::optim::{Book, OptimizerConfig, ParamGroups, Rule, RuleVisitor};
 
 /// What every CPU segment does, whatever its rule.
 trait CpuSegment: std::fmt::Debug + Send + Sync {
@@ -41,39 +41,19 @@ impl<R: Rule> CpuSegment for Segment<R> {
         let slots = self.state.len();
         // Once per step per group, before the tensors (the groups' host scalars advance here).
         let mut hypers = Vec::with_capacity(book.segments[seg].groups.len());
-        for &g in &book.segments[seg].groups {
-            let ctx = HyperCtx {
-                lr_set: book.lr_set[g],
-                ..HyperCtx::default()
-            };
-            hypers.push(match R::of(&book.groups[g].config) {
-                Some(c) => c.group_step(ctx, &mut book.group_scalars[g]),
-                None => bytemuck::Zeroable::zeroed(),
-            });
-        }
+        book.segment_hypers::<R>(seg, 0, &mut hypers);
         if R::learns_lr() {
             self.step_learned(book, seg, &hypers, params, grads);
             return;
         }
         for local in 0..book.segments[seg].members.len() {
             let i = book.segments[seg].members[local];
-            if !book.live(i) {
-                continue;
-            }
             let Some(loc) = book.loc[i] else { continue };
-            let group = &book.groups[loc.group];
-            let Some(cfg) = R::of(&group.config) else {
+            let h = &hypers[book.groups[loc.group].local];
+            let range = crate::arena::ChunkRange::default();
+            let Some(ts) = book.member_step::<R>(seg, local, range, &self.infos[i]) else {
                 continue;
             };
-            let h = &hypers[group.local];
-            let range = crate::arena::ChunkRange::default();
-            let ts = cfg.tensor_step_for(
-                book.steps[i],
-                group.local as u32,
-                range,
-                &mut book.scalars[i],
-                &self.infos[i],
-            );
             let mut views: Vec<&mut [f32]> = Vec::with_capacity(slots);
             for slot in self.state.iter_mut() {
                 match slot.get_mut(local) {

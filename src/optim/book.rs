@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 
+use crate::arena::ChunkRange;
 use crate::arena::{ParamLayout, TensorInfo, MAX_GROUP};
 use crate::error::{check_non_negative, Error, Result};
-use crate::optim::{OptimizerConfig, StateSpec, TensorFilter};
+use crate::optim::{HyperCtx, OptimizerConfig, Rule, StateSpec, TensorFilter};
 
 /// Which tensors a parameter group takes.
 #[derive(Clone)]
@@ -172,6 +173,52 @@ pub(crate) struct Book {
 }
 
 impl Book {
+    /// This step's per-group hyperparameters of segment `seg`, in group order, into `out`
+    /// (advancing each group's host scalars: `Rule::group_step`). `extra_flags` is
+    /// `FLAG_GRAD_SCALE` when the kernels scale the gradients. Shared by every engine and
+    /// segment type, so their tables agree.
+    pub fn segment_hypers<R: Rule>(
+        &mut self,
+        seg: usize,
+        extra_flags: u32,
+        out: &mut Vec<R::Hyper>,
+    ) {
+        out.clear();
+        for &g in &self.segments[seg].groups {
+            let ctx = HyperCtx {
+                extra_flags,
+                lr_set: self.lr_set[g],
+            };
+            // Every group of a segment is of the segment's family (checked on every change).
+            out.push(match R::of(&self.groups[g].config) {
+                Some(c) => c.group_step(ctx, &mut self.group_scalars[g]),
+                None => bytemuck::Zeroable::zeroed(),
+            });
+        }
+    }
+
+    /// This step's table entry of member `local` of segment `seg` (advancing its host
+    /// scalars: `Rule::tensor_step_for`), or `None` when it does not step (frozen, or in no
+    /// group). `range` is its chunk range, `info` the tensor.
+    pub fn member_step<R: Rule>(
+        &mut self,
+        seg: usize,
+        local: usize,
+        range: ChunkRange,
+        info: &TensorInfo,
+    ) -> Option<R::TensorStep> {
+        let i = self.segments[seg].members[local];
+        let l = self.loc[i].filter(|_| self.live(i))?;
+        let c = R::of(&self.groups[l.group].config)?;
+        Some(c.tensor_step_for(
+            self.steps[i],
+            self.groups[l.group].local as u32,
+            range,
+            &mut self.scalars[i],
+            info,
+        ))
+    }
+
     /// Resolves `groups` over `layout`: validates every configuration, assigns every selected
     /// tensor to exactly one group, and groups the groups into segments by family.
     pub fn new(layout: &ParamLayout, groups: &ParamGroups) -> Result<Self> {

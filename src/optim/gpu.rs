@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytemuck::Zeroable;
 
 use super::book::Book;
-use super::{HyperCtx, OptimizerConfig, ParamGroups, Pass, Rule, RuleVisitor, StateSpec};
+use super::{OptimizerConfig, ParamGroups, Pass, Rule, RuleVisitor, StateSpec};
 use crate::amp::{AmpConfig, AmpGpu, AmpState};
 use crate::arena::{ArenaTables, ChunkRange, ParamArena, ParamLayout, SegmentLayout, Window};
 use crate::context::GpuContext;
@@ -95,6 +95,20 @@ impl<'a> Dispatcher<'a> {
             }
             None => pass.dispatch_workgroups(x, y, 1),
         }
+    }
+}
+
+/// The buffer the update kernels bind as `aux` (binding 4): the AMP guard's coefficient (which
+/// includes the clip), else the clipper's, else the constant 1.
+fn aux_binding(
+    amp: Option<&AmpGpu>,
+    clipper: Option<&GradClipper>,
+    constant: &wgpu::Buffer,
+) -> wgpu::Buffer {
+    match (amp, clipper) {
+        (Some(a), _) => a.coef_buffer().clone(),
+        (None, Some(c)) => c.scale_buffer().clone(),
+        (None, None) => constant.clone(),
     }
 }
 
@@ -385,42 +399,16 @@ impl<R: Rule> Segment<R> {
 
 impl<R: Rule> GpuSegment for Segment<R> {
     fn write_tables(&mut self, ctx: &GpuContext, book: &mut Book, seg: usize, grad_scale: bool) {
-        let book = &mut *book;
-        let plan = &book.segments[seg];
         let extra_flags = if grad_scale {
             crate::shaders::FLAG_GRAD_SCALE
         } else {
             0
         };
-        self.hyper_table.clear();
-        for &g in &plan.groups {
-            // Every group of a segment is of the segment's family (checked on every change).
-            if let Some(c) = R::of(&book.groups[g].config) {
-                let ctx = HyperCtx {
-                    extra_flags,
-                    lr_set: book.lr_set[g],
-                };
-                let h = c.group_step(ctx, &mut book.group_scalars[g]);
-                self.hyper_table.push(h);
-            } else {
-                self.hyper_table.push(R::Hyper::zeroed());
-            }
-        }
+        book.segment_hypers::<R>(seg, extra_flags, &mut self.hyper_table);
         self.tensor_table.clear();
-        for (local, &i) in book.segments[seg].members.iter().enumerate() {
-            let loc = book.loc[i];
-            let entry = match (book.live(i), loc) {
-                (true, Some(l)) => R::of(&book.groups[l.group].config).map(|c| {
-                    c.tensor_step_for(
-                        book.steps[i],
-                        book.groups[l.group].local as u32,
-                        self.layout.ranges()[local],
-                        &mut book.scalars[i],
-                        &self.infos[local],
-                    )
-                }),
-                _ => None,
-            };
+        for local in 0..book.segments[seg].members.len() {
+            let entry =
+                book.member_step::<R>(seg, local, self.layout.ranges()[local], &self.infos[local]);
             self.tensor_table
                 .push(entry.unwrap_or_else(R::TensorStep::zeroed));
         }
@@ -821,11 +809,7 @@ impl Optimizer {
                 });
             }
         }
-        let aux = match (&self.amp, &clipper) {
-            (Some(a), _) => a.coef_buffer().clone(),
-            (None, Some(c)) => c.scale_buffer().clone(),
-            (None, None) => self.aux.clone(),
-        };
+        let aux = aux_binding(self.amp.as_ref(), clipper.as_deref(), &self.aux);
         if let Some(a) = &mut self.amp {
             a.rebind(clipper.as_deref())?;
         }
@@ -908,11 +892,7 @@ impl Optimizer {
             }
             None => None,
         };
-        let aux = match (&new, &self.clipper) {
-            (Some(a), _) => a.coef_buffer().clone(),
-            (None, Some(c)) => c.scale_buffer().clone(),
-            (None, None) => self.aux.clone(),
-        };
+        let aux = aux_binding(new.as_ref(), self.clipper.as_deref(), &self.aux);
         let built = self.ctx.scoped(|| {
             self.segments
                 .iter()

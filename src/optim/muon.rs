@@ -33,7 +33,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::book::{Book, SegmentPlan};
 use super::gpu::{Dispatcher, GpuSegment};
-use super::{lerp_torch, HyperCtx, ParamGroups, Pass, Rule, Select, StateSpec, TableEntry};
+use super::{lerp_torch, HyperCtx, ParamGroups, Pass, Rule, Select, StateSpec};
 use crate::arena::{ChunkRange, ParamArena, SegmentLayout, TensorInfo};
 use crate::context::GpuContext;
 use crate::dispatch;
@@ -776,35 +776,15 @@ impl MuonSegment {
 impl GpuSegment for MuonSegment {
     fn write_tables(&mut self, ctx: &GpuContext, book: &mut Book, seg: usize, grad_scale: bool) {
         let extra_flags = if grad_scale { FLAG_GRAD_SCALE } else { 0 };
-        self.hyper_table.clear();
-        for &g in &book.segments[seg].groups {
-            let h = match MuonConfig::of(&book.groups[g].config) {
-                Some(c) => c.group_step(
-                    HyperCtx {
-                        extra_flags,
-                        lr_set: book.lr_set[g],
-                    },
-                    &mut book.group_scalars[g],
-                ),
-                None => MuonHyper::zeroed(),
-            };
-            self.hyper_table.push(h);
-        }
+        book.segment_hypers::<MuonConfig>(seg, extra_flags, &mut self.hyper_table);
         self.tensor_table.clear();
         for local in 0..book.segments[seg].members.len() {
-            let i = book.segments[seg].members[local];
-            let step = match (book.live(i), book.loc[i]) {
-                (true, Some(l)) => MuonConfig::of(&book.groups[l.group].config).map(|c| {
-                    c.tensor_step_for(
-                        book.steps[i],
-                        book.groups[l.group].local as u32,
-                        self.layout.ranges()[local],
-                        &mut book.scalars[i],
-                        &self.infos[local],
-                    )
-                }),
-                _ => None,
-            };
+            let step = book.member_step::<MuonConfig>(
+                seg,
+                local,
+                self.layout.ranges()[local],
+                &self.infos[local],
+            );
             let [p_off, b_off, x0_off, xf_off] = self.places[local];
             self.tensor_table.push(MuonGpuTensor {
                 step: step.unwrap_or_else(MuonTensor::zeroed),
