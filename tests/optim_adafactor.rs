@@ -772,6 +772,9 @@ fn clipped_gradients_reach_the_statistics() {
         cpu.step(&mut params, &clipped).unwrap();
     }
     let got = arena.read_all_params().unwrap();
+    // rtol 1e-4, not the fp32 1.3e-6: the GPU's clip coefficient comes from an f32 tree sum of
+    // the squared gradients, the host's (`cpu_clip_grad_norm`) from an f64 sum, and Adafactor
+    // divides by RMS(u), which carries that relative difference into every element.
     for (i, s) in specs.iter().enumerate() {
         assert_close(
             &format!("clipped {}", s.name),
