@@ -36,10 +36,16 @@
 // WG_SIZE, VEC_PER_LANE and CHUNK have Rust twins in src/shaders.rs; tests/shaders.rs checks
 // that the two agree.
 
-const WG_SIZE: u32 = 256u;
+// A chunk's work split: WG_SIZE invocations, each updating VEC_PER_LANE vec4s strided by
+// WG_SIZE, with WG_SIZE * VEC_PER_LANE * 4 == CHUNK always. Pipeline-overridable so the
+// elementwise update passes run the split measured fastest on the adapter (src/tune.rs);
+// every split gives bit-identical results, since each element's update does not depend on
+// which invocation runs it. The reduction passes (reduce.wgsl) never get these set: their
+// split fixes the order of their sums, which must not vary with the adapter.
+override WG_SIZE: u32 = 256u;
+override VEC_PER_LANE: u32 = 4u;
 // Most parameter groups one segment holds (the length of each kernel's `hypers` array).
 const MAX_SEGMENT_GROUPS: u32 = 256u;
-const VEC_PER_LANE: u32 = 4u;
 const CHUNK: u32 = 4096u;
 
 // Set (in the pipeline key) when a segment's state buffers are laid out exactly as its

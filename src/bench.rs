@@ -17,7 +17,9 @@ use std::sync::Arc;
 use crate::context::GpuContext;
 use crate::dispatch;
 use crate::error::{Error, Result};
+use crate::optim::tuner;
 use crate::pipeline::{Kernel, PipelineKey};
+use crate::tune::{source_hash, KernelShape, ShapeChoice};
 
 /// The copy kernel's WGSL source (`shaders/copy.wgsl`).
 pub const COPY_WGSL: &str = include_str!("../shaders/copy.wgsl");
@@ -79,6 +81,58 @@ impl CopyConfig {
     }
 }
 
+impl From<KernelShape> for CopyConfig {
+    fn from(s: KernelShape) -> Self {
+        Self {
+            workgroup_size: s.workgroup_size,
+            vec4_per_invocation: s.vec4_per_invocation,
+        }
+    }
+}
+
+/// Times every candidate split of the copy on two scratch buffers of `elements` f32s.
+fn time_copy(ctx: &GpuContext, elements: usize) -> Result<ShapeChoice> {
+    if elements == 0 {
+        return Err(Error::InvalidConfig("tuning needs at least one element"));
+    }
+    let bytes = elements.div_ceil(4) as u64 * 16;
+    let (src, dst) = ctx.scoped(|| {
+        let buf = |name: &str| {
+            ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&format!("{COPY_ENTRY} tune {name}")),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        (buf("src"), buf("dst"))
+    })?;
+    let mut candidates = Vec::new();
+    for shape in KernelShape::candidates(ctx.limits()) {
+        let job = CopyKernel::with_config(ctx, shape.into())
+            .and_then(|k| k.bind(ctx, &src, &dst, elements as u64));
+        // A split the driver refuses is skipped.
+        if let Ok(job) = job {
+            candidates.push((shape, move || {
+                let mut enc =
+                    ctx.device()
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some(COPY_ENTRY),
+                        });
+                job.encode(&mut enc);
+                ctx.queue().submit([enc.finish()]);
+                Ok(())
+            }));
+        }
+    }
+    if candidates.is_empty() {
+        return Err(Error::Unsupported(
+            "no copy kernel split builds on this device",
+        ));
+    }
+    tuner::time_candidates(ctx, COPY_ENTRY, elements, candidates)
+}
+
 /// Mirrors `CopyWindow` in copy.wgsl.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -99,6 +153,40 @@ impl CopyKernel {
     /// The kernel with the default (tuned) work split, fitted to the device's limits.
     pub fn new(ctx: &GpuContext) -> Result<Self> {
         Self::with_config(ctx, CopyConfig::for_device(ctx))
+    }
+
+    /// The kernel with the adapter's fastest split, the honest roofline: under
+    /// [`crate::tune::Tuning::Auto`] the candidates ([`KernelShape::candidates`]) are timed
+    /// on a copy of `elements` f32s (`None`: the tuner's size for the adapter) the first
+    /// time, and the winner cached like every kernel's; a pinned shape applies here too, and
+    /// the policies without timing fall back to [`CopyConfig::for_device`].
+    pub fn tuned(ctx: &GpuContext, elements: Option<usize>) -> Result<Self> {
+        let fallback = CopyConfig::for_device(ctx);
+        let default = KernelShape {
+            workgroup_size: fallback.workgroup_size,
+            vec4_per_invocation: fallback.vec4_per_invocation,
+        };
+        let shape =
+            tuner::resolve_or_time(ctx, COPY_ENTRY, &source_hash(COPY_WGSL), default, || {
+                time_copy(
+                    ctx,
+                    elements.unwrap_or_else(|| tuner::default_elements(ctx)),
+                )
+            })?;
+        Self::with_config(ctx, shape.into())
+    }
+
+    /// Times the copy's candidate splits now, whatever the policy, and records the fastest
+    /// (in memory and in the cache): `optbench tune`.
+    pub fn tune(ctx: &GpuContext, elements: Option<usize>) -> Result<ShapeChoice> {
+        ctx.check_alive()?;
+        let _busy = ctx.tuner().busy();
+        let choice = time_copy(
+            ctx,
+            elements.unwrap_or_else(|| tuner::default_elements(ctx)),
+        )?;
+        ctx.tuner().record(&source_hash(COPY_WGSL), choice.clone());
+        Ok(choice)
     }
 
     /// The kernel with an explicit work split (for tuning).

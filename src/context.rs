@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::pipeline::PipelineCache;
+use crate::tune::{TuneReport, Tuner, Tuning};
 
 /// Environment variable that picks an adapter: a case-insensitive substring of the adapter name
 /// (`llvmpipe`, `nvidia`), or a backend name (`vulkan`, `metal`, `dx12`, `gl`).
@@ -23,6 +24,12 @@ pub struct ContextOptions {
     /// Cap on workgroups in a dispatch's x dimension, below the device's own limit (tests set it
     /// low so the 2-D spill path runs on small arenas; y keeps the device limit).
     pub max_workgroups_per_dim: Option<u32>,
+    /// How elementwise kernels choose their work split ([`Tuning`]). `None` reads
+    /// [`crate::tune::TUNE_ENV`] (unset: [`Tuning::Auto`]).
+    pub tuning: Option<Tuning>,
+    /// Directory of the kernel-shape cache. `None` means [`crate::tune::default_cache_dir`];
+    /// change it later with [`GpuContext::set_tune_cache_dir`].
+    pub tune_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Device, queue and everything derived from them. A cheap handle: clones share one device,
@@ -43,6 +50,8 @@ struct Inner {
     max_binding_bytes: u64,
     max_workgroups_per_dim: u32,
     pipelines: PipelineCache,
+    /// Kernel shapes: policy, cache, choices (src/tune.rs).
+    tuner: Tuner,
     /// Set by the device-lost callback, which wgpu runs from `poll` (also after
     /// `Device::destroy`); checked by every call.
     lost: Arc<Mutex<Option<String>>>,
@@ -172,12 +181,18 @@ impl GpuContext {
         if let Some(cap) = opts.max_workgroups_per_dim {
             max_workgroups = Some(cap.max(1));
         }
+        let tuning = match opts.tuning {
+            Some(t) => t,
+            None => Tuning::from_env()?,
+        };
+        let cache_dir = opts.tune_cache_dir.or_else(crate::tune::default_cache_dir);
         let mut ctx = Self::build(
             device,
             queue,
             adapter.get_info(),
             max_binding_bytes,
             max_workgroups,
+            (tuning, cache_dir),
         );
         if let Some(inner) = Arc::get_mut(&mut ctx.inner) {
             inner.instance = Some(instance);
@@ -188,8 +203,18 @@ impl GpuContext {
     /// Wraps a device the caller already owns (its limits are read back from the device, so
     /// request generous storage-binding limits when creating it). The context installs the
     /// device's lost callback, so that after a loss every call returns [`Error::DeviceLost`].
+    /// Kernel shapes follow [`crate::tune::TUNE_ENV`] (an unparsable value means
+    /// [`Tuning::Auto`]; [`GpuContext::set_tuning`] changes it) and the default cache directory.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
-        Self::build(device, queue, info, None, None)
+        let tuning = Tuning::from_env().unwrap_or_default();
+        Self::build(
+            device,
+            queue,
+            info,
+            None,
+            None,
+            (tuning, crate::tune::default_cache_dir()),
+        )
     }
 
     fn build(
@@ -198,6 +223,7 @@ impl GpuContext {
         info: wgpu::AdapterInfo,
         binding_cap: Option<u64>,
         workgroup_cap: Option<u32>,
+        (tuning, cache_dir): (Tuning, Option<std::path::PathBuf>),
     ) -> Self {
         let limits = device.limits();
         let features = device.features();
@@ -239,6 +265,7 @@ impl GpuContext {
                 max_workgroups_per_dim,
                 max_binding_bytes,
                 pipelines: PipelineCache::default(),
+                tuner: Tuner::new(&info, tuning, cache_dir),
                 device,
                 queue,
                 info,
@@ -346,6 +373,34 @@ impl GpuContext {
 
     pub(crate) fn pipelines(&self) -> &PipelineCache {
         &self.inner.pipelines
+    }
+
+    pub(crate) fn tuner(&self) -> &Tuner {
+        &self.inner.tuner
+    }
+
+    /// Sets how elementwise kernels choose their work split from now on. Objects already built
+    /// keep their pipelines; every shape gives bit-identical results, so mixing is harmless.
+    pub fn set_tuning(&self, tuning: Tuning) {
+        self.inner.tuner.set_tuning(tuning);
+    }
+
+    /// The kernel-shape policy.
+    pub fn tuning(&self) -> Tuning {
+        self.inner.tuner.tuning()
+    }
+
+    /// Moves the kernel-shape cache to `dir` (`None`: no cache; shapes are then timed in every
+    /// process under [`Tuning::Auto`]). A directory that cannot be read or written is not an
+    /// error; [`GpuContext::tune_report`] says what happened.
+    pub fn set_tune_cache_dir(&self, dir: Option<std::path::PathBuf>) {
+        self.inner.tuner.set_cache_dir(dir);
+    }
+
+    /// The policy, the cache file and what became of it, and every kernel shape chosen so far
+    /// with where it came from and the timings behind it.
+    pub fn tune_report(&self) -> TuneReport {
+        self.inner.tuner.report()
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes, turning a wgpu error into

@@ -42,6 +42,7 @@ pub mod pipeline;
 pub mod precision;
 pub mod readback;
 pub mod schedule;
+pub mod tune;
 
 pub use amp::{AmpConfig, AmpState, GradScalerConfig, LossScale};
 pub use arena::{ParamArena, ParamLayout, SegmentLayout, TensorInfo, TensorSpec};

@@ -101,11 +101,14 @@ fn invalid_wgsl_is_caught_by_the_validator() {
     assert!(validate(&bad).is_err());
 }
 
-/// Reads `const NAME: u32 = <n>u;` from WGSL.
+/// Reads `const NAME: u32 = <n>u;` (or an `override`'s default) from WGSL.
 fn wgsl_const(src: &str, name: &str) -> u32 {
     let line = src
         .lines()
-        .find(|l| l.trim_start().starts_with(&format!("const {name}:")))
+        .find(|l| {
+            let l = l.trim_start();
+            l.starts_with(&format!("const {name}:")) || l.starts_with(&format!("override {name}:"))
+        })
         .unwrap_or_else(|| panic!("const {name} not found"));
     let value = line.split('=').nth(1).unwrap().trim().trim_end_matches(';');
     value.trim_end_matches('u').parse().unwrap()

@@ -16,6 +16,7 @@ use crate::norm::GradClipper;
 use crate::pipeline::{Kernel, PipelineKey};
 use crate::readback;
 use crate::shaders::{KernelDef, MAX_SEGMENT_GROUPS};
+use crate::tune::KernelShape;
 
 /// A storage buffer that can also be copied to and from.
 pub(crate) fn storage_buffer(ctx: &GpuContext, label: &str, size: u64) -> wgpu::Buffer {
@@ -206,6 +207,7 @@ impl<R: Rule> Segment<R> {
         arena: &ParamArena,
         plan: &super::book::SegmentPlan,
         aux: &wgpu::Buffer,
+        shape: KernelShape,
     ) -> Result<Self> {
         let label = R::KERNEL.entry_point();
         let layout = SegmentLayout::new(
@@ -216,7 +218,7 @@ impl<R: Rule> Segment<R> {
             arena.binding_alignment(),
             // Small tensors share packed chunks for the rules whose kernels read them: the
             // elementwise ones (one pass, no per-tensor reduction).
-            R::passes().len() == 1 && !R::KERNEL.uses_partials(),
+            super::tuner::elementwise::<R>(),
         )?;
         let bytes = layout.state_bytes();
         if !plan.states.is_empty() && bytes > ctx.limits().max_buffer_size {
@@ -236,55 +238,57 @@ impl<R: Rule> Segment<R> {
         };
         let any_packed = layout.windows().iter().any(|w| w.packed);
         let precision = arena.precision();
-        let pipelines = |kernel: KernelDef| -> Result<(Arc<Kernel>, Option<Arc<Kernel>>)> {
-            // A mixed-precision arena runs the kernel's io_packed16.wgsl composition, which
-            // binds the model copy too: checked against the device's storage-buffer budget
-            // here, so a short adapter gets a typed error instead of a validation failure.
-            let kernel = match (precision.is_mixed(), precision.grads.is_16()) {
-                (false, _) => Some(kernel),
-                (true, true) => kernel.mixed(arena.half_path()),
-                (true, false) => kernel.mixed_f32_grads(),
-            }
-            .ok_or(Error::Unsupported(
-                "this optimizer has no mixed-precision kernel",
-            ))?;
-            let limit = ctx.limits().max_storage_buffers_per_shader_stage;
-            if kernel.storage_buffers() > limit {
-                return Err(Error::StorageBufferLimit {
-                    kernel: kernel.entry_point(),
-                    needed: kernel.storage_buffers(),
-                    limit,
-                });
-            }
-            let bf = |b: bool| if b { 1.0 } else { 0.0 };
-            let key = |packed: f64| match precision.is_mixed() {
-                false => PipelineKey::with_constants(
-                    kernel,
-                    &[("STATE_AT_PARAMS", same), ("PACKED", packed)],
-                ),
-                true => PipelineKey::with_constants(
-                    kernel,
-                    &[
-                        ("STATE_AT_PARAMS", same),
-                        ("PACKED", packed),
-                        ("GRAD_BF16", bf(precision.grads.is_bf16())),
-                        ("MODEL_BF16", bf(precision.model.is_bf16())),
-                    ],
-                ),
+        // The update pass (and the swap kernel) runs the adapter's split; passes that reduce
+        // keep the default, which fixes the order of their sums.
+        let tuned = |kernel: KernelDef| super::tuner::tuned::<R>() && kernel == R::KERNEL;
+        let pipelines =
+            |kernel: KernelDef, split: bool| -> Result<(Arc<Kernel>, Option<Arc<Kernel>>)> {
+                // A mixed-precision arena runs the kernel's io_packed16.wgsl composition, which
+                // binds the model copy too: checked against the device's storage-buffer budget
+                // here, so a short adapter gets a typed error instead of a validation failure.
+                let kernel = match (precision.is_mixed(), precision.grads.is_16()) {
+                    (false, _) => Some(kernel),
+                    (true, true) => kernel.mixed(arena.half_path()),
+                    (true, false) => kernel.mixed_f32_grads(),
+                }
+                .ok_or(Error::Unsupported(
+                    "this optimizer has no mixed-precision kernel",
+                ))?;
+                let limit = ctx.limits().max_storage_buffers_per_shader_stage;
+                if kernel.storage_buffers() > limit {
+                    return Err(Error::StorageBufferLimit {
+                        kernel: kernel.entry_point(),
+                        needed: kernel.storage_buffers(),
+                        limit,
+                    });
+                }
+                let bf = |b: bool| if b { 1.0 } else { 0.0 };
+                let key = |packed: f64| {
+                    let mut constants = vec![("STATE_AT_PARAMS", same), ("PACKED", packed)];
+                    if precision.is_mixed() {
+                        constants.push(("GRAD_BF16", bf(precision.grads.is_bf16())));
+                        constants.push(("MODEL_BF16", bf(precision.model.is_bf16())));
+                    }
+                    if split {
+                        constants.extend(shape.constants());
+                    }
+                    PipelineKey::with_constants(kernel, &constants)
+                };
+                let plain = ctx.pipelines().get_keyed(ctx, key(0.0))?;
+                let packed = match any_packed {
+                    true => Some(ctx.pipelines().get_keyed(ctx, key(1.0))?),
+                    false => None,
+                };
+                Ok((plain, packed))
             };
-            let plain = ctx.pipelines().get_keyed(ctx, key(0.0))?;
-            let packed = match any_packed {
-                true => Some(ctx.pipelines().get_keyed(ctx, key(1.0))?),
-                false => None,
-            };
-            Ok((plain, packed))
-        };
         let mut passes = Vec::new();
         for pass in R::passes() {
-            let (plain, packed) = pipelines(pass.kernel())?;
+            let (plain, packed) = pipelines(pass.kernel(), tuned(pass.kernel()))?;
             passes.push((pass, plain, packed));
         }
-        let swap = R::swap_kernel().map(pipelines).transpose()?;
+        let swap = R::swap_kernel()
+            .map(|k| pipelines(k, super::tuner::tuned::<R>()))
+            .transpose()?;
         let n_tensors = layout.members().len();
         let n_chunks = layout.chunks().len();
         let n_groups = plan.groups.len();
@@ -576,6 +580,8 @@ struct BuildSegment<'a> {
     arena: &'a ParamArena,
     plan: &'a super::book::SegmentPlan,
     aux: &'a wgpu::Buffer,
+    /// The work split to build with (the tuner's candidates), instead of the context's.
+    shape: Option<KernelShape>,
 }
 
 impl RuleVisitor for BuildSegment<'_> {
@@ -609,8 +615,13 @@ impl RuleVisitor for BuildSegment<'_> {
                 self.ctx, self.arena, self.plan, self.aux,
             )?));
         }
+        let shape = match self.shape {
+            Some(shape) => shape,
+            None if super::tuner::tuned::<R>() => super::tuner::shape_for(self.ctx, &configs[0])?,
+            None => KernelShape::default(),
+        };
         Ok(Box::new(Segment::<R>::new(
-            self.ctx, self.arena, self.plan, self.aux,
+            self.ctx, self.arena, self.plan, self.aux, shape,
         )?))
     }
 }
@@ -662,6 +673,17 @@ impl Optimizer {
     /// An optimizer over explicit parameter groups (for example LARS on the 2-D weights and
     /// AdamW on the rest). Tensors no group selects are not updated.
     pub fn with_groups(ctx: &GpuContext, arena: &ParamArena, groups: ParamGroups) -> Result<Self> {
+        Self::build(ctx, arena, groups, None)
+    }
+
+    /// [`Optimizer::with_groups`], with the elementwise kernels' work split forced to `shape`
+    /// (the tuner times its candidates this way) instead of the context's choice.
+    pub(crate) fn build(
+        ctx: &GpuContext,
+        arena: &ParamArena,
+        groups: ParamGroups,
+        shape: Option<KernelShape>,
+    ) -> Result<Self> {
         ctx.check_alive()?;
         if ctx.id() != arena.context().id() {
             return Err(Error::Unsupported(
@@ -690,6 +712,7 @@ impl Optimizer {
                     arena,
                     plan,
                     aux: &aux,
+                    shape,
                 },
             )?);
         }

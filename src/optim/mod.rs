@@ -44,6 +44,7 @@ pub mod sgd_hd;
 pub(crate) mod book;
 mod gpu;
 pub(crate) mod hd;
+pub(crate) mod tuner;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -79,6 +80,7 @@ pub use rprop::RpropConfig;
 pub use schedule_free::{ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig};
 pub use sgd::SgdConfig;
 pub use sgd_hd::{HdScope, SgdHdConfig};
+pub use tuner::tune as tune_kernel;
 
 /// Most host-side scalar state slots a rule keeps per tensor (see [`Rule::scalar_names`]).
 pub const MAX_SCALARS: usize = 4;
@@ -611,6 +613,34 @@ impl OptimizerConfig {
     /// [`crate::Error::Unsupported`]).
     pub fn runs_mixed_precision(&self) -> bool {
         !matches!(self.family(), "muon" | "adafactor")
+    }
+
+    /// Whether this configuration's step is one elementwise pass (no reduction), whose small
+    /// tensors share packed chunks: not LARS, LAMB, Lion, ADOPT, the hypergradient rules
+    /// (passes that reduce), Muon or Adafactor (their own segments).
+    pub fn is_elementwise(&self) -> bool {
+        struct Elementwise;
+        impl RuleVisitor for Elementwise {
+            type Out = bool;
+            fn visit<R: Rule>(self, _: Vec<R>) -> bool {
+                tuner::elementwise::<R>()
+            }
+        }
+        Self::visit(&[self], Elementwise)
+    }
+
+    /// Whether this configuration's update pass takes the work split chosen per adapter
+    /// ([`crate::tune`]): every rule but Muon and Adafactor, whose own segments have their own
+    /// shapes. Passes that reduce keep the default split, which fixes the order of their sums.
+    pub fn is_tuned(&self) -> bool {
+        struct Tuned;
+        impl RuleVisitor for Tuned {
+            type Out = bool;
+            fn visit<R: Rule>(self, _: Vec<R>) -> bool {
+                tuner::tuned::<R>()
+            }
+        }
+        Self::visit(&[self], Tuned)
     }
 
     /// A preset by name.
