@@ -257,6 +257,8 @@ pub(crate) struct BenchReport {
     iters: usize,
     warmup: usize,
     copy_kernel: CopyConfig,
+    /// Every kernel's work split in this run, and where it came from (tuned, cached, ...).
+    shapes: Vec<wgpu_optim::tune::ShapeChoice>,
     copy: Vec<CopyRow>,
     /// The best copy-kernel GB/s of the run (the plot's roofline).
     pub(crate) roofline_gb_per_s: f64,
@@ -391,7 +393,9 @@ pub(crate) fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<B
     let started = Instant::now();
     let load_start = load_average();
     let timer = StepTimer::new(ctx, opts.timer.into())?;
-    let copy_kernel = CopyKernel::new(ctx)?;
+    // The copy split measured fastest on this adapter (timed now if nothing is cached), so
+    // the fraction of copy compares against the best streaming copy found here.
+    let copy_kernel = CopyKernel::tuned(ctx, None)?;
     let baseline_counts = plan.tensors.iter().filter(|&&t| t > 1).count();
     let cases = plan.sizes.len() * plan.optimizers.len() * plan.tensors.len();
     let work = 2 * plan.sizes.len() + cases + plan.baseline.len() * baseline_counts;
@@ -653,6 +657,7 @@ pub(crate) fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<B
         iters: plan.iters,
         warmup: plan.warmup,
         copy_kernel: copy_kernel.config(),
+        shapes: ctx.tune_report().choices,
         copy: copy_rows,
         roofline_gb_per_s: roofline,
         host_memcpy: host,
@@ -675,6 +680,15 @@ pub(crate) fn print_bench(r: &BenchReport) {
         "   GB/s = SPEC §5 bytes/element x elements / median step time (decimal GB); \
          copy kernel: {} invocations x {} vec4, 8 B/element",
         r.copy_kernel.workgroup_size, r.copy_kernel.vec4_per_invocation
+    );
+    let shapes: Vec<String> = r
+        .shapes
+        .iter()
+        .map(|c| format!("{} {} ({:?})", c.kernel, c.shape, c.source).to_lowercase())
+        .collect();
+    println!(
+        "   work splits (invocations x vec4s each; `optbench info` for the timings): {}",
+        shapes.join(", ")
     );
     if let Some(h) = &r.host_memcpy {
         println!(

@@ -4,7 +4,10 @@ use serde::Serialize;
 use wgpu_optim::bench::{self, TimerKind};
 use wgpu_optim::GpuContext;
 
+use wgpu_optim::tune::TuneReport;
+
 use crate::tables::{mib, table};
+use crate::tune::shape_rows;
 
 #[derive(Serialize, Debug)]
 pub(crate) struct Info {
@@ -30,6 +33,8 @@ pub(crate) struct Info {
     workgroups_per_dim_cap: u32,
     /// The timer `bench` uses by default on this adapter.
     default_timer: TimerKind,
+    /// Kernel shapes: the policy, the cache and what it holds for this adapter.
+    shapes: TuneReport,
 }
 
 pub(crate) fn info(ctx: &GpuContext) -> Info {
@@ -61,6 +66,7 @@ pub(crate) fn info(ctx: &GpuContext) -> Info {
         } else {
             TimerKind::WallClock
         },
+        shapes: ctx.tune_report(),
     }
 }
 
@@ -115,5 +121,26 @@ pub(crate) fn print_info(i: &Info) {
     ];
     println!("== adapter");
     print!("{}", table(&["property", "value"], 2, &rows));
+    println!();
+    let t = &i.shapes;
+    println!("== kernel shapes (policy: {:?})", t.tuning);
+    match &t.cache_file {
+        Some(f) => println!("cache: {}", f.display()),
+        None => println!("cache: none"),
+    }
+    for n in &t.cache_notes {
+        println!("  {n}");
+    }
+    if t.cached.is_empty() {
+        println!(
+            "nothing cached for this adapter: each elementwise kernel times its candidates when \
+             first built (or run `optbench tune`)"
+        );
+    } else {
+        println!("cached for this adapter (timed, ms per step; chosen = fastest):");
+        let (headers, rows) = shape_rows(&t.cached);
+        let h: Vec<&str> = headers.iter().map(|s| s.as_str()).collect();
+        print!("{}", table(&h, 3, &rows));
+    }
     println!();
 }

@@ -34,7 +34,7 @@ use wgpu_optim::{ContextOptions, GpuContext};
 use crate::bench::{bench, print_bench, BenchPlan, BenchReport};
 use crate::info::{info, print_info, Info};
 use crate::plot::plot;
-use crate::tune::{print_tune_copy, tune_copy, TuneReport};
+use crate::tune::{print_tune, tune, TuneRun};
 use crate::verify::{print_verify, verify, VerifyReport};
 
 #[derive(Parser, Debug)]
@@ -69,9 +69,11 @@ enum Command {
     },
     /// Time one optimizer step per size, tensor count and optimizer, against a copy kernel.
     Bench,
-    /// Sweep the copy kernel's workgroup size and vec4s per invocation.
-    #[command(hide = true)]
-    TuneCopy,
+    /// Time every candidate work split of the copy kernel and of each elementwise optimizer
+    /// kernel on this adapter now (one --sizes value: the scratch tensor, default 1M on a CPU
+    /// adapter, 16M on a GPU), and cache the fastest: what the library otherwise does on first
+    /// use. --optimizers limits it to some presets.
+    Tune,
     /// The batched matmul's GFLOP/s on Muon's Newton–Schulz stages, and the Muon step time
     /// against AdamW on the same tensors: the weight matrices of a transformer.
     Muon {
@@ -126,6 +128,15 @@ struct Opts {
     /// Untimed warm-up steps per case, at least 1 (shaders compile on the first dispatch).
     #[arg(long, global = true)]
     warmup: Option<usize>,
+    /// Work split of the elementwise kernels: auto (timed once per adapter and cached), cached
+    /// (the cache or the default), off (the default 256x4), or a pinned shape such as 128x8.
+    /// Overrides WGPU_OPTIM_TUNE.
+    #[arg(long, global = true, value_parser = parse_tuning)]
+    shape: Option<wgpu_optim::tune::Tuning>,
+    /// Directory of the kernel-shape cache (default: WGPU_OPTIM_CACHE_DIR, else
+    /// ~/.cache/wgpu-optim).
+    #[arg(long, global = true)]
+    tune_cache_dir: Option<std::path::PathBuf>,
     /// Fewer optimizers, sizes and iterations (the default run uses this).
     #[arg(long, global = true)]
     quick: bool,
@@ -229,11 +240,15 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     bench: Option<BenchReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tune_copy: Option<TuneReport>,
+    tune: Option<TuneRun>,
     #[serde(skip_serializing_if = "Option::is_none")]
     muon: Option<muon::MuonReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     soak: Option<soak::SoakReport>,
+}
+
+fn parse_tuning(s: &str) -> std::result::Result<wgpu_optim::tune::Tuning, String> {
+    s.parse().map_err(|e: wgpu_optim::Error| e.to_string())
 }
 
 fn main() -> Result<()> {
@@ -254,6 +269,8 @@ fn main() -> Result<()> {
         adapter: opts.adapter.clone(),
         max_binding_bytes: opts.max_binding_bytes,
         max_workgroups_per_dim: opts.max_workgroups_per_dim,
+        tuning: opts.shape,
+        tune_cache_dir: opts.tune_cache_dir.clone(),
     })
     .context("opening the GPU")?;
     let mut report = Report {
@@ -268,7 +285,7 @@ fn main() -> Result<()> {
             inject_fault,
         }) => (true, false, false, *steps, *inject_fault),
         Some(Command::Bench) => (false, true, opts.quick, 0, false),
-        Some(Command::TuneCopy) | Some(Command::Muon { .. }) | Some(Command::Soak { .. }) => {
+        Some(Command::Tune) | Some(Command::Muon { .. }) | Some(Command::Soak { .. }) => {
             (false, false, false, 0, false)
         }
     };
@@ -297,12 +314,12 @@ fn main() -> Result<()> {
         }
         report.bench = Some(b);
     }
-    if matches!(cli.command, Some(Command::TuneCopy)) {
-        let t = tune_copy(&ctx, &opts)?;
+    if matches!(cli.command, Some(Command::Tune)) {
+        let t = tune(&ctx, &opts)?;
         if human {
-            print_tune_copy(&t, &opts);
+            print_tune(&t);
         }
-        report.tune_copy = Some(t);
+        report.tune = Some(t);
     }
     if let Some(Command::Muon { layers, width }) = cli.command {
         let m = muon::muon_bench(&ctx, &opts, layers, width)?;

@@ -1,134 +1,145 @@
-//! `optbench tune-copy` (hidden): sweeps the copy kernel's workgroup size and vec4s per
-//! invocation.
+//! `optbench tune`: times every candidate work split of the copy kernel and of each elementwise
+//! optimizer kernel on this adapter, now, records the winners in the kernel-shape cache, and
+//! prints what each candidate cost. `optbench info` shows what the cache holds.
 
-use anyhow::Result;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
 use serde::Serialize;
-use wgpu_optim::bench::{
-    gb_per_s, CopyConfig, CopyKernel, StepTimer, Summary, TimerKind, COPY_BYTES_PER_ELEMENT,
-};
-use wgpu_optim::GpuContext;
+use wgpu_optim::bench::CopyKernel;
+use wgpu_optim::optim::tune_kernel;
+use wgpu_optim::tune::{KernelShape, ShapeChoice, TuneReport};
+use wgpu_optim::{GpuContext, OptimizerConfig};
 
 use crate::tables::{f2, f3, fmt_elems, table};
-use crate::util::{copy_buffers, progress, summary};
 use crate::Opts;
 
+/// What `optbench tune` did.
 #[derive(Serialize, Debug)]
-struct TuneRow {
-    workgroup_size: u32,
-    vec4_per_invocation: u32,
-    elements: u64,
-    ms: Summary,
-    gb_per_s: f64,
+pub(crate) struct TuneRun {
+    /// One per kernel, the copy first.
+    choices: Vec<ShapeChoice>,
+    /// Presets with their own segments (Muon, Adafactor), not tuned.
+    not_tuned: Vec<String>,
+    /// Wall-clock seconds for the whole run, pipeline compilation included.
+    seconds: f64,
+    /// Where the choices went.
+    cache: TuneReport,
 }
 
-#[derive(Serialize, Debug)]
-pub(crate) struct TuneReport {
-    timer: TimerKind,
-    rows: Vec<TuneRow>,
-}
-
-pub(crate) fn tune_copy(ctx: &GpuContext, opts: &Opts) -> Result<TuneReport> {
-    let timer = StepTimer::new(ctx, opts.timer.into())?;
-    let sizes = if opts.sizes.is_empty() {
-        vec![1 << 22, 1 << 24]
-    } else {
-        opts.sizes.clone()
+pub(crate) fn tune(ctx: &GpuContext, opts: &Opts) -> Result<TuneRun> {
+    let started = Instant::now();
+    let elements = match opts.sizes.as_slice() {
+        [] => None,
+        [n] => Some(*n as usize),
+        _ => bail!("tune times one size; give one --sizes value"),
     };
-    let iters = opts.iters.unwrap_or(10).max(1);
-    let max_wg = ctx.limits().max_compute_invocations_per_workgroup;
-    let configs: Vec<CopyConfig> = [64u32, 128, 256, 512]
-        .into_iter()
-        .filter(|&w| w <= max_wg)
-        .flat_map(|w| {
-            [1u32, 2, 4, 8].map(|v| CopyConfig {
-                workgroup_size: w,
-                vec4_per_invocation: v,
-            })
-        })
-        .collect();
-    let pb = progress((sizes.len() * configs.len()) as u64, "tune");
-    let mut out = Vec::new();
-    for &n in &sizes {
-        let (src, dst) = copy_buffers(ctx, n);
-        // Interleave configurations over rounds so drift hits them all alike.
-        let jobs = configs
-            .iter()
-            .map(|&c| {
-                let k = CopyKernel::with_config(ctx, c)?;
-                let j = k.bind(ctx, &src, &dst, n)?;
-                Ok((c, k, j))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); jobs.len()];
-        for (_, _, j) in &jobs {
-            timer.time_batch(ctx, 3, |e, _| {
-                j.encode(e);
-                Ok(())
-            })?;
+    let mut choices = vec![CopyKernel::tune(ctx, elements)?];
+    let mut not_tuned = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for p in OptimizerConfig::presets() {
+        if !opts.optimizers.is_empty() && !opts.optimizers.iter().any(|o| o == p.name) {
+            continue;
         }
-        for _ in 0..iters {
-            for (i, (_, _, j)) in jobs.iter().enumerate() {
-                let b = timer.time_batch(ctx, 5, |e, _| {
-                    j.encode(e);
-                    Ok(())
-                })?;
-                samples[i].push(b.per_step_s() * 1e3);
-            }
+        // The update pass's kernel (the last pass): presets that share it are timed once.
+        let Some(kernel) = p.config.passes().last().map(|k| k.kernel().entry_point()) else {
+            continue;
+        };
+        if seen.iter().any(|k| k == kernel) {
+            continue;
         }
-        for (i, (c, _, _)) in jobs.iter().enumerate() {
-            let s = summary(&samples[i])?;
-            out.push(TuneRow {
-                workgroup_size: c.workgroup_size,
-                vec4_per_invocation: c.vec4_per_invocation,
-                elements: n,
-                ms: s,
-                gb_per_s: gb_per_s((n * COPY_BYTES_PER_ELEMENT) as f64, s.median * 1e-3),
-            });
-            pb.inc(1);
+        seen.push(kernel.to_string());
+        match tune_kernel(ctx, p.config.clone(), elements)? {
+            Some(c) => choices.push(c),
+            None => not_tuned.push(p.name.to_string()),
         }
     }
-    pb.finish_and_clear();
-    Ok(TuneReport {
-        timer: timer.kind(),
-        rows: out,
+    Ok(TuneRun {
+        choices,
+        not_tuned,
+        seconds: started.elapsed().as_secs_f64(),
+        cache: ctx.tune_report(),
     })
 }
 
-pub(crate) fn print_tune_copy(t: &TuneReport, opts: &Opts) {
-    println!(
-        "copy kernel work split, 5 steps per batch, {} batches (timer: {})",
-        opts.iters.unwrap_or(10).max(1),
-        t.timer.describe()
-    );
-    let rows: Vec<Vec<String>> = t
-        .rows
+/// ms per step of `shape` in `c`, if it was timed.
+fn ms_of(c: &ShapeChoice, shape: KernelShape) -> Option<f64> {
+    c.timings
         .iter()
-        .map(|r| {
-            vec![
-                fmt_elems(r.elements),
-                r.workgroup_size.to_string(),
-                r.vec4_per_invocation.to_string(),
-                f3(r.ms.median),
-                f3(r.ms.p10),
-                f3(r.ms.p90),
-                f2(r.gb_per_s),
-            ]
+        .find(|t| t.shape == shape)
+        .map(|t| t.seconds_per_step * 1e3)
+}
+
+/// One row per kernel: its chosen split, each candidate's ms per step, and the default's
+/// time over the chosen one's.
+pub(crate) fn shape_rows(choices: &[ShapeChoice]) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut shapes: Vec<KernelShape> = Vec::new();
+    for c in choices {
+        for t in &c.timings {
+            if !shapes.contains(&t.shape) {
+                shapes.push(t.shape);
+            }
+        }
+    }
+    shapes.sort_by_key(|s| s.workgroup_size);
+    let mut headers = vec![
+        "kernel".to_string(),
+        "chosen".into(),
+        "from".into(),
+        "elements".into(),
+    ];
+    headers.extend(shapes.iter().map(|s| format!("{s} ms")));
+    headers.push("default / chosen".into());
+    let rows = choices
+        .iter()
+        .map(|c| {
+            let mut row = vec![
+                c.kernel.clone(),
+                c.shape.to_string(),
+                format!("{:?}", c.source).to_lowercase(),
+                if c.elements > 0 {
+                    fmt_elems(c.elements)
+                } else {
+                    "-".into()
+                },
+            ];
+            row.extend(shapes.iter().map(|&s| ms_of(c, s).map_or("-".into(), f3)));
+            // The kernels' own default split (the copy's is 512x2).
+            let default = if c.kernel == wgpu_optim::bench::COPY_ENTRY {
+                KernelShape {
+                    workgroup_size: 512,
+                    vec4_per_invocation: 2,
+                }
+            } else {
+                KernelShape::default()
+            };
+            row.push(match (ms_of(c, default), ms_of(c, c.shape)) {
+                (Some(d), Some(b)) if b > 0.0 => format!("{}x", f2(d / b)),
+                _ => "-".into(),
+            });
+            row
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "elements",
-                "workgroup",
-                "vec4/inv",
-                "median ms",
-                "p10 ms",
-                "p90 ms",
-                "GB/s"
-            ],
-            0,
-            &rows
-        )
-    );
+    (headers, rows)
+}
+
+pub(crate) fn print_tune(t: &TuneRun) {
+    println!("== tune: every candidate work split, ms per step (fastest of interleaved batches)");
+    let (headers, rows) = shape_rows(&t.choices);
+    let h: Vec<&str> = headers.iter().map(|s| s.as_str()).collect();
+    print!("{}", table(&h, 3, &rows));
+    if !t.not_tuned.is_empty() {
+        println!(
+            "not tuned (their own segments have their own shapes): {}",
+            t.not_tuned.join(", ")
+        );
+    }
+    println!("tuning took {:.1} s", t.seconds);
+    if let Some(f) = &t.cache.cache_file {
+        println!("cache: {}", f.display());
+    }
+    for n in &t.cache.cache_notes {
+        println!("  {n}");
+    }
+    println!();
 }
