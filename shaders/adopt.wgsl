@@ -276,23 +276,27 @@ fn adopt_caution_count(
     }
     let l2 = adopt_l2(hp);
     // Counts of at most 4096 in f32: exact.
-    var acc = 0.0;
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
+    // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
+    for (var l = lid; l < RED_LANES; l += WG_SIZE) {
+        var acc = 0.0;
+        for (var k = 0u; k < RED_VEC; k++) {
+            let v = k * RED_LANES + l;
+            if (v * 4u >= c.len) {
+                break;
+            }
+            let i = c.base + v;
+            let si = c.sbase + v;
+            var p = vec4<f32>(0.0);
+            if (l2) {
+                p = params[i];
+            }
+            let g = adopt_grad(i, p, hp);
+            let m = adopt_moment(g, exp_avg[si], exp_avg_sq[si], t, hp);
+            acc += count_lanes(m * g > vec4<f32>(0.0), lane_mask(c.len, v));
         }
-        let i = c.base + v;
-        let si = c.sbase + v;
-        var p = vec4<f32>(0.0);
-        if (l2) {
-            p = params[i];
-        }
-        let g = adopt_grad(i, p, hp);
-        let m = adopt_moment(g, exp_avg[si], exp_avg_sq[si], t, hp);
-        acc += count_lanes(m * g > vec4<f32>(0.0), lane_mask(c.len, v));
+        set_lane_count(l, acc);
     }
-    store_chunk_count(win.chunk_base + group_index(wid, nwg), lid, acc, c.len);
+    store_chunk_count(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }
 
 @compute @workgroup_size(RED_SIZE)

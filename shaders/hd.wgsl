@@ -38,18 +38,22 @@ fn hd_dot(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     }
     // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
     let hp = hypers[c.group];
-    var acc = vec4<f32>(0.0);
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
+    // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
+    for (var l = lid; l < RED_LANES; l += WG_SIZE) {
+        var acc = vec4<f32>(0.0);
+        for (var k = 0u; k < RED_VEC; k++) {
+            let v = k * RED_LANES + l;
+            if (v * 4u >= c.len) {
+                break;
+            }
+            let i = c.base + v;
+            let g = with_decay(load_grad(i, hp.flags), params[i], hp.weight_decay);
+            let dot = lane_dot(g, prev_direction[c.sbase + v], lane_mask(c.len, v));
+            acc = red_combine(acc, vec4<f32>(dot, 0.0, 0.0, 0.0));
         }
-        let i = c.base + v;
-        let g = with_decay(load_grad(i, hp.flags), params[i], hp.weight_decay);
-        let dot = lane_dot(g, prev_direction[c.sbase + v], lane_mask(c.len, v));
-        acc = red_combine(acc, vec4<f32>(dot, 0.0, 0.0, 0.0));
+        set_lane_partial(l, acc);
     }
-    store_chunk_partial(chunk, lid, acc);
+    store_chunk_partial(chunk, lid);
 }
 
 // Per group (RED_SIZE invocations): h = the group's (HD_GLOBAL: the segment's) dots folded in

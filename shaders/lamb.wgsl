@@ -68,27 +68,31 @@ fn lamb_moments(
     }
     // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
     let hp = hypers[c.group];
-    var acc = vec4<f32>(0.0);
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
+    // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
+    for (var l = lid; l < RED_LANES; l += WG_SIZE) {
+        var acc = vec4<f32>(0.0);
+        for (var k = 0u; k < RED_VEC; k++) {
+            let v = k * RED_LANES + l;
+            if (v * 4u >= c.len) {
+                break;
+            }
+            let i = c.base + v;
+            let mask = lane_mask(c.len, v);
+            let p = params[i];
+            let g = load_grad(i, hp.flags);
+            let si = c.sbase + v;
+            let m0 = exp_avg[si];
+            let v0 = exp_avg_sq[si];
+            let m = m0 * hp.beta1 + hp.one_minus_beta1 * g;
+            let s = v0 * hp.beta2 + (hp.one_minus_beta2 * g) * g;
+            exp_avg[si] = select(m0, m, mask);
+            exp_avg_sq[si] = select(v0, s, mask);
+            let u = lamb_direction(m, s, p, t, hp);
+            acc = red_combine(acc, vec4<f32>(lane_stats(p, mask), lane_stats(u, mask)));
         }
-        let i = c.base + v;
-        let mask = lane_mask(c.len, v);
-        let p = params[i];
-        let g = load_grad(i, hp.flags);
-        let si = c.sbase + v;
-        let m0 = exp_avg[si];
-        let v0 = exp_avg_sq[si];
-        let m = m0 * hp.beta1 + hp.one_minus_beta1 * g;
-        let s = v0 * hp.beta2 + (hp.one_minus_beta2 * g) * g;
-        exp_avg[si] = select(m0, m, mask);
-        exp_avg_sq[si] = select(v0, s, mask);
-        let u = lamb_direction(m, s, p, t, hp);
-        acc = red_combine(acc, vec4<f32>(lane_stats(p, mask), lane_stats(u, mask)));
+        set_lane_partial(l, acc);
     }
-    store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid, acc);
+    store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid);
 }
 
 @compute @workgroup_size(RED_SIZE)

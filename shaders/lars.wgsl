@@ -59,17 +59,21 @@ fn lars_norms(
     }
     // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
     let hp = hypers[c.group];
-    var acc = vec4<f32>(0.0);
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
+    // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
+    for (var l = lid; l < RED_LANES; l += WG_SIZE) {
+        var acc = vec4<f32>(0.0);
+        for (var k = 0u; k < RED_VEC; k++) {
+            let v = k * RED_LANES + l;
+            if (v * 4u >= c.len) {
+                break;
+            }
+            let mask = lane_mask(c.len, v);
+            let i = c.base + v;
+            acc = red_combine(acc, vec4<f32>(lane_stats(params[i], mask), lane_stats(load_grad(i, hp.flags), mask)));
         }
-        let mask = lane_mask(c.len, v);
-        let i = c.base + v;
-        acc = red_combine(acc, vec4<f32>(lane_stats(params[i], mask), lane_stats(load_grad(i, hp.flags), mask)));
+        set_lane_partial(l, acc);
     }
-    store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid, acc);
+    store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid);
 }
 
 @compute @workgroup_size(RED_SIZE)

@@ -49,21 +49,25 @@ fn norm_partials(
     if (!c.ok) {
         return;
     }
-    var acc = vec4<f32>(0.0);
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
+    // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
+    for (var l = lid; l < RED_LANES; l += WG_SIZE) {
+        var acc = vec4<f32>(0.0);
+        for (var k = 0u; k < RED_VEC; k++) {
+            let v = k * RED_LANES + l;
+            if (v * 4u >= c.len) {
+                break;
+            }
+            let mask = lane_mask(c.len, v);
+            let sa = lane_stats(source_a(c.base + v), mask);
+            var sb = vec2<f32>(0.0);
+            if ((nh.flags & NORM_HAS_B) != 0u) {
+                sb = lane_stats(grad_raw(c.base + v), mask);
+            }
+            acc = red_combine(acc, vec4<f32>(sa, sb));
         }
-        let mask = lane_mask(c.len, v);
-        let sa = lane_stats(source_a(c.base + v), mask);
-        var sb = vec2<f32>(0.0);
-        if ((nh.flags & NORM_HAS_B) != 0u) {
-            sb = lane_stats(grad_raw(c.base + v), mask);
-        }
-        acc = red_combine(acc, vec4<f32>(sa, sb));
+        set_lane_partial(l, acc);
     }
-    store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid, acc);
+    store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid);
 }
 
 @compute @workgroup_size(RED_SIZE)

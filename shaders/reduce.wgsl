@@ -2,8 +2,11 @@
 // norm.wgsl, lars.wgsl and lamb.wgsl.
 //
 // Two passes, no float atomics (apex's multi_tensor_l2norm recipe):
-//   1. per chunk (one workgroup of WG_SIZE): each invocation folds its own lanes, then the
-//      workgroup is reduced (workgroup_reduce); the result goes to partials[chunk].
+//   1. per chunk (one workgroup of WG_SIZE): RED_LANES virtual lanes, lane l folding the
+//      vec4s l, l + RED_LANES, ... (RED_VEC of them) in order, then the lanes are folded
+//      (fold_scratch); the result goes to partials[chunk]. An invocation runs the virtual
+//      lanes lid, lid + WG_SIZE, ..., so every work split (src/tune.rs) adds the same terms
+//      in the same order: the bits do not depend on the split the adapter was tuned to.
 //   2. per tensor (one workgroup of RED_SIZE): invocation i folds partials i, i + RED_SIZE, ...
 //      of the tensor's chunks in order, then the same workgroup reduction; the result goes to
 //      partials[tensor_base + tensor].
@@ -16,16 +19,20 @@
 // invocation) and costs nothing measurable on GPUs.
 //
 // Error bound of a sum of squares (nonnegative terms, f32 unit roundoff u = 2^-24): the
-// longest chain of additions is 3 (lanes) + VEC_PER_LANE - 1 + 30 (chunk workgroup of 256:
+// longest chain of additions is 3 (lanes) + RED_VEC - 1 + 30 (256 virtual lanes:
 // 15 + 15) + ceil(chunks / RED_SIZE) (sequential fold) + 16 (tensor workgroup of 32: 15 + 1).
 // A 16M-element tensor has 4096 chunks, so the chain is 180 long: relative error at most
 // 180 u = 1.08e-5 for the sum and half that, 5.4e-6, for the norm.
 
 const RED_SIZE: u32 = 32u;
+// Virtual lanes per chunk and vec4s per virtual lane (RED_LANES * RED_VEC * 4 == CHUNK): the
+// 256 x 4 split the reductions were written for, fixed whatever WG_SIZE is.
+const RED_LANES: u32 = 256u;
+const RED_VEC: u32 = 4u;
 
 @group(0) @binding(10) var<storage, read_write> partials: array<vec4<f32>>;
 
-var<workgroup> scratch: array<vec4<f32>, WG_SIZE>;
+var<workgroup> scratch: array<vec4<f32>, RED_LANES>;
 var<workgroup> group_sums: array<vec4<f32>, 16>;
 
 fn red_combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
@@ -40,19 +47,21 @@ fn lane_stats(x: vec4<f32>, mask: vec4<bool>) -> vec2<f32> {
     return vec2<f32>(((sq.x + sq.y) + sq.z) + sq.w, max_nan(max_nan(a.x, a.y), max_nan(a.z, a.w)));
 }
 
-// Reduces every invocation's `v` over a workgroup of n invocations (n a power of two, 16 <= n
-// <= 256). Every invocation must call it; the result is valid in invocation 0 only (the others
-// skip the last fold, which on CPU adapters would otherwise cost n x 16 shared-memory loads).
-fn workgroup_reduce(lid: u32, n: u32, v: vec4<f32>) -> vec4<f32> {
-    scratch[lid] = v;
+// Folds scratch[0 .. n] (n a power of two, 16 <= n <= RED_LANES) in a fixed order: groups of
+// 16 entries, then the group results. A workgroup of `width` invocations shares the group
+// folds (invocation i does groups i, i + width, ...), which changes who adds, not what or in
+// which order. Every invocation must call it; the result is valid in invocation 0 only (the
+// others skip the last fold, which on CPU adapters would otherwise cost n x 16 shared-memory
+// loads).
+fn fold_scratch(lid: u32, n: u32, width: u32) -> vec4<f32> {
     workgroupBarrier();
     let groups = n / 16u;
-    if (lid < groups) {
-        var acc = scratch[lid * 16u];
+    for (var gi = lid; gi < groups; gi += width) {
+        var acc = scratch[gi * 16u];
         for (var j = 1u; j < 16u; j++) {
-            acc = red_combine(acc, scratch[lid * 16u + j]);
+            acc = red_combine(acc, scratch[gi * 16u + j]);
         }
-        group_sums[lid] = acc;
+        group_sums[gi] = acc;
     }
     workgroupBarrier();
     var total = vec4<f32>(0.0);
@@ -65,9 +74,22 @@ fn workgroup_reduce(lid: u32, n: u32, v: vec4<f32>) -> vec4<f32> {
     return total;
 }
 
-// Pass 1 epilogue: reduces each invocation's `v` over the chunk workgroup into partials[chunk].
-fn store_chunk_partial(chunk: u32, lid: u32, v: vec4<f32>) {
-    let total = workgroup_reduce(lid, WG_SIZE, v);
+// Reduces every invocation's `v` over a workgroup of n invocations (n a power of two, 16 <= n
+// <= RED_LANES); valid in invocation 0. Every invocation must call it.
+fn workgroup_reduce(lid: u32, n: u32, v: vec4<f32>) -> vec4<f32> {
+    scratch[lid] = v;
+    return fold_scratch(lid, n, n);
+}
+
+// Pass 1: virtual lane l's fold.
+fn set_lane_partial(l: u32, v: vec4<f32>) {
+    scratch[l] = v;
+}
+
+// Pass 1 epilogue: folds the chunk's virtual lanes into partials[chunk]. Every invocation
+// must call it, after setting its lanes.
+fn store_chunk_partial(chunk: u32, lid: u32) {
+    let total = fold_scratch(lid, RED_LANES, WG_SIZE);
     if (lid == 0u) {
         partials[chunk] = total;
     }
@@ -101,10 +123,15 @@ fn count_lanes(k: vec4<bool>, mask: vec4<bool>) -> f32 {
     return ((c.x + c.y) + c.z) + c.w;
 }
 
-// Pass 1 epilogue: reduces each invocation's agreeing count over the chunk workgroup into
-// partials[chunk] = (agreeing, elements, 0, 0).
-fn store_chunk_count(chunk: u32, lid: u32, agreeing: f32, len: u32) {
-    let total = workgroup_reduce(lid, WG_SIZE, vec4<f32>(agreeing, 0.0, 0.0, 0.0));
+// Pass 1: virtual lane l's agreeing count.
+fn set_lane_count(l: u32, agreeing: f32) {
+    scratch[l] = vec4<f32>(agreeing, 0.0, 0.0, 0.0);
+}
+
+// Pass 1 epilogue: folds the virtual lanes' agreeing counts into partials[chunk] =
+// (agreeing, elements, 0, 0). Every invocation must call it, after setting its lanes.
+fn store_chunk_count(chunk: u32, lid: u32, len: u32) {
+    let total = fold_scratch(lid, RED_LANES, WG_SIZE);
     if (lid == 0u) {
         partials[chunk] = vec4<f32>(total.x, f32(len), 0.0, 0.0);
     }

@@ -26,6 +26,11 @@ pub const FLAG_GRAD_SCALE: u32 = 2;
 
 /// Workgroup size of the per-tensor reduction passes (WGSL `RED_SIZE` in reduce.wgsl).
 pub const RED_SIZE: u32 = 32;
+/// Virtual lanes of a per-chunk reduction (WGSL `RED_LANES`): lane l folds the vec4s l,
+/// l + RED_LANES, ... of its chunk, whatever the workgroup size, so sums keep one order.
+pub const RED_LANES: u32 = 256;
+/// vec4s per virtual lane (WGSL `RED_VEC`); `RED_LANES * RED_VEC * 4 == CHUNK`.
+pub const RED_VEC: u32 = 4;
 
 /// The composed sources of a kernel file ([`KernelSources`]): `common.wgsl`, the storage
 /// prelude (`io_f32.wgsl`; `half.wgsl` + `io_packed16.wgsl` for the packed mixed-precision

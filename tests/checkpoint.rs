@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use common::{assert_close, bits_eq, gpu, randn, ATOL, RTOL};
 use wgpu_optim::{
-    AdamConfig, Checkpoint, CpuOptimizer, Error, GpuContext, LarsConfig, Optimizer,
-    OptimizerConfig, ParamArena, ParamGroups, Select, SgdConfig, TensorSpec,
+    AdamConfig, Checkpoint, CpuOptimizer, Error, LarsConfig, Optimizer, OptimizerConfig,
+    ParamArena, ParamGroups, Select, SgdConfig, TensorSpec,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -426,7 +426,7 @@ fn gpu_resume_is_bitwise_exact_for_every_optimizer() {
             opt.save_checkpoint_file(&path, Some(&arena)).unwrap();
         }
         // A fresh context, arena and optimizer from the file alone (as a new process would).
-        let ctx2 = GpuContext::new().unwrap();
+        let ctx2 = gpu().unwrap();
         let arena = ParamArena::new(&ctx2, &specs).unwrap();
         let ck = Checkpoint::load(&path).unwrap();
         let mut opt =

@@ -135,6 +135,9 @@ fn wgsl_constants_match_rust_twins() {
     use wgpu_optim::optim::{lamb, lars};
     let l = lars::LARS_STEP.source;
     assert_eq!(wgsl_const(l, "RED_SIZE"), shaders::RED_SIZE);
+    assert_eq!(wgsl_const(l, "RED_LANES"), shaders::RED_LANES);
+    assert_eq!(wgsl_const(l, "RED_VEC"), shaders::RED_VEC);
+    assert_eq!(shaders::RED_LANES * shaders::RED_VEC * 4, shaders::CHUNK);
     assert_eq!(wgsl_const(l, "LARS_MOMENTUM"), lars::LARS_MOMENTUM);
     assert_eq!(wgsl_const(l, "LARS_NESTEROV"), lars::LARS_NESTEROV);
     assert_eq!(wgsl_const(l, "LARS_TRUST_CLIP"), lars::LARS_TRUST_CLIP);

@@ -14,6 +14,11 @@ use serde_json::Value;
 fn optbench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_optbench"))
         .args(args)
+        // Shapes timed here (on a machine busy with other tests) never reach the user's cache.
+        .env(
+            "WGPU_OPTIM_CACHE_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel-shapes"),
+        )
         .output()
         .expect("optbench runs")
 }
@@ -281,4 +286,53 @@ fn muon_json_reports_stages_and_both_step_times() {
     positive(&m["adamw_ms"]["median"], "adamw ms");
     // One batch: momentum, 3 stages x 5 NS steps, apply.
     assert_eq!(m["muon_dispatches"], 17);
+}
+
+#[test]
+fn tune_times_every_candidate_and_writes_the_cache() {
+    if !have_gpu() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("optbench-tune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let o = optbench(&[
+        "tune",
+        "--optimizers",
+        "sgd,lars",
+        "--sizes",
+        "64k",
+        "--tune-cache-dir",
+        d,
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let kernels: Vec<&str> = v["tune"]["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["kernel"].as_str().unwrap())
+        .collect();
+    assert_eq!(kernels, ["copy_vec4", "sgd_step", "lars_step"], "{out}");
+    for c in v["tune"]["choices"].as_array().unwrap() {
+        assert_eq!(c["source"], "tuned");
+        assert_eq!(c["elements"], 65536);
+        assert!(c["timings"].as_array().unwrap().len() >= 3, "{c}");
+    }
+    assert!(dir.join("kernel-shapes.json").is_file());
+    // info shows what the cache holds for this adapter.
+    let o = optbench(&["info", "--tune-cache-dir", d]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("== kernel shapes") && out.contains("sgd_step") && out.contains("lars_step"),
+        "{out}"
+    );
+    // A bad --shape is refused before anything runs.
+    let o = optbench(&["info", "--shape", "100x3"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("--shape"), "{}", text(&o).1);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -238,9 +238,10 @@ impl<R: Rule> Segment<R> {
         };
         let any_packed = layout.windows().iter().any(|w| w.packed);
         let precision = arena.precision();
-        // The update pass (and the swap kernel) runs the adapter's split; passes that reduce
-        // keep the default, which fixes the order of their sums.
-        let tuned = |kernel: KernelDef| super::tuner::tuned::<R>() && kernel == R::KERNEL;
+        // Every per-chunk pass (and the swap kernel) runs the adapter's split; those that
+        // reduce run 256 virtual lanes whatever the split (reduce.wgsl), so their sums keep
+        // one order. The per-tensor and per-group passes have their own fixed width.
+        let tuned = |pass: &Pass| super::tuner::tuned::<R>() && matches!(pass, Pass::Chunks(_));
         let pipelines =
             |kernel: KernelDef, split: bool| -> Result<(Arc<Kernel>, Option<Arc<Kernel>>)> {
                 // A mixed-precision arena runs the kernel's io_packed16.wgsl composition, which
@@ -283,7 +284,7 @@ impl<R: Rule> Segment<R> {
             };
         let mut passes = Vec::new();
         for pass in R::passes() {
-            let (plain, packed) = pipelines(pass.kernel(), tuned(pass.kernel()))?;
+            let (plain, packed) = pipelines(pass.kernel(), tuned(&pass))?;
             passes.push((pass, plain, packed));
         }
         let swap = R::swap_kernel()

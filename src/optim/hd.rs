@@ -4,7 +4,7 @@
 //! own direction and update.
 
 use crate::error::{check_non_negative, Result};
-use crate::shaders::{CHUNK, RED_SIZE, VEC_PER_LANE, WG_SIZE};
+use crate::shaders::{CHUNK, RED_LANES, RED_SIZE, RED_VEC};
 
 use super::HyperCtx;
 
@@ -76,18 +76,18 @@ fn workgroup_sum(lanes: &[f32]) -> f32 {
 }
 
 /// CPU twin of the kernels' per-chunk dot (`hd_dot` passes): for each chunk of `CHUNK`
-/// elements of a tensor of `len` elements, invocation `lid` sums the lane dots
-/// `((x0 + x1) + x2) + x3` (x = `prod(i)`, 0 past the end) of its vec4s `k * WG_SIZE + lid`,
-/// then the workgroup is reduced (`store_chunk_partial`). Appends one value per chunk.
+/// elements of a tensor of `len` elements, virtual lane `lid` sums the lane dots
+/// `((x0 + x1) + x2) + x3` (x = `prod(i)`, 0 past the end) of its vec4s `k * RED_LANES + lid`,
+/// then the lanes are folded (`store_chunk_partial`). Appends one value per chunk.
 fn chunk_dots(len: usize, prod: impl Fn(usize) -> f32, out: &mut Vec<f32>) {
-    let mut lanes = vec![0f32; WG_SIZE as usize];
+    let mut lanes = vec![0f32; RED_LANES as usize];
     let mut start = 0usize;
     while start < len {
         let clen = (len - start).min(CHUNK as usize);
         for (lid, lane) in lanes.iter_mut().enumerate() {
             let mut acc = 0.0f32;
-            for k in 0..VEC_PER_LANE as usize {
-                let v = k * WG_SIZE as usize + lid;
+            for k in 0..RED_VEC as usize {
+                let v = k * RED_LANES as usize + lid;
                 if v * 4 >= clen {
                     break;
                 }

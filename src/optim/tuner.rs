@@ -31,10 +31,10 @@ pub(crate) fn elementwise<R: Rule>() -> bool {
     R::passes().len() == 1 && !R::KERNEL.uses_partials() && !own_segment::<R>()
 }
 
-/// Whether rule `R`'s update pass (`R::KERNEL`, the last; and its swap kernel) takes the
-/// adapter's split: every rule of the generic segment. Its other passes reduce (LARS and
-/// LAMB norms, Lion and ADOPT caution counts, hypergradient dots) and keep the default
-/// split, which fixes the order of their sums; the update pass only reads what they made.
+/// Whether rule `R`'s per-chunk passes (and its swap kernel) take the adapter's split: every
+/// rule of the generic segment. Those that reduce (LARS and LAMB norms, Lion and ADOPT
+/// caution counts, hypergradient dots) run 256 virtual lanes whatever the split
+/// (reduce.wgsl), so their sums keep one order and their bits.
 pub(crate) fn tuned<R: Rule>() -> bool {
     !own_segment::<R>()
 }

@@ -50,7 +50,13 @@ pub const ATOL: f32 = 1e-5;
 
 /// The GPU context, or `None` (with a printed SKIP) when there is no adapter. Under
 /// `REQUIRE_GPU=1` (set by .ci/run) a missing adapter fails the test instead.
-pub fn gpu_with(opts: ContextOptions) -> Option<GpuContext> {
+pub fn gpu_with(mut opts: ContextOptions) -> Option<GpuContext> {
+    // Kernel shapes timed by the tests (on a machine busy with other tests) go to a cache of
+    // their own, shared by the test binaries of this build, never to the user's.
+    if opts.tune_cache_dir.is_none() {
+        opts.tune_cache_dir =
+            Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel-shapes"));
+    }
     match GpuContext::with_options(opts) {
         Ok(ctx) => Some(ctx),
         Err(e) => {
