@@ -1,4 +1,4 @@
-//! Times burn 0.22.1's Adam step and f32 matmul on burn's default wgpu device, at the sizes of
+//! Times burn 0.22.1's Adam and SGD-momentum steps and f32 matmul on burn's default wgpu device, at the sizes of
 //! `optbench bench` / `optbench muon` and with their counting, so PERFORMANCE.md can put
 //! wgpu-optim's numbers beside burn's from the same adapter.
 //!
@@ -7,6 +7,9 @@
 //!   Σ (p·c).sum() with constant c, `backward()`, `GradientsParams::from_grads`), the device is
 //!   synced, then `optimizer.step(lr, module, grads)` + a device sync is timed. GB/s counts
 //!   Adam's 28 bytes per element (read p, g, m, v; write p, m, v: SPEC §5), decimal GB.
+//! * SGD-momentum: the same module and timing with `SgdConfig` and torch's momentum 0.9,
+//!   dampening 0, no Nesterov (burn's default dampening is 0.1); 20 bytes per element (read p,
+//!   g, buf; write p, buf).
 //! * Matmul: GFLOP/s at 2·m·n·k per product, on the three Newton–Schulz stages over a
 //!   transformer's weight matrices (as `optbench muon`, in the orientation burn's own Muon uses:
 //!   tall matrices transposed to wide) and on single products.
@@ -17,12 +20,17 @@
 use std::time::Instant;
 
 use burn::module::Param;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
 /// Adam's bytes per element and step (SPEC §5; optbench's `bytes_per_element` for Adam).
 const ADAM_BYTES_PER_ELEMENT: u64 = 28;
+/// SGD-momentum's bytes per element and step (SPEC §5).
+const SGD_MOMENTUM_BYTES_PER_ELEMENT: u64 = 20;
+/// The optimizers the harness times, by optbench's preset names.
+const OPTIMIZERS: [&str; 2] = ["adam", "sgd-momentum"];
 /// The largest tensor the harness makes, in f32 elements: lavapipe's storage-binding limit is
 /// 128 MiB (LAVAPIPE-AND-WGPU30.md), and `optbench muon` also batches stages to one binding.
 const MAX_TENSOR_ELEMS: usize = 32 << 20;
@@ -37,6 +45,7 @@ struct Opts {
     warmup: usize,
     lr: f64,
     adam: bool,
+    optimizers: Vec<String>,
     stages: bool,
     shapes: Vec<[usize; 3]>,
     layers: usize,
@@ -53,6 +62,7 @@ impl Default for Opts {
             warmup: 3,
             lr: 1e-3,
             adam: true,
+            optimizers: OPTIMIZERS.iter().map(|s| s.to_string()).collect(),
             stages: true,
             shapes: vec![[768, 768, 768], [768, 3072, 768], [3072, 768, 768]],
             layers: 12,
@@ -71,8 +81,9 @@ USAGE: cargo run --release -- [OPTIONS]
   --tensors LIST         Adam tensor counts (default 1,1000)
   --iters N              timed samples per case, median reported (default 10)
   --warmup N             untimed runs before timing (default 3)
-  --lr X                 Adam learning rate (default 1e-3)
-  --no-adam              skip the Adam cases
+  --lr X                 learning rate (default 1e-3)
+  --optimizers LIST      adam, sgd-momentum (default both)
+  --no-adam              skip the optimizer-step cases
   --no-stages            skip the Newton–Schulz stage cases
   --shapes LIST          single products MxKxN (default 768x768x768,768x3072x768,3072x768x768;
                          'none' for none)
@@ -126,6 +137,12 @@ fn parse_args() -> Result<Opts, String> {
             "--warmup" => o.warmup = val()?.parse().map_err(|_| "--warmup needs a count")?,
             "--lr" => o.lr = val()?.parse().map_err(|_| "--lr needs a number")?,
             "--no-adam" => o.adam = false,
+            "--optimizers" => {
+                o.optimizers = val()?.split(',').map(str::to_string).collect();
+                if let Some(bad) = o.optimizers.iter().find(|x| !OPTIMIZERS.contains(&x.as_str())) {
+                    return Err(format!("--optimizers: unknown {bad:?} (adam, sgd-momentum)"));
+                }
+            }
             "--no-stages" => o.stages = false,
             "--shapes" => {
                 let v = val()?;
@@ -176,10 +193,13 @@ impl Summary {
 
 #[derive(Serialize, Debug)]
 struct AdamRow {
+    /// `adam` or `sgd-momentum`.
+    optimizer: String,
     elements: u64,
     tensors: u64,
     ms: Summary,
-    /// 28 bytes/element × elements / median step time, decimal GB.
+    /// bytes/element (28 for Adam, 20 for SGD-momentum) × elements / median step time,
+    /// decimal GB.
     gb_per_s: f64,
 }
 
@@ -228,8 +248,37 @@ fn uniform<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::<D>::random(shape, Distribution::Uniform(-0.5, 0.5), device)
 }
 
-/// One Adam case: `warmup` untimed steps, then `iters` timed ones.
-fn adam_case(o: &Opts, elements: u64, tensors: u64) -> Result<AdamRow, String> {
+/// `warmup` untimed steps, then `iters` timed ones, of `optim` on `module`; the ms of each.
+fn time_steps(
+    o: &Opts,
+    device: &Device,
+    mut module: Vec<Param<Tensor<1>>>,
+    consts: &[Tensor<1>],
+    mut optim: ModuleOptimizer,
+) -> Result<Vec<f64>, String> {
+    let mut ms = Vec::with_capacity(o.iters);
+    for step in 0..o.warmup + o.iters {
+        let loss = module
+            .iter()
+            .zip(consts)
+            .map(|(p, c)| (p.val() * c.clone()).sum())
+            .reduce(|a, b| a + b)
+            .ok_or("no tensors")?;
+        let grads = GradientsParams::from_grads(loss.backward(), &module);
+        sync(device)?;
+        let t0 = Instant::now();
+        module = optim.step(o.lr, module, grads);
+        sync(device)?;
+        if step >= o.warmup {
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(ms)
+}
+
+/// One optimizer case (`adam` or `sgd-momentum`): `warmup` untimed steps, then `iters` timed
+/// ones.
+fn adam_case(o: &Opts, optimizer: &str, elements: u64, tensors: u64) -> Result<AdamRow, String> {
     if tensors > elements {
         return Err(format!("--tensors {tensors} exceeds --sizes {elements}"));
     }
@@ -240,35 +289,39 @@ fn adam_case(o: &Opts, elements: u64, tensors: u64) -> Result<AdamRow, String> {
     }
     let device = Device::default().autodiff();
     let lens = split(elements, tensors);
-    let mut module: Vec<Param<Tensor<1>>> = lens
+    let module: Vec<Param<Tensor<1>>> = lens
         .iter()
         .map(|&l| Param::from_tensor(uniform([l], &device)))
         .collect();
     // Constant (untracked) tensors: the gradient of Σ (p·c).sum() is c.
     let consts: Vec<Tensor<1>> = lens.iter().map(|&l| uniform([l], &device)).collect();
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
-    let mut ms = Vec::with_capacity(o.iters);
-    for step in 0..o.warmup + o.iters {
-        let loss = module
-            .iter()
-            .zip(&consts)
-            .map(|(p, c)| (p.val() * c.clone()).sum())
-            .reduce(|a, b| a + b)
-            .ok_or("no tensors")?;
-        let grads = GradientsParams::from_grads(loss.backward(), &module);
-        sync(&device)?;
-        let t0 = Instant::now();
-        module = optim.step(o.lr, module, grads);
-        sync(&device)?;
-        if step >= o.warmup {
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    let (ms, bytes) = match optimizer {
+        "sgd-momentum" => {
+            // torch.optim.SGD(momentum=0.9): dampening 0 (burn's default is 0.1).
+            let momentum = MomentumConfig::new()
+                .with_momentum(0.9)
+                .with_dampening(0.0)
+                .with_nesterov(false);
+            let optim = SgdConfig::new().with_momentum(Some(momentum)).init();
+            (
+                time_steps(o, &device, module, &consts, optim)?,
+                SGD_MOMENTUM_BYTES_PER_ELEMENT,
+            )
         }
-    }
+        _ => {
+            let optim = AdamConfig::new().with_epsilon(1e-8).init();
+            (
+                time_steps(o, &device, module, &consts, optim)?,
+                ADAM_BYTES_PER_ELEMENT,
+            )
+        }
+    };
     let ms = Summary::of(&ms);
     Ok(AdamRow {
+        optimizer: optimizer.to_string(),
         elements,
         tensors,
-        gb_per_s: (ADAM_BYTES_PER_ELEMENT * elements) as f64 / (ms.median * 1e-3) / 1e9,
+        gb_per_s: (bytes * elements) as f64 / (ms.median * 1e-3) / 1e9,
         ms,
     })
 }
@@ -425,11 +478,13 @@ fn run(o: &Opts) -> Result<Report, String> {
     };
     if o.adam {
         for &e in &o.sizes {
-            for &t in &o.tensors {
-                if !o.json {
-                    eprintln!("adam {} x {t} ...", fmt_count(e));
+            for opt in &o.optimizers {
+                for &t in &o.tensors {
+                    if !o.json {
+                        eprintln!("{opt} {} x {t} ...", fmt_count(e));
+                    }
+                    report.adam.push(adam_case(o, opt, e, t)?);
                 }
-                report.adam.push(adam_case(o, e, t)?);
             }
         }
     }
@@ -472,16 +527,18 @@ fn print_table(r: &Report) {
     );
     if !r.adam.is_empty() {
         println!(
-            "\nAdam step: {}; GB/s at {} B/element",
+            "\noptimizer step: {}; SGD-momentum: momentum 0.9, dampening 0; GB/s at {} \
+             B/element (Adam), 20 (SGD-momentum)",
             r.adam_config, r.adam_bytes_per_element
         );
         println!(
-            "{:>10} {:>8} {:>12} {:>10} {:>10} {:>10}",
-            "elements", "tensors", "median ms", "min ms", "max ms", "GB/s"
+            "{:<13} {:>10} {:>8} {:>12} {:>10} {:>10} {:>10}",
+            "optimizer", "elements", "tensors", "median ms", "min ms", "max ms", "GB/s"
         );
         for a in &r.adam {
             println!(
-                "{:>10} {:>8} {:>12.3} {:>10.3} {:>10.3} {:>10.3}",
+                "{:<13} {:>10} {:>8} {:>12.3} {:>10.3} {:>10.3} {:>10.3}",
+                a.optimizer,
                 fmt_count(a.elements),
                 a.tensors,
                 a.ms.median,
