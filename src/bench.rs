@@ -14,10 +14,10 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
+use crate::autotune as tuner;
 use crate::context::GpuContext;
 use crate::dispatch;
 use crate::error::{Error, Result};
-use crate::optim::tuner;
 use crate::pipeline::{Kernel, PipelineKey};
 use crate::tune::{source_hash, KernelShape, ShapeChoice};
 

@@ -26,6 +26,7 @@ pub mod shaders;
 
 pub mod amp;
 pub mod arena;
+pub(crate) mod autotune;
 // Measurement tools for optbench; only with the `bench` feature (see src/bench.rs's docs).
 #[cfg(feature = "bench")]
 pub mod bench;
@@ -52,7 +53,7 @@ pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use lookahead::{CpuLookahead, Lookahead, LookaheadConfig, LookaheadVariant};
 pub use matmul::{BatchedMatmul, MatmulProblem};
-pub use norm::{GradClipper, NormReducer, NormType};
+pub use norm::{GradClipper, NormReducer, NormSource, NormType};
 pub use optim::AdafactorConfig;
 pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AdoptConfig, AsgdConfig, LambConfig,

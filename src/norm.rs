@@ -20,6 +20,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::arena::{ArenaTables, ChunkRange, ParamArena, ParamLayout};
+use crate::autotune;
 use crate::context::GpuContext;
 use crate::dispatch;
 use crate::error::{Error, Result};
@@ -30,6 +31,7 @@ use crate::precision::{HalfPath, StorageType};
 use crate::readback;
 use crate::shaders::KernelDef;
 use crate::shaders::{NORM_COMBINE, NORM_GLOBAL, NORM_PARTIALS};
+use crate::tune::{source_hash, KernelShape, ShapeChoice};
 use std::sync::Arc;
 
 /// WGSL `NORM_HAS_B`.
@@ -73,6 +75,35 @@ pub struct NormHyper {
     pub pad: u32,
 }
 
+/// Times every candidate split of the norm partials pass: an L2 norm of the gradients of one
+/// scratch tensor of `elements` (what a clipper runs every step).
+fn time_norm(ctx: &GpuContext, elements: usize) -> Result<ShapeChoice> {
+    let arena = ParamArena::new(ctx, &[crate::arena::TensorSpec::new("tune", elements)])?;
+    let ramp: Vec<f32> = (0..elements)
+        .map(|i| ((i % 97) as f32 - 48.0) * 1e-4)
+        .collect();
+    arena.write_grads("tune", &ramp)?;
+    let mut candidates = Vec::new();
+    for shape in KernelShape::candidates(ctx.limits()) {
+        match NormReducer::build(ctx, &arena, NormSource::Grads, NormType::L2, Some(shape)) {
+            Ok(r) => candidates.push((shape, move || {
+                let mut enc =
+                    ctx.device()
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some("norm_partials tune"),
+                        });
+                r.encode(&mut enc);
+                ctx.queue().submit([enc.finish()]);
+                Ok(())
+            })),
+            // A split the driver refuses is skipped; the default must build.
+            Err(e) if shape == KernelShape::default() => return Err(e),
+            Err(_) => {}
+        }
+    }
+    autotune::time_candidates(ctx, NORM_PARTIALS.entry_point(), elements, candidates)
+}
+
 /// Per-tensor and global norms of an arena-shaped buffer, computed on the GPU.
 #[derive(Debug)]
 pub struct NormReducer {
@@ -98,6 +129,18 @@ impl NormReducer {
         source: NormSource,
         norm_type: NormType,
     ) -> Result<Self> {
+        Self::build(ctx, arena, source, norm_type, None)
+    }
+
+    /// [`NormReducer::new`] with the partials pass's work split forced to `shape` (the tuner's
+    /// candidates) instead of the context's choice.
+    fn build(
+        ctx: &GpuContext,
+        arena: &ParamArena,
+        source: NormSource,
+        norm_type: NormType,
+        shape: Option<KernelShape>,
+    ) -> Result<Self> {
         ctx.check_alive()?;
         if ctx.id() != arena.context().id() {
             return Err(Error::Unsupported(
@@ -113,9 +156,27 @@ impl NormReducer {
             NormSource::Grads if half_grads => arena.params_buffer(),
             NormSource::Grads => arena.grads_buffer(),
         };
+        // The partials pass runs the adapter's split; its 256 virtual lanes (reduce.wgsl) keep
+        // the sums in one order whatever the split. The other two passes have fixed widths.
+        let shape = match shape {
+            Some(s) => s,
+            None => autotune::resolve_or_time(
+                ctx,
+                NORM_PARTIALS.entry_point(),
+                &source_hash(NORM_PARTIALS.source),
+                KernelShape::default(),
+                || time_norm(ctx, autotune::default_elements(ctx)),
+            )?,
+        };
         let get = |k: KernelDef| -> Result<Arc<Kernel>> {
+            let mut constants = Vec::new();
+            if k == NORM_PARTIALS {
+                constants.extend(shape.constants());
+            }
             if !half_grads {
-                return ctx.pipelines().get(ctx, k);
+                return ctx
+                    .pipelines()
+                    .get_keyed(ctx, PipelineKey::with_constants(k, &constants));
             }
             let packed = k.mixed(HalfPath::Packed).ok_or(Error::Unsupported(
                 "the norm kernels have no 16-bit composition",
@@ -125,10 +186,9 @@ impl NormReducer {
             } else {
                 0.0
             };
-            ctx.pipelines().get_keyed(
-                ctx,
-                PipelineKey::with_constants(packed, &[("NORM_A_GRADS", 1.0), ("GRAD_BF16", bf16)]),
-            )
+            constants.extend([("NORM_A_GRADS", 1.0), ("GRAD_BF16", bf16)]);
+            ctx.pipelines()
+                .get_keyed(ctx, PipelineKey::with_constants(packed, &constants))
         };
         let kernels = [get(NORM_PARTIALS)?, get(NORM_COMBINE)?, get(NORM_GLOBAL)?];
         let n_tensors = layout.tensors().len();
@@ -217,6 +277,23 @@ impl NormReducer {
                 hyper,
             }
         })
+    }
+
+    /// Times the partials pass's candidate splits now, whatever the policy, and records the
+    /// fastest (in memory and in the cache), on a scratch tensor of `elements` (`None`: the
+    /// tuner's size for the adapter): `optbench tune`. Otherwise the first reducer or clipper
+    /// built on an adapter does this under [`crate::tune::Tuning::Auto`].
+    pub fn tune(ctx: &GpuContext, elements: Option<usize>) -> Result<ShapeChoice> {
+        ctx.check_alive()?;
+        let elements = elements.unwrap_or_else(|| autotune::default_elements(ctx));
+        if elements == 0 {
+            return Err(Error::InvalidConfig("tuning needs at least one element"));
+        }
+        let _busy = ctx.tuner().busy();
+        let choice = time_norm(ctx, elements)?;
+        ctx.tuner()
+            .record(&source_hash(NORM_PARTIALS.source), choice.clone());
+        Ok(choice)
     }
 
     /// Id of the arena this reducer reads.

@@ -479,3 +479,65 @@ fn on_demand_tuning_times_every_candidate() {
     ));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn norms_are_bit_identical_at_every_shape() {
+    // The partials pass of NormReducer / GradClipper / the AMP guard takes the tuned split too;
+    // its 256 virtual lanes keep the sums in one order.
+    use wgpu_optim::{GradClipper, NormReducer, NormSource, NormType};
+    let Some(ctx) = ctx_with(Tuning::Defaults, None) else {
+        return;
+    };
+    let lens = [1usize, 255, 257, 278_011, 0, 3];
+    let specs: Vec<TensorSpec> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| TensorSpec::new(format!("t{i}"), n))
+        .collect();
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let mut rng = fastrand::Rng::with_seed(21);
+    let grads: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 2.0)).collect();
+    let params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    let run = |ctx: &GpuContext| {
+        let mut out = Vec::new();
+        for (source, ty) in [
+            (NormSource::Grads, NormType::L2),
+            (NormSource::Params, NormType::L2),
+            (NormSource::Grads, NormType::Inf),
+        ] {
+            let r = NormReducer::new(ctx, &arena, source, ty).unwrap();
+            let (per, total) = r.compute().unwrap();
+            out.push((bits(&per), total.to_bits()));
+        }
+        arena.write_all_grads(&grads).unwrap();
+        let clip = GradClipper::new(ctx, &arena, 1.0, NormType::L2).unwrap();
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        clip.encode(&mut enc);
+        ctx.queue().submit([enc.finish()]);
+        let coef = clip.read_coefficient().unwrap();
+        (out, coef.to_bits())
+    };
+    arena.write_all_params(&params).unwrap();
+    arena.write_all_grads(&grads).unwrap();
+    let want = run(&ctx);
+    // A reducer against the f64 norm, so the default is right before the others match it.
+    let l2: f64 = grads
+        .iter()
+        .flatten()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt();
+    let got = f32::from_bits(want.0[0].1) as f64;
+    assert!((got - l2).abs() <= 1e-5 * l2, "{got} vs {l2}");
+    for shape in device_shapes(&ctx) {
+        ctx.set_tuning(Tuning::Pinned(shape));
+        let got = run(&ctx);
+        assert!(got == want, "norms differ at shape {shape}");
+        let used = ctx.tune_report().choices;
+        assert!(
+            used.iter()
+                .any(|c| c.kernel == "norm_partials" && c.shape == shape),
+            "{used:?}"
+        );
+    }
+}

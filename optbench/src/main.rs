@@ -69,7 +69,7 @@ enum Command {
     },
     /// Time one optimizer step per size, tensor count and optimizer, against a copy kernel.
     Bench,
-    /// Time every candidate work split of the copy kernel and of each elementwise optimizer
+    /// Time every candidate work split of the copy kernel, the norm reducers and each optimizer
     /// kernel on this adapter now (one --sizes value: the scratch tensor, default 1M on a CPU
     /// adapter, 16M on a GPU), and cache the fastest: what the library otherwise does on first
     /// use. --optimizers limits it to some presets.

@@ -1,5 +1,6 @@
-//! `optbench tune`: times every candidate work split of the copy kernel and of each elementwise
-//! optimizer kernel on this adapter, now, records the winners in the kernel-shape cache, and
+//! `optbench tune`: times every candidate work split of the copy kernel, the norm reducers'
+//! partials pass (gradient clipping, the AMP guard) and each optimizer kernel on this adapter,
+//! now, records the winners in the kernel-shape cache, and
 //! prints what each candidate cost. `optbench info` shows what the cache holds.
 
 use std::time::Instant;
@@ -34,7 +35,10 @@ pub(crate) fn tune(ctx: &GpuContext, opts: &Opts) -> Result<TuneRun> {
         [n] => Some(*n as usize),
         _ => bail!("tune times one size; give one --sizes value"),
     };
-    let mut choices = vec![CopyKernel::tune(ctx, elements)?];
+    let mut choices = vec![
+        CopyKernel::tune(ctx, elements)?,
+        wgpu_optim::NormReducer::tune(ctx, elements)?,
+    ];
     let mut not_tuned = Vec::new();
     let mut seen: Vec<String> = Vec::new();
     for p in OptimizerConfig::presets() {

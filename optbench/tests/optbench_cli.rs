@@ -315,7 +315,11 @@ fn tune_times_every_candidate_and_writes_the_cache() {
         .iter()
         .map(|c| c["kernel"].as_str().unwrap())
         .collect();
-    assert_eq!(kernels, ["copy_vec4", "sgd_step", "lars_step"], "{out}");
+    assert_eq!(
+        kernels,
+        ["copy_vec4", "norm_partials", "sgd_step", "lars_step"],
+        "{out}"
+    );
     for c in v["tune"]["choices"].as_array().unwrap() {
         assert_eq!(c["source"], "tuned");
         assert_eq!(c["elements"], 65536);

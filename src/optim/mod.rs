@@ -44,7 +44,7 @@ pub mod sgd_hd;
 pub(crate) mod book;
 mod gpu;
 pub(crate) mod hd;
-pub(crate) mod tuner;
+mod tuner;
 
 use std::fmt::Debug;
 use std::sync::Arc;

@@ -1,29 +1,15 @@
-//! Times the work splits ([`KernelShape`]) of one elementwise rule on the context's adapter and
-//! records the fastest in the context's shape book (src/tune.rs), which caches it on disk.
-//!
-//! Each candidate is a complete [`Optimizer`] over one scratch tensor, built with the split
-//! forced; the candidates are timed in interleaved rounds (so a burst of other load on the
-//! machine hits them all alike), each round a batch of steps between two queue waits, and a
-//! candidate's time is its fastest batch. Host wall clock serves: a batch is sized to last
-//! about [`BATCH_SECONDS`], far above the submission overhead.
-
-use std::time::Instant;
+//! Times the work splits ([`KernelShape`]) of one rule on the context's adapter and records
+//! the fastest in the context's shape book (src/tune.rs), which caches it on disk. Each
+//! candidate is a complete [`Optimizer`] over one scratch tensor, built with the split forced,
+//! and timed by `autotune`.
 
 use super::{OptimizerConfig, ParamGroups, Rule, RuleVisitor};
 use crate::arena::{ParamArena, TensorSpec};
+use crate::autotune::{default_elements, resolve_or_time, time_candidates};
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
-use crate::tune::{source_hash, CandidateTime, KernelShape, Resolved, ShapeChoice, ShapeSource};
-
-/// Elements of the scratch tensor on a CPU adapter (lavapipe): 256 chunks, a few ms a step.
-pub(crate) const TUNE_ELEMENTS_CPU: usize = 1 << 20;
-/// Elements of the scratch tensor on a GPU: enough chunks to fill a large one many times over.
-pub(crate) const TUNE_ELEMENTS_GPU: usize = 1 << 24;
-/// Target length of one timed batch.
-pub(crate) const BATCH_SECONDS: f64 = 0.02;
-/// Timed rounds per candidate.
-pub(crate) const ROUNDS: usize = 3;
+use crate::tune::{source_hash, KernelShape, ShapeChoice};
 
 /// Whether rule `R` runs one elementwise pass (no reduction): the rules whose small tensors
 /// share packed chunks.
@@ -56,61 +42,6 @@ pub(crate) fn shape_for<R: Rule>(ctx: &GpuContext, config: &R) -> Result<KernelS
     resolve_or_time(ctx, kernel, &hash, KernelShape::default(), || {
         time_rule(ctx, config, default_elements(ctx))
     })
-}
-
-/// The book's shape for `kernel`, or (policy `Auto`, nothing cached) the result of `time`,
-/// recorded. One timing run at a time per context: a second builder of the same kernel waits
-/// for the first's result.
-pub(crate) fn resolve_or_time(
-    ctx: &GpuContext,
-    kernel: &str,
-    hash: &str,
-    default: KernelShape,
-    time: impl FnOnce() -> Result<ShapeChoice>,
-) -> Result<KernelShape> {
-    let limits = ctx.limits();
-    let fits = |s: KernelShape| {
-        // Only a pinned shape can be invalid or too wide: cached and timed ones are checked.
-        if !s.is_valid() {
-            return Err(Error::InvalidConfig(
-                "a pinned kernel shape must split the 1024 vec4s of a chunk evenly: \
-                 workgroup_size a power of two up to 1024, times vec4_per_invocation = 1024 \
-                 (use KernelShape::new)",
-            ));
-        }
-        if s.fits(limits) {
-            return Ok(s);
-        }
-        Err(Error::LimitExceeded {
-            what: format!("workgroup size of the pinned kernel shape {s}"),
-            value: s.workgroup_size as u64,
-            limit: limits
-                .max_compute_invocations_per_workgroup
-                .min(limits.max_compute_workgroup_size_x) as u64,
-            why: "the device's max_compute_invocations_per_workgroup",
-        })
-    };
-    if let Resolved::Shape(s) = ctx.tuner().resolve(kernel, hash, limits, default) {
-        return fits(s);
-    }
-    let _busy = ctx.tuner().busy();
-    // Another context (of this process, or another process) may have timed it while this one
-    // waited: look at the cache file again.
-    ctx.tuner().reload_cache();
-    if let Resolved::Shape(s) = ctx.tuner().resolve(kernel, hash, limits, default) {
-        return fits(s);
-    }
-    let choice = time()?;
-    let shape = choice.shape;
-    ctx.tuner().record(hash, choice);
-    Ok(shape)
-}
-
-pub(crate) fn default_elements(ctx: &GpuContext) -> usize {
-    match ctx.adapter_info().device_type {
-        wgpu::DeviceType::Cpu => TUNE_ELEMENTS_CPU,
-        _ => TUNE_ELEMENTS_GPU,
-    }
 }
 
 /// Times every candidate split of `config`'s kernel on a scratch tensor of `elements`
@@ -174,62 +105,4 @@ fn time_rule<R: Rule>(ctx: &GpuContext, config: &R, elements: usize) -> Result<S
         }
     }
     time_candidates(ctx, R::KERNEL.entry_point(), elements, candidates)
-}
-
-/// Times `candidates` (each a closure that submits one step of its shape) in interleaved
-/// rounds and returns the fastest as a [`ShapeSource::Tuned`] choice for `kernel`. Shared by
-/// the optimizer kernels and the copy roofline (`bench`).
-pub(crate) fn time_candidates<F: FnMut() -> Result<()>>(
-    ctx: &GpuContext,
-    kernel: &str,
-    elements: usize,
-    mut candidates: Vec<(KernelShape, F)>,
-) -> Result<ShapeChoice> {
-    // Warm-up (some drivers finish compiling at the first dispatch), and the batch length
-    // from the slowest candidate's single step.
-    let mut one = 0f64;
-    for (_, step) in &mut candidates {
-        step()?;
-        ctx.wait()?;
-        let t = Instant::now();
-        step()?;
-        ctx.wait()?;
-        one = one.max(t.elapsed().as_secs_f64());
-    }
-    let steps = ((BATCH_SECONDS / one.max(1e-6)).ceil() as usize).clamp(1, 200);
-    let mut best = vec![f64::INFINITY; candidates.len()];
-    for _ in 0..ROUNDS {
-        for ((_, step), best) in candidates.iter_mut().zip(&mut best) {
-            let t = Instant::now();
-            for _ in 0..steps {
-                step()?;
-            }
-            ctx.wait()?;
-            *best = best.min(t.elapsed().as_secs_f64() / steps as f64);
-        }
-    }
-    let timings: Vec<CandidateTime> = candidates
-        .iter()
-        .zip(best)
-        .map(|(&(shape, _), s)| CandidateTime {
-            shape,
-            seconds_per_step: s,
-        })
-        .collect();
-    let fastest = timings
-        .iter()
-        .min_by(|a, b| a.seconds_per_step.total_cmp(&b.seconds_per_step))
-        .map(|c| c.shape)
-        .unwrap_or_default();
-    Ok(ShapeChoice {
-        kernel: kernel.to_string(),
-        shape: fastest,
-        source: ShapeSource::Tuned,
-        timings,
-        elements: elements as u64,
-        tuned_at_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    })
 }
