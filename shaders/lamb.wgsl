@@ -88,7 +88,8 @@ fn lamb_moments(
             exp_avg[si] = select(m0, m, mask);
             exp_avg_sq[si] = select(v0, s, mask);
             let u = lamb_direction(m, s, p, t, hp);
-            acc = red_combine(acc, vec4<f32>(lane_stats(p, mask), lane_stats(u, mask)));
+            // Sums of squares only (lamb_ratio reads x and z): the same sums as red_combine's.
+            acc += vec4<f32>(lane_sumsq(p, mask), 0.0, lane_sumsq(u, mask), 0.0);
         }
         set_lane_partial(l, acc);
     }

@@ -69,7 +69,8 @@ fn lars_norms(
             }
             let mask = lane_mask(c.len, v);
             let i = c.base + v;
-            acc = red_combine(acc, vec4<f32>(lane_stats(params[i], mask), lane_stats(load_grad(i, hp.flags), mask)));
+            // Sums of squares only (lars_ratio reads x and z): the same sums as red_combine's.
+            acc += vec4<f32>(lane_sumsq(params[i], mask), 0.0, lane_sumsq(load_grad(i, hp.flags), mask), 0.0);
         }
         set_lane_partial(l, acc);
     }

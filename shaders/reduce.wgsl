@@ -39,6 +39,15 @@ fn red_combine(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(a.x + b.x, max_nan(a.y, b.y), a.z + b.z, max_nan(a.w, b.w));
 }
 
+// Sum of squares of the lanes selected by `mask`: lane_stats' first value, without the max
+// (and its NaN tests), for the passes that need L2 norms only (LARS, LAMB: about 3% of their
+// step on lavapipe). norm.wgsl keeps lane_stats: a per-flag branch there measured slower.
+fn lane_sumsq(x: vec4<f32>, mask: vec4<bool>) -> f32 {
+    let y = select(vec4<f32>(0.0), x, mask);
+    let sq = y * y;
+    return ((sq.x + sq.y) + sq.z) + sq.w;
+}
+
 // Sum of squares and max |x| of the lanes selected by `mask`, as (sumsq, maxabs).
 fn lane_stats(x: vec4<f32>, mask: vec4<bool>) -> vec2<f32> {
     let y = select(vec4<f32>(0.0), x, mask);
