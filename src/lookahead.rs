@@ -400,7 +400,7 @@ impl Lookahead {
             // No packed chunks: they would sit in windows of their own, run by another pipeline,
             // and make the sync two dispatches. A sync runs once per k steps, so the lanes a
             // small tensor leaves idle in its chunk cost little.
-            false,
+            0,
         )?;
         let bytes = layout.state_bytes().max(16);
         if bytes > ctx.limits().max_buffer_size {

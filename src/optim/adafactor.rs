@@ -586,7 +586,7 @@ impl AdafactorSegment {
             &plan.member_groups,
             cap,
             align,
-            false,
+            0,
         )?;
         let all = arena.layout().tensors();
         let infos: Vec<TensorInfo> = plan.members.iter().map(|&i| all[i].clone()).collect();

@@ -217,8 +217,13 @@ impl<R: Rule> Segment<R> {
             ctx.max_binding_bytes(),
             arena.binding_alignment(),
             // Small tensors share packed chunks for the rules whose kernels read them: the
-            // elementwise ones (one pass, no per-tensor reduction).
-            super::tuner::elementwise::<R>(),
+            // elementwise ones (one pass, no per-tensor reduction); how small follows the
+            // work split.
+            if super::tuner::elementwise::<R>() {
+                crate::arena::pack_max_len(shape.workgroup_size)
+            } else {
+                0
+            },
         )?;
         let bytes = layout.state_bytes();
         if !plan.states.is_empty() && bytes > ctx.limits().max_buffer_size {

@@ -607,7 +607,7 @@ impl MuonSegment {
             &plan.member_groups,
             cap,
             align,
-            false,
+            0,
         )?;
         let tensors = arena.layout().tensors();
         let infos: Vec<TensorInfo> = plan.members.iter().map(|&i| tensors[i].clone()).collect();
