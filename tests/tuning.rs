@@ -365,7 +365,9 @@ fn the_cache_is_written_reused_and_ignored_when_stale() {
 #[test]
 fn an_unreadable_or_unwritable_cache_is_no_error() {
     let dir = temp_dir("corrupt");
-    let Some(_) = gpu() else { return };
+    let Some(_) = ctx_with(Tuning::Defaults, None) else {
+        return;
+    };
     for garbage in [
         "{ not json",
         "{\"format\": \"something-else/9\", \"entries\": []}",
@@ -540,4 +542,26 @@ fn norms_are_bit_identical_at_every_shape() {
             "{used:?}"
         );
     }
+}
+
+#[test]
+fn a_bad_tuning_environment_variable_is_a_typed_error() {
+    // Every other test of this file passes its policy explicitly, so none reads the variable
+    // while this one has it set.
+    if ctx_with(Tuning::Defaults, None).is_none() {
+        return;
+    }
+    std::env::set_var(wgpu_optim::tune::TUNE_ENV, "fastest-please");
+    let e = wgpu_optim::GpuContext::with_options(ContextOptions {
+        tune_cache_dir: Some(temp_dir("env")),
+        ..Default::default()
+    });
+    std::env::set_var(wgpu_optim::tune::TUNE_ENV, "64x16");
+    let pinned = wgpu_optim::GpuContext::with_options(ContextOptions::default());
+    std::env::remove_var(wgpu_optim::tune::TUNE_ENV);
+    assert!(matches!(e, Err(Error::InvalidConfig(_))), "{e:?}");
+    assert_eq!(
+        pinned.unwrap().tuning(),
+        Tuning::Pinned(KernelShape::new(64).unwrap())
+    );
 }
