@@ -318,8 +318,10 @@ fn the_cache_is_written_reused_and_ignored_when_stale() {
     assert_eq!(ctx.tune_report().cached.len(), 1);
     drop(ctx);
 
-    // Stale: another driver version, another library version, or an edited kernel.
+    // Stale: another adapter, another driver version, another library version, or an edited
+    // kernel.
     for (field, value) in [
+        ("name", "Some Other GPU"),
         ("driver_info", "some other driver 1.0"),
         ("library", "0.0.0-other"),
         ("source_hash", "0000000000000000"),
