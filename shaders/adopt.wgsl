@@ -277,7 +277,7 @@ fn adopt_caution_count(
     let l2 = adopt_l2(hp);
     // Counts of at most 4096 in f32: exact.
     // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
-    for (var l = lid; l < RED_LANES; l += WG_SIZE) {
+    for (var l = lid; l < chunk_lanes(c.len); l += WG_SIZE) {
         var acc = 0.0;
         for (var k = 0u; k < RED_VEC; k++) {
             let v = k * RED_LANES + l;

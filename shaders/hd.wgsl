@@ -39,7 +39,7 @@ fn hd_dot(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
     let hp = hypers[c.group];
     // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
-    for (var l = lid; l < RED_LANES; l += WG_SIZE) {
+    for (var l = lid; l < chunk_lanes(c.len); l += WG_SIZE) {
         var acc = vec4<f32>(0.0);
         for (var k = 0u; k < RED_VEC; k++) {
             let v = k * RED_LANES + l;
@@ -53,7 +53,7 @@ fn hd_dot(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
         }
         set_lane_partial(l, acc);
     }
-    store_chunk_partial(chunk, lid);
+    store_chunk_partial(chunk, lid, c.len);
 }
 
 // Per group (RED_SIZE invocations): h = the group's (HD_GLOBAL: the segment's) dots folded in

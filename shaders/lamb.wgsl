@@ -69,7 +69,7 @@ fn lamb_moments(
     // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
     let hp = hypers[c.group];
     // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
-    for (var l = lid; l < RED_LANES; l += WG_SIZE) {
+    for (var l = lid; l < chunk_lanes(c.len); l += WG_SIZE) {
         var acc = vec4<f32>(0.0);
         for (var k = 0u; k < RED_VEC; k++) {
             let v = k * RED_LANES + l;
@@ -93,7 +93,7 @@ fn lamb_moments(
         }
         set_lane_partial(l, acc);
     }
-    store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid);
+    store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }
 
 @compute @workgroup_size(RED_SIZE)

@@ -50,7 +50,7 @@ fn norm_partials(
         return;
     }
     // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
-    for (var l = lid; l < RED_LANES; l += WG_SIZE) {
+    for (var l = lid; l < chunk_lanes(c.len); l += WG_SIZE) {
         var acc = vec4<f32>(0.0);
         for (var k = 0u; k < RED_VEC; k++) {
             let v = k * RED_LANES + l;
@@ -67,7 +67,7 @@ fn norm_partials(
         }
         set_lane_partial(l, acc);
     }
-    store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid);
+    store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }
 
 @compute @workgroup_size(RED_SIZE)

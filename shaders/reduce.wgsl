@@ -56,8 +56,8 @@ fn lane_stats(x: vec4<f32>, mask: vec4<bool>) -> vec2<f32> {
     return vec2<f32>(((sq.x + sq.y) + sq.z) + sq.w, max_nan(max_nan(a.x, a.y), max_nan(a.z, a.w)));
 }
 
-// Folds scratch[0 .. n] (n a power of two, 16 <= n <= RED_LANES) in a fixed order: groups of
-// 16 entries, then the group results. A workgroup of `width` invocations shares the group
+// Folds scratch[0 .. n] (n a multiple of 16, 16 <= n <= RED_LANES) in a fixed order: groups
+// of 16 entries, then the group results. A workgroup of `width` invocations shares the group
 // folds (invocation i does groups i, i + width, ...), which changes who adds, not what or in
 // which order. Every invocation must call it; the result is valid in invocation 0 only (the
 // others skip the last fold, which on CPU adapters would otherwise cost n x 16 shared-memory
@@ -90,15 +90,24 @@ fn workgroup_reduce(lid: u32, n: u32, v: vec4<f32>) -> vec4<f32> {
     return fold_scratch(lid, n, n);
 }
 
+// The virtual lanes a chunk of `len` elements folds: those holding terms (lane l's first vec4
+// is l), rounded up to whole groups of 16. The lanes past them hold no terms: their folds
+// would only add +0 (and take max with +0) to sums of squares, absolute values and counts,
+// which changes nothing, so a chunk of a 100-element tensor folds 16 lanes, not 256.
+fn chunk_lanes(len: u32) -> u32 {
+    let used = min(RED_LANES, (len + 3u) / 4u);
+    return max(16u, (used + 15u) / 16u * 16u);
+}
+
 // Pass 1: virtual lane l's fold.
 fn set_lane_partial(l: u32, v: vec4<f32>) {
     scratch[l] = v;
 }
 
-// Pass 1 epilogue: folds the chunk's virtual lanes into partials[chunk]. Every invocation
-// must call it, after setting its lanes.
-fn store_chunk_partial(chunk: u32, lid: u32) {
-    let total = fold_scratch(lid, RED_LANES, WG_SIZE);
+// Pass 1 epilogue: folds the virtual lanes of a chunk of `len` elements into partials[chunk].
+// Every invocation must call it, after setting its lanes (chunk_lanes(len) of them).
+fn store_chunk_partial(chunk: u32, lid: u32, len: u32) {
+    let total = fold_scratch(lid, chunk_lanes(len), WG_SIZE);
     if (lid == 0u) {
         partials[chunk] = total;
     }
@@ -140,7 +149,7 @@ fn set_lane_count(l: u32, agreeing: f32) {
 // Pass 1 epilogue: folds the virtual lanes' agreeing counts into partials[chunk] =
 // (agreeing, elements, 0, 0). Every invocation must call it, after setting its lanes.
 fn store_chunk_count(chunk: u32, lid: u32, len: u32) {
-    let total = fold_scratch(lid, RED_LANES, WG_SIZE);
+    let total = fold_scratch(lid, chunk_lanes(len), WG_SIZE);
     if (lid == 0u) {
         partials[chunk] = vec4<f32>(total.x, f32(len), 0.0, 0.0);
     }

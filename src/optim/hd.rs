@@ -61,7 +61,13 @@ pub(crate) fn with_decay(g: f32, p: f32, wd: f32) -> f32 {
     }
 }
 
-/// reduce.wgsl's `workgroup_reduce` on the x component of `lanes` (a power of two, 16..=256
+/// reduce.wgsl's `chunk_lanes`: the virtual lanes a chunk of `len` elements folds.
+fn chunk_lanes(len: usize) -> usize {
+    let active = (RED_LANES as usize).min(len.div_ceil(4));
+    active.div_ceil(16).max(1) * 16
+}
+
+/// reduce.wgsl's `fold_scratch` on the x component of `lanes` (a multiple of 16, 16..=256
 /// of them): sums of 16 consecutive lanes each, then the sums in order.
 fn workgroup_sum(lanes: &[f32]) -> f32 {
     let mut total = 0.0f32;
@@ -78,7 +84,8 @@ fn workgroup_sum(lanes: &[f32]) -> f32 {
 /// CPU twin of the kernels' per-chunk dot (`hd_dot` passes): for each chunk of `CHUNK`
 /// elements of a tensor of `len` elements, virtual lane `lid` sums the lane dots
 /// `((x0 + x1) + x2) + x3` (x = `prod(i)`, 0 past the end) of its vec4s `k * RED_LANES + lid`,
-/// then the lanes are folded (`store_chunk_partial`). Appends one value per chunk.
+/// then the lanes that hold terms, rounded up to groups of 16 (`chunk_lanes`), are folded
+/// (`store_chunk_partial`). Appends one value per chunk.
 fn chunk_dots(len: usize, prod: impl Fn(usize) -> f32, out: &mut Vec<f32>) {
     let mut lanes = vec![0f32; RED_LANES as usize];
     let mut start = 0usize;
@@ -103,7 +110,7 @@ fn chunk_dots(len: usize, prod: impl Fn(usize) -> f32, out: &mut Vec<f32>) {
             }
             *lane = acc;
         }
-        out.push(workgroup_sum(&lanes));
+        out.push(workgroup_sum(&lanes[..chunk_lanes(clen)]));
         start += clen;
     }
 }
