@@ -50,7 +50,7 @@ fn adam_hd_dot(
     hd_dot(wid, nwg, lid);
 }
 
-@compute @workgroup_size(RED_SIZE)
+@compute @workgroup_size(RED_WG)
 fn adam_hd_lr(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

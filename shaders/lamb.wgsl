@@ -96,7 +96,7 @@ fn lamb_moments(
     store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }
 
-@compute @workgroup_size(RED_SIZE)
+@compute @workgroup_size(RED_WG)
 fn lamb_ratio(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

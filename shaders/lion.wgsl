@@ -85,7 +85,7 @@ fn lion_caution_count(
     store_chunk_count(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }
 
-@compute @workgroup_size(RED_SIZE)
+@compute @workgroup_size(RED_WG)
 fn lion_caution_scale(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

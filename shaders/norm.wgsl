@@ -70,7 +70,7 @@ fn norm_partials(
     store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }
 
-@compute @workgroup_size(RED_SIZE)
+@compute @workgroup_size(RED_WG)
 fn norm_combine(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -97,7 +97,7 @@ fn norm_of(sumsq: f32, maxabs: f32) -> f32 {
 // One workgroup: the global norm over all tensors (PyTorch: the norm of the per-tensor norms,
 // which for p = 2 is the square root of the total sum of squares) and the clip coefficient
 // min(max_norm / (total + 1e-6), 1), applied always, as torch.nn.utils.clip_grad_norm_ does.
-@compute @workgroup_size(RED_SIZE)
+@compute @workgroup_size(RED_WG)
 fn norm_global(@builtin(local_invocation_index) lid: u32) {
     let v = fold_chunks(win.tensor_base, nh.n_tensors, lid);
     if (lid == 0u) {

@@ -7,14 +7,14 @@
 //      (fold_scratch); the result goes to partials[chunk]. An invocation runs the virtual
 //      lanes lid, lid + WG_SIZE, ..., so every work split (src/tune.rs) adds the same terms
 //      in the same order: the bits do not depend on the split the adapter was tuned to.
-//   2. per tensor (one workgroup of RED_SIZE): invocation i folds partials i, i + RED_SIZE, ...
-//      of the tensor's chunks in order, then the same workgroup reduction; the result goes to
-//      partials[tensor_base + tensor].
+//   2. per tensor (one workgroup of RED_WG): RED_SIZE virtual lanes, lane i folding partials
+//      i, i + RED_SIZE, ... of the tensor's chunks in order, then the same fold; the result
+//      goes to partials[tensor_base + tensor].
 // Every sum has a fixed shape that depends only on sizes, so results are bitwise reproducible.
 // A value is a vec4: (sum of squares of a, max |a|, sum of squares of b, max |b|), so one pass
 // can take two norms (LARS needs |p| and |g|, LAMB |p| and |u|).
 //
-// workgroup_reduce folds groups of 16 entries, then the group results: two barriers instead of
+// fold_scratch folds groups of 16 entries, then the group results: two barriers instead of
 // a binary tree's log2(n), which matters on CPU adapters (lavapipe pays per barrier and
 // invocation) and costs nothing measurable on GPUs.
 //
@@ -25,6 +25,10 @@
 // 180 u = 1.08e-5 for the sum and half that, 5.4e-6, for the norm.
 
 const RED_SIZE: u32 = 32u;
+// Invocations of the per-tensor and per-group passes (pipeline-overridable, a power of two
+// dividing RED_SIZE; min(32, the tuned chunk split) from the engine). Their folds run
+// RED_SIZE virtual lanes whatever it is, so the sums keep one order.
+override RED_WG: u32 = 32u;
 // Virtual lanes per chunk and vec4s per virtual lane (RED_LANES * RED_VEC * 4 == CHUNK): the
 // 256 x 4 split the reductions were written for, fixed whatever WG_SIZE is.
 const RED_LANES: u32 = 256u;
@@ -83,13 +87,6 @@ fn fold_scratch(lid: u32, n: u32, width: u32) -> vec4<f32> {
     return total;
 }
 
-// Reduces every invocation's `v` over a workgroup of n invocations (n a power of two, 16 <= n
-// <= RED_LANES); valid in invocation 0. Every invocation must call it.
-fn workgroup_reduce(lid: u32, n: u32, v: vec4<f32>) -> vec4<f32> {
-    scratch[lid] = v;
-    return fold_scratch(lid, n, n);
-}
-
 // The virtual lanes a chunk of `len` elements folds: those holding terms (lane l's first vec4
 // is l), rounded up to whole groups of 16. The lanes past them hold no terms: their folds
 // would only add +0 (and take max with +0) to sums of squares, absolute values and counts,
@@ -115,11 +112,15 @@ fn store_chunk_partial(chunk: u32, lid: u32, len: u32) {
 
 // Pass 2: folds entries [first, first + count) of partials; the result is valid in invocation 0.
 fn fold_chunks(first: u32, count: u32, lid: u32) -> vec4<f32> {
-    var acc = vec4<f32>(0.0);
-    for (var i = lid; i < count; i += RED_SIZE) {
-        acc = red_combine(acc, partials[first + i]);
+    // Virtual lane vl folds entries vl, vl + RED_SIZE, ... in order.
+    for (var vl = lid; vl < RED_SIZE; vl += RED_WG) {
+        var acc = vec4<f32>(0.0);
+        for (var i = vl; i < count; i += RED_SIZE) {
+            acc = red_combine(acc, partials[first + i]);
+        }
+        scratch[vl] = acc;
     }
-    return workgroup_reduce(lid, RED_SIZE, acc);
+    return fold_scratch(lid, RED_SIZE, RED_WG);
 }
 
 // Linear workgroup id of a grid that may spill into y.
@@ -157,14 +158,16 @@ fn store_chunk_count(chunk: u32, lid: u32, len: u32) {
 
 // Pass 2: folds the counts of chunks [first, first + count) in u32 and stores tensor ti's
 // caution scale (and the mean) in partials[win.tensor_base + ti]. Every invocation of the
-// RED_SIZE workgroup must call it.
+// RED_WG workgroup must call it.
 fn store_caution_scale(ti: u32, first: u32, count: u32, lid: u32) {
-    var acc = vec2<u32>(0u);
-    for (var j = lid; j < count; j += RED_SIZE) {
-        let e = partials[first + j];
-        acc += vec2<u32>(u32(e.x), u32(e.y));
+    for (var vl = lid; vl < RED_SIZE; vl += RED_WG) {
+        var acc = vec2<u32>(0u);
+        for (var j = vl; j < count; j += RED_SIZE) {
+            let e = partials[first + j];
+            acc += vec2<u32>(u32(e.x), u32(e.y));
+        }
+        count_sums[vl] = acc;
     }
-    count_sums[lid] = acc;
     workgroupBarrier();
     if (lid == 0u) {
         var total = vec2<u32>(0u);
@@ -195,18 +198,21 @@ fn lane_dot(a: vec4<f32>, b: vec4<f32>, mask: vec4<bool>) -> f32 {
     return ((x.x + x.y) + x.z) + x.w;
 }
 
-// One RED_SIZE workgroup per group: invocation i folds the chunk partials i, i + RED_SIZE, ...
+// One RED_WG workgroup per group: virtual lane i folds the chunk partials i, i + RED_SIZE, ...
 // of the segment (all chunks hold partials[0 .. win.tensor_base]) that belong to group gi
 // (every one with `all`), in order, then the workgroup reduction; valid in invocation 0.
 // Chunks of frozen tensors must hold zeros. The order depends only on the chunk table, so the
 // result is bitwise reproducible; every group folding `all` gets the same bits.
 fn fold_group_chunks(gi: u32, all: bool, lid: u32) -> vec4<f32> {
-    var acc = vec4<f32>(0.0);
-    for (var c = lid; c < win.tensor_base; c += RED_SIZE) {
-        let grp = (chunks[c].z >> 16u) & 0x7fffu;
-        if (all || grp == gi) {
-            acc = red_combine(acc, partials[c]);
+    for (var vl = lid; vl < RED_SIZE; vl += RED_WG) {
+        var acc = vec4<f32>(0.0);
+        for (var c = vl; c < win.tensor_base; c += RED_SIZE) {
+            let grp = (chunks[c].z >> 16u) & 0x7fffu;
+            if (all || grp == gi) {
+                acc = red_combine(acc, partials[c]);
+            }
         }
+        scratch[vl] = acc;
     }
-    return workgroup_reduce(lid, RED_SIZE, acc);
+    return fold_scratch(lid, RED_SIZE, RED_WG);
 }

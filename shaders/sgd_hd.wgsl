@@ -46,7 +46,7 @@ fn sgd_hd_dot(
     hd_dot(wid, nwg, lid);
 }
 
-@compute @workgroup_size(RED_SIZE)
+@compute @workgroup_size(RED_WG)
 fn sgd_hd_lr(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

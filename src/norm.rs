@@ -172,6 +172,8 @@ impl NormReducer {
             let mut constants = Vec::new();
             if k == NORM_PARTIALS {
                 constants.extend(shape.constants());
+            } else {
+                constants.push(("RED_WG", shape.reduction_width() as f64));
             }
             if !half_grads {
                 return ctx

@@ -106,6 +106,12 @@ impl KernelShape {
         Self::new(self.workgroup_size).is_ok_and(|s| s == *self)
     }
 
+    /// Invocations of the per-tensor and per-group reduction passes that go with this split:
+    /// min(32, `workgroup_size`) (WGSL `RED_WG`; they fold 32 virtual lanes whatever it is).
+    pub fn reduction_width(&self) -> u32 {
+        self.workgroup_size.min(crate::shaders::RED_SIZE)
+    }
+
     /// The WGSL `override` values for the pipeline key.
     pub(crate) fn constants(&self) -> [(&'static str, f64); 2] {
         [

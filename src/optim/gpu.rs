@@ -245,55 +245,65 @@ impl<R: Rule> Segment<R> {
         let precision = arena.precision();
         // Every per-chunk pass (and the swap kernel) runs the adapter's split; those that
         // reduce run 256 virtual lanes whatever the split (reduce.wgsl), so their sums keep
-        // one order. The per-tensor and per-group passes have their own fixed width.
+        // one order. The per-tensor and per-group passes run min(32, the split's width)
+        // invocations over 32 virtual lanes (reduce.wgsl's RED_WG), so narrow splits keep
+        // narrow reductions.
         let tuned = |pass: &Pass| super::tuner::tuned::<R>() && matches!(pass, Pass::Chunks(_));
-        let pipelines =
-            |kernel: KernelDef, split: bool| -> Result<(Arc<Kernel>, Option<Arc<Kernel>>)> {
-                // A mixed-precision arena runs the kernel's io_packed16.wgsl composition, which
-                // binds the model copy too: checked against the device's storage-buffer budget
-                // here, so a short adapter gets a typed error instead of a validation failure.
-                let kernel = match (precision.is_mixed(), precision.grads.is_16()) {
-                    (false, _) => Some(kernel),
-                    (true, true) => kernel.mixed(arena.half_path()),
-                    (true, false) => kernel.mixed_f32_grads(),
+        let reducing = |pass: &Pass| {
+            super::tuner::tuned::<R>() && matches!(pass, Pass::Tensors(_) | Pass::Groups(_))
+        };
+        let pipelines = |kernel: KernelDef,
+                         split: bool,
+                         narrow: bool|
+         -> Result<(Arc<Kernel>, Option<Arc<Kernel>>)> {
+            // A mixed-precision arena runs the kernel's io_packed16.wgsl composition, which
+            // binds the model copy too: checked against the device's storage-buffer budget
+            // here, so a short adapter gets a typed error instead of a validation failure.
+            let kernel = match (precision.is_mixed(), precision.grads.is_16()) {
+                (false, _) => Some(kernel),
+                (true, true) => kernel.mixed(arena.half_path()),
+                (true, false) => kernel.mixed_f32_grads(),
+            }
+            .ok_or(Error::Unsupported(
+                "this optimizer has no mixed-precision kernel",
+            ))?;
+            let limit = ctx.limits().max_storage_buffers_per_shader_stage;
+            if kernel.storage_buffers() > limit {
+                return Err(Error::StorageBufferLimit {
+                    kernel: kernel.entry_point(),
+                    needed: kernel.storage_buffers(),
+                    limit,
+                });
+            }
+            let bf = |b: bool| if b { 1.0 } else { 0.0 };
+            let key = |packed: f64| {
+                let mut constants = vec![("STATE_AT_PARAMS", same), ("PACKED", packed)];
+                if precision.is_mixed() {
+                    constants.push(("GRAD_BF16", bf(precision.grads.is_bf16())));
+                    constants.push(("MODEL_BF16", bf(precision.model.is_bf16())));
                 }
-                .ok_or(Error::Unsupported(
-                    "this optimizer has no mixed-precision kernel",
-                ))?;
-                let limit = ctx.limits().max_storage_buffers_per_shader_stage;
-                if kernel.storage_buffers() > limit {
-                    return Err(Error::StorageBufferLimit {
-                        kernel: kernel.entry_point(),
-                        needed: kernel.storage_buffers(),
-                        limit,
-                    });
+                if split {
+                    constants.extend(shape.constants());
                 }
-                let bf = |b: bool| if b { 1.0 } else { 0.0 };
-                let key = |packed: f64| {
-                    let mut constants = vec![("STATE_AT_PARAMS", same), ("PACKED", packed)];
-                    if precision.is_mixed() {
-                        constants.push(("GRAD_BF16", bf(precision.grads.is_bf16())));
-                        constants.push(("MODEL_BF16", bf(precision.model.is_bf16())));
-                    }
-                    if split {
-                        constants.extend(shape.constants());
-                    }
-                    PipelineKey::with_constants(kernel, &constants)
-                };
-                let plain = ctx.pipelines().get_keyed(ctx, key(0.0))?;
-                let packed = match any_packed {
-                    true => Some(ctx.pipelines().get_keyed(ctx, key(1.0))?),
-                    false => None,
-                };
-                Ok((plain, packed))
+                if narrow {
+                    constants.push(("RED_WG", shape.reduction_width() as f64));
+                }
+                PipelineKey::with_constants(kernel, &constants)
             };
+            let plain = ctx.pipelines().get_keyed(ctx, key(0.0))?;
+            let packed = match any_packed {
+                true => Some(ctx.pipelines().get_keyed(ctx, key(1.0))?),
+                false => None,
+            };
+            Ok((plain, packed))
+        };
         let mut passes = Vec::new();
         for pass in R::passes() {
-            let (plain, packed) = pipelines(pass.kernel(), tuned(&pass))?;
+            let (plain, packed) = pipelines(pass.kernel(), tuned(&pass), reducing(&pass))?;
             passes.push((pass, plain, packed));
         }
         let swap = R::swap_kernel()
-            .map(|k| pipelines(k, super::tuner::tuned::<R>()))
+            .map(|k| pipelines(k, super::tuner::tuned::<R>(), false))
             .transpose()?;
         let n_tensors = layout.members().len();
         let n_chunks = layout.chunks().len();

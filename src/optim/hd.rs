@@ -115,7 +115,7 @@ fn chunk_dots(len: usize, prod: impl Fn(usize) -> f32, out: &mut Vec<f32>) {
     }
 }
 
-/// CPU twin of reduce.wgsl's `fold_group_chunks`: invocation `l` of a RED_SIZE workgroup sums
+/// CPU twin of reduce.wgsl's `fold_group_chunks`: virtual lane `l` of RED_SIZE sums
 /// the partials `l, l + RED_SIZE, ...` of group `group`'s chunks (every chunk's with `all`), in
 /// order; then the workgroup reduction.
 fn fold_group(partials: &[f32], chunk_groups: &[u32], group: u32, all: bool) -> f32 {
