@@ -40,8 +40,8 @@
 // WG_SIZE, with WG_SIZE * VEC_PER_LANE * 4 == CHUNK always. Pipeline-overridable so the
 // elementwise update passes run the split measured fastest on the adapter (src/tune.rs);
 // every split gives bit-identical results, since each element's update does not depend on
-// which invocation runs it. The reduction passes (reduce.wgsl) never get these set: their
-// split fixes the order of their sums, which must not vary with the adapter.
+// which invocation runs it. The passes that reduce take it too: they fold RED_LANES virtual
+// lanes whatever WG_SIZE is (reduce.wgsl), so the order of their sums does not vary.
 override WG_SIZE: u32 = 256u;
 override VEC_PER_LANE: u32 = 4u;
 // Most parameter groups one segment holds (the length of each kernel's `hypers` array).

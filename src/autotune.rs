@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::tune::{CandidateTime, KernelShape, Resolved, ShapeChoice, ShapeSource};
+use crate::shaders::KernelDef;
+use crate::tune::{source_hash, CandidateTime, KernelShape, Resolved, ShapeChoice, ShapeSource};
 
 /// Elements of the scratch tensor on a CPU adapter (lavapipe): 256 chunks, a few ms a step.
 pub(crate) const TUNE_ELEMENTS_CPU: usize = 1 << 20;
@@ -25,17 +26,17 @@ pub(crate) const PRUNE: f64 = 1.25;
 /// Timed rounds per candidate.
 pub(crate) const ROUNDS: usize = 3;
 
-/// The book's shape for `kernel`, or (policy `Auto`, nothing cached) the result of `time`,
-/// recorded. One timing run at a time per context: a second builder of the same kernel waits
-/// for the first's result.
+/// The book's shape for `kernel`, or (policy `Auto`, nothing cached) the result of `time` on
+/// the adapter's scratch size ([`default_elements`]), recorded. One timing run at a time per
+/// process: a second builder of the same kernel waits for the first's result.
 pub(crate) fn resolve_or_time(
     ctx: &GpuContext,
-    kernel: &str,
-    hash: &str,
+    kernel: KernelDef,
     default: KernelShape,
-    time: impl FnOnce() -> Result<ShapeChoice>,
+    time: impl FnOnce(usize) -> Result<ShapeChoice>,
 ) -> Result<KernelShape> {
     let limits = ctx.limits();
+    let (name, hash) = (kernel.entry_point(), source_hash(kernel.source));
     let fits = |s: KernelShape| {
         // Only a pinned shape can be invalid or too wide: cached and timed ones are checked.
         if !s.is_valid() {
@@ -57,27 +58,88 @@ pub(crate) fn resolve_or_time(
             why: "the device's max_compute_invocations_per_workgroup",
         })
     };
-    if let Resolved::Shape(s) = ctx.tuner().resolve(kernel, hash, limits, default) {
+    if let Resolved::Shape(s) = ctx.tuner().resolve(name, &hash, limits, default) {
         return fits(s);
     }
     let _busy = ctx.tuner().busy();
     // Another context (of this process, or another process) may have timed it while this one
     // waited: look at the cache file again.
     ctx.tuner().reload_cache();
-    if let Resolved::Shape(s) = ctx.tuner().resolve(kernel, hash, limits, default) {
+    if let Resolved::Shape(s) = ctx.tuner().resolve(name, &hash, limits, default) {
         return fits(s);
     }
-    let choice = time()?;
+    let choice = time(default_elements(ctx))?;
     let shape = choice.shape;
-    ctx.tuner().record(hash, choice);
+    ctx.tuner().record(&hash, choice);
     Ok(shape)
 }
 
+/// Times `kernel` now with `time` on `elements` (`None`: the adapter's scratch size),
+/// whatever the policy, and records the choice (in memory and in the cache): the on-demand
+/// `tune` calls behind `optbench tune`.
+pub(crate) fn tune_now(
+    ctx: &GpuContext,
+    kernel: KernelDef,
+    elements: Option<usize>,
+    time: impl FnOnce(usize) -> Result<ShapeChoice>,
+) -> Result<ShapeChoice> {
+    ctx.check_alive()?;
+    let elements = elements.unwrap_or_else(|| default_elements(ctx));
+    if elements == 0 {
+        return Err(Error::InvalidConfig("tuning needs at least one element"));
+    }
+    let _busy = ctx.tuner().busy();
+    let choice = time(elements)?;
+    ctx.tuner()
+        .record(&source_hash(kernel.source), choice.clone());
+    Ok(choice)
+}
+
+/// Elements of the scratch tensor the candidates are timed on.
 pub(crate) fn default_elements(ctx: &GpuContext) -> usize {
     match ctx.adapter_info().device_type {
         wgpu::DeviceType::Cpu => TUNE_ELEMENTS_CPU,
         _ => TUNE_ELEMENTS_GPU,
     }
+}
+
+/// Scratch values: small and nonzero, so no kernel takes a shortcut on zeros.
+pub(crate) fn scratch_values(elements: usize) -> Vec<f32> {
+    (0..elements)
+        .map(|i| ((i % 97) as f32 - 48.0) * 1e-4)
+        .collect()
+}
+
+/// One candidate per shape the device allows, from `build`. A split the driver refuses is
+/// skipped, except `default`, whose error is returned: the kernel must build at its default.
+pub(crate) fn build_candidates<T>(
+    ctx: &GpuContext,
+    default: KernelShape,
+    mut build: impl FnMut(KernelShape) -> Result<T>,
+) -> Result<Vec<(KernelShape, T)>> {
+    let mut out = Vec::new();
+    for shape in KernelShape::candidates(ctx.limits()) {
+        match build(shape) {
+            Ok(t) => out.push((shape, t)),
+            Err(e) if shape == default => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Records `encode` into an encoder of its own (labelled after the kernel) and submits it:
+/// one step of a candidate that is not an optimizer.
+pub(crate) fn submit(
+    ctx: &GpuContext,
+    label: &str,
+    encode: impl FnOnce(&mut wgpu::CommandEncoder),
+) {
+    let mut enc = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+    encode(&mut enc);
+    ctx.queue().submit([enc.finish()]);
 }
 
 /// Times `candidates` (each a closure that submits one step of its shape) in interleaved

@@ -19,7 +19,7 @@ use crate::context::GpuContext;
 use crate::dispatch;
 use crate::error::{Error, Result};
 use crate::pipeline::{Kernel, PipelineKey};
-use crate::tune::{source_hash, KernelShape, ShapeChoice};
+use crate::tune::{KernelShape, ShapeChoice};
 
 /// The copy kernel's WGSL source (`shaders/copy.wgsl`).
 pub const COPY_WGSL: &str = include_str!("../shaders/copy.wgsl");
@@ -81,6 +81,15 @@ impl CopyConfig {
     }
 }
 
+impl From<CopyConfig> for KernelShape {
+    fn from(c: CopyConfig) -> Self {
+        Self {
+            workgroup_size: c.workgroup_size,
+            vec4_per_invocation: c.vec4_per_invocation,
+        }
+    }
+}
+
 impl From<KernelShape> for CopyConfig {
     fn from(s: KernelShape) -> Self {
         Self {
@@ -90,11 +99,9 @@ impl From<KernelShape> for CopyConfig {
     }
 }
 
-/// Times every candidate split of the copy on two scratch buffers of `elements` f32s.
+/// Times every candidate split of the copy on two scratch buffers of `elements` f32s; a
+/// split that does not build is skipped, the device's default split must.
 fn time_copy(ctx: &GpuContext, elements: usize) -> Result<ShapeChoice> {
-    if elements == 0 {
-        return Err(Error::InvalidConfig("tuning needs at least one element"));
-    }
     let bytes = elements.div_ceil(4) as u64 * 16;
     let (src, dst) = ctx.scoped(|| {
         let buf = |name: &str| {
@@ -107,30 +114,20 @@ fn time_copy(ctx: &GpuContext, elements: usize) -> Result<ShapeChoice> {
         };
         (buf("src"), buf("dst"))
     })?;
-    let mut candidates = Vec::new();
-    for shape in KernelShape::candidates(ctx.limits()) {
-        let job = CopyKernel::with_config(ctx, shape.into())
-            .and_then(|k| k.bind(ctx, &src, &dst, elements as u64));
-        // A split the driver refuses is skipped.
-        if let Ok(job) = job {
-            candidates.push((shape, move || {
-                let mut enc =
-                    ctx.device()
-                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                            label: Some(COPY_ENTRY),
-                        });
-                job.encode(&mut enc);
-                ctx.queue().submit([enc.finish()]);
-                Ok(())
-            }));
-        }
-    }
-    if candidates.is_empty() {
-        return Err(Error::Unsupported(
-            "no copy kernel split builds on this device",
-        ));
-    }
+    let candidates = tuner::build_candidates(ctx, default_split(ctx), |shape| {
+        let job =
+            CopyKernel::with_config(ctx, shape.into())?.bind(ctx, &src, &dst, elements as u64)?;
+        Ok(move || {
+            tuner::submit(ctx, COPY_ENTRY, |e| job.encode(e));
+            Ok(())
+        })
+    })?;
     tuner::time_candidates(ctx, COPY_ENTRY, elements, candidates)
+}
+
+/// [`CopyConfig::for_device`]: the split the untimed policies use.
+fn default_split(ctx: &GpuContext) -> KernelShape {
+    CopyConfig::for_device(ctx).into()
 }
 
 /// Mirrors `CopyWindow` in copy.wgsl.
@@ -157,36 +154,20 @@ impl CopyKernel {
 
     /// The kernel with the adapter's fastest split, the honest roofline: under
     /// [`crate::tune::Tuning::Auto`] the candidates ([`KernelShape::candidates`]) are timed
-    /// on a copy of `elements` f32s (`None`: the tuner's size for the adapter) the first
-    /// time, and the winner cached like every kernel's; a pinned shape applies here too, and
+    /// on a scratch copy (the tuner's size for the adapter) the first time, and the winner
+    /// cached like every kernel's; a pinned shape applies here too, and
     /// the policies without timing fall back to [`CopyConfig::for_device`].
-    pub fn tuned(ctx: &GpuContext, elements: Option<usize>) -> Result<Self> {
-        let fallback = CopyConfig::for_device(ctx);
-        let default = KernelShape {
-            workgroup_size: fallback.workgroup_size,
-            vec4_per_invocation: fallback.vec4_per_invocation,
-        };
-        let shape =
-            tuner::resolve_or_time(ctx, COPY_ENTRY, &source_hash(COPY_WGSL), default, || {
-                time_copy(
-                    ctx,
-                    elements.unwrap_or_else(|| tuner::default_elements(ctx)),
-                )
-            })?;
+    pub fn tuned(ctx: &GpuContext) -> Result<Self> {
+        let shape = tuner::resolve_or_time(ctx, crate::shaders::COPY, default_split(ctx), |n| {
+            time_copy(ctx, n)
+        })?;
         Self::with_config(ctx, shape.into())
     }
 
     /// Times the copy's candidate splits now, whatever the policy, and records the fastest
     /// (in memory and in the cache): `optbench tune`.
     pub fn tune(ctx: &GpuContext, elements: Option<usize>) -> Result<ShapeChoice> {
-        ctx.check_alive()?;
-        let _busy = ctx.tuner().busy();
-        let choice = time_copy(
-            ctx,
-            elements.unwrap_or_else(|| tuner::default_elements(ctx)),
-        )?;
-        ctx.tuner().record(&source_hash(COPY_WGSL), choice.clone());
-        Ok(choice)
+        tuner::tune_now(ctx, crate::shaders::COPY, elements, |n| time_copy(ctx, n))
     }
 
     /// The kernel with an explicit work split (for tuning).

@@ -31,7 +31,7 @@ use crate::precision::{HalfPath, StorageType};
 use crate::readback;
 use crate::shaders::KernelDef;
 use crate::shaders::{NORM_COMBINE, NORM_GLOBAL, NORM_PARTIALS};
-use crate::tune::{source_hash, KernelShape, ShapeChoice};
+use crate::tune::{KernelShape, ShapeChoice};
 use std::sync::Arc;
 
 /// WGSL `NORM_HAS_B`.
@@ -79,28 +79,14 @@ pub struct NormHyper {
 /// scratch tensor of `elements` (what a clipper runs every step).
 fn time_norm(ctx: &GpuContext, elements: usize) -> Result<ShapeChoice> {
     let arena = ParamArena::new(ctx, &[crate::arena::TensorSpec::new("tune", elements)])?;
-    let ramp: Vec<f32> = (0..elements)
-        .map(|i| ((i % 97) as f32 - 48.0) * 1e-4)
-        .collect();
-    arena.write_grads("tune", &ramp)?;
-    let mut candidates = Vec::new();
-    for shape in KernelShape::candidates(ctx.limits()) {
-        match NormReducer::build(ctx, &arena, NormSource::Grads, NormType::L2, Some(shape)) {
-            Ok(r) => candidates.push((shape, move || {
-                let mut enc =
-                    ctx.device()
-                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                            label: Some("norm_partials tune"),
-                        });
-                r.encode(&mut enc);
-                ctx.queue().submit([enc.finish()]);
-                Ok(())
-            })),
-            // A split the driver refuses is skipped; the default must build.
-            Err(e) if shape == KernelShape::default() => return Err(e),
-            Err(_) => {}
-        }
-    }
+    arena.write_grads("tune", &autotune::scratch_values(elements))?;
+    let candidates = autotune::build_candidates(ctx, KernelShape::default(), |shape| {
+        let r = NormReducer::build(ctx, &arena, NormSource::Grads, NormType::L2, Some(shape))?;
+        Ok(move || {
+            autotune::submit(ctx, NORM_PARTIALS.entry_point(), |e| r.encode(e));
+            Ok(())
+        })
+    })?;
     autotune::time_candidates(ctx, NORM_PARTIALS.entry_point(), elements, candidates)
 }
 
@@ -156,17 +142,13 @@ impl NormReducer {
             NormSource::Grads if half_grads => arena.params_buffer(),
             NormSource::Grads => arena.grads_buffer(),
         };
-        // The partials pass runs the adapter's split; its 256 virtual lanes (reduce.wgsl) keep
-        // the sums in one order whatever the split. The other two passes have fixed widths.
+        // The partials pass runs the adapter's split, the other two min(32, its width)
+        // invocations; their virtual lanes (reduce.wgsl) keep the sums in one order.
         let shape = match shape {
             Some(s) => s,
-            None => autotune::resolve_or_time(
-                ctx,
-                NORM_PARTIALS.entry_point(),
-                &source_hash(NORM_PARTIALS.source),
-                KernelShape::default(),
-                || time_norm(ctx, autotune::default_elements(ctx)),
-            )?,
+            None => autotune::resolve_or_time(ctx, NORM_PARTIALS, KernelShape::default(), |n| {
+                time_norm(ctx, n)
+            })?,
         };
         let get = |k: KernelDef| -> Result<Arc<Kernel>> {
             let mut constants = Vec::new();
@@ -286,16 +268,7 @@ impl NormReducer {
     /// tuner's size for the adapter): `optbench tune`. Otherwise the first reducer or clipper
     /// built on an adapter does this under [`crate::tune::Tuning::Auto`].
     pub fn tune(ctx: &GpuContext, elements: Option<usize>) -> Result<ShapeChoice> {
-        ctx.check_alive()?;
-        let elements = elements.unwrap_or_else(|| autotune::default_elements(ctx));
-        if elements == 0 {
-            return Err(Error::InvalidConfig("tuning needs at least one element"));
-        }
-        let _busy = ctx.tuner().busy();
-        let choice = time_norm(ctx, elements)?;
-        ctx.tuner()
-            .record(&source_hash(NORM_PARTIALS.source), choice.clone());
-        Ok(choice)
+        autotune::tune_now(ctx, NORM_PARTIALS, elements, |n| time_norm(ctx, n))
     }
 
     /// Id of the arena this reducer reads.

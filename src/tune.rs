@@ -6,12 +6,12 @@
 //! invocations each updating `V` vec4s strided by `W`, with `W * V * 4 == CHUNK`. The split
 //! is a WGSL `override` pair (`WG_SIZE`, `VEC_PER_LANE`) in the pipeline key, so the arena's
 //! layout (chunk tables, packing) is the same for every shape, and results are bit-identical:
-//! each element's update reads and writes only that element. The reduction passes (norms,
-//! LARS/LAMB trust ratios, hypergradient dots) keep the default split, since theirs fixes
-//! the order of their sums.
+//! each element's update reads and writes only that element. The passes that reduce (norms,
+//! LARS/LAMB trust ratios, caution counts, hypergradient dots) take the split too: they fold
+//! a fixed set of virtual lanes whatever it is (reduce.wgsl), so their sums keep one order.
 //!
-//! Which shape is fastest depends on the adapter (on lavapipe, a CPU, fewer wider
-//! invocations cost less per chunk; on a GPU, occupancy decides), so under [`Tuning::Auto`]
+//! Which shape is fastest depends on the adapter (on lavapipe, a CPU, the narrowest
+//! workgroups cost least per chunk; on a GPU, occupancy decides), so under [`Tuning::Auto`]
 //! the optimizer times the candidates ([`KernelShape::candidates`]) the first time it builds
 //! a kernel on an adapter, keeps the fastest, and records it in a JSON file in the cache
 //! directory ([`default_cache_dir`]), keyed by adapter, driver, library version and the
@@ -20,8 +20,8 @@
 //! (or the defaults used), and [`GpuContext::tune_report`](crate::GpuContext::tune_report)
 //! says why.
 //!
-//! This module only holds choices; the timing itself lives with the engine
-//! (`optim::tuner`), and the copy roofline's with `bench`.
+//! This module only holds choices; the timing loop is `autotune`, which the optimizers
+//! (`optim::tuner`), the norm reducers and the copy roofline (`bench`) share.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -402,7 +402,7 @@ pub(crate) fn bench(ctx: &GpuContext, opts: &Opts, plan: &BenchPlan) -> Result<B
     let timer = StepTimer::new(ctx, opts.timer.into())?;
     // The copy split measured fastest on this adapter (timed now if nothing is cached), so
     // the fraction of copy compares against the best streaming copy found here.
-    let copy_kernel = CopyKernel::tuned(ctx, None)?;
+    let copy_kernel = CopyKernel::tuned(ctx)?;
     let baseline_counts = plan.tensors.iter().filter(|&&t| t > 1).count();
     let cases = plan.sizes.len() * plan.optimizers.len() * plan.tensors.len();
     let work = 2 * plan.sizes.len() + cases + plan.baseline.len() * baseline_counts;

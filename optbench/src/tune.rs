@@ -108,12 +108,9 @@ pub(crate) fn shape_rows(choices: &[ShapeChoice]) -> (Vec<String>, Vec<Vec<Strin
                 },
             ];
             row.extend(shapes.iter().map(|&s| ms_of(c, s).map_or("-".into(), f3)));
-            // The kernels' own default split (the copy's is 512x2).
+            // The kernels' own default split (the copy's is CopyConfig's).
             let default = if c.kernel == wgpu_optim::bench::COPY_ENTRY {
-                KernelShape {
-                    workgroup_size: 512,
-                    vec4_per_invocation: 2,
-                }
+                wgpu_optim::bench::CopyConfig::default().into()
             } else {
                 KernelShape::default()
             };

@@ -778,12 +778,6 @@ impl GpuSegment for AdafactorSegment {
             .collect()
     }
 
-    fn write_swap_table(&mut self, _: &GpuContext, _: &Book, _: usize, _: bool) -> bool {
-        false
-    }
-
-    fn record_swap(&self, _pass: &mut wgpu::ComputePass<'_>) {}
-
     fn bind_groups(&self, ctx: &GpuContext, aux: &wgpu::Buffer) -> Vec<wgpu::BindGroup> {
         self.batches
             .iter()
@@ -842,13 +836,5 @@ impl GpuSegment for AdafactorSegment {
 
     fn state_elements(&self) -> u64 {
         self.state_elements
-    }
-
-    fn partials(&self) -> Option<&wgpu::Buffer> {
-        None
-    }
-
-    fn learned_offset(&self) -> Option<u64> {
-        None
     }
 }

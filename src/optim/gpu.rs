@@ -113,8 +113,8 @@ fn aux_binding(
     }
 }
 
-/// What every segment does, whatever its rule.
-/// What every segment does, whatever its rule (Muon implements it with its own segment type).
+/// What every segment does, whatever its rule (Muon and Adafactor implement it with their own
+/// segment types; the defaults are for segments without mode swaps or reductions).
 pub(crate) trait GpuSegment: std::fmt::Debug + Send + Sync {
     /// Writes this step's group and tensor tables (after the book advanced the counts).
     fn write_tables(&mut self, ctx: &GpuContext, book: &mut Book, seg: usize, grad_scale: bool);
@@ -123,16 +123,19 @@ pub(crate) trait GpuSegment: std::fmt::Debug + Send + Sync {
     /// The workgroup grid of every dispatch `record` issues, in order.
     fn dispatch_grids(&self) -> Vec<(u32, u32)>;
     /// Writes the tensor table of a mode swap (to train mode with `to_train`); false when the
-    /// segment's rule has no swap or no tensor to swap (then nothing is written).
+    /// segment's rule has no swap or no tensor to swap (then nothing is written). Default: no
+    /// swap.
     fn write_swap_table(
         &mut self,
-        ctx: &GpuContext,
-        book: &Book,
-        seg: usize,
-        to_train: bool,
-    ) -> bool;
+        _ctx: &GpuContext,
+        _book: &Book,
+        _seg: usize,
+        _to_train: bool,
+    ) -> bool {
+        false
+    }
     /// Records the mode-swap dispatches (after `write_swap_table` returned true).
-    fn record_swap(&self, pass: &mut wgpu::ComputePass<'_>);
+    fn record_swap(&self, _pass: &mut wgpu::ComputePass<'_>) {}
     /// Bind groups with `aux` as binding 4 (the clip coefficient, or the constant 1).
     fn bind_groups(&self, ctx: &GpuContext, aux: &wgpu::Buffer) -> Vec<wgpu::BindGroup>;
     /// Installs bind groups built by `bind_groups`.
@@ -162,10 +165,16 @@ pub(crate) trait GpuSegment: std::fmt::Debug + Send + Sync {
     fn dispatches(&self) -> usize {
         self.dispatch_grids().len()
     }
-    fn partials(&self) -> Option<&wgpu::Buffer>;
+    /// The reduction buffer (per-chunk, per-tensor and per-group results), for rules that
+    /// reduce. Default: none.
+    fn partials(&self) -> Option<&wgpu::Buffer> {
+        None
+    }
     /// Where the groups' learned scalars start in `partials`, in f32s, for a rule that learns
-    /// its lr (`Rule::learns_lr`); `None` otherwise.
-    fn learned_offset(&self) -> Option<u64>;
+    /// its lr (`Rule::learns_lr`); `None` otherwise (the default).
+    fn learned_offset(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[derive(Debug)]
@@ -248,63 +257,55 @@ impl<R: Rule> Segment<R> {
         // one order. The per-tensor and per-group passes run min(32, the split's width)
         // invocations over 32 virtual lanes (reduce.wgsl's RED_WG), so narrow splits keep
         // narrow reductions.
-        let tuned = |pass: &Pass| super::tuner::tuned::<R>() && matches!(pass, Pass::Chunks(_));
-        let reducing = |pass: &Pass| {
-            super::tuner::tuned::<R>() && matches!(pass, Pass::Tensors(_) | Pass::Groups(_))
-        };
-        let pipelines = |kernel: KernelDef,
-                         split: bool,
-                         narrow: bool|
-         -> Result<(Arc<Kernel>, Option<Arc<Kernel>>)> {
-            // A mixed-precision arena runs the kernel's io_packed16.wgsl composition, which
-            // binds the model copy too: checked against the device's storage-buffer budget
-            // here, so a short adapter gets a typed error instead of a validation failure.
-            let kernel = match (precision.is_mixed(), precision.grads.is_16()) {
-                (false, _) => Some(kernel),
-                (true, true) => kernel.mixed(arena.half_path()),
-                (true, false) => kernel.mixed_f32_grads(),
-            }
-            .ok_or(Error::Unsupported(
-                "this optimizer has no mixed-precision kernel",
-            ))?;
-            let limit = ctx.limits().max_storage_buffers_per_shader_stage;
-            if kernel.storage_buffers() > limit {
-                return Err(Error::StorageBufferLimit {
-                    kernel: kernel.entry_point(),
-                    needed: kernel.storage_buffers(),
-                    limit,
-                });
-            }
-            let bf = |b: bool| if b { 1.0 } else { 0.0 };
-            let key = |packed: f64| {
-                let mut constants = vec![("STATE_AT_PARAMS", same), ("PACKED", packed)];
-                if precision.is_mixed() {
-                    constants.push(("GRAD_BF16", bf(precision.grads.is_bf16())));
-                    constants.push(("MODEL_BF16", bf(precision.model.is_bf16())));
+        // (Muon and Adafactor, whose shapes are their own, never build this segment.)
+        let pipelines =
+            |kernel: KernelDef, per_chunk: bool| -> Result<(Arc<Kernel>, Option<Arc<Kernel>>)> {
+                // A mixed-precision arena runs the kernel's io_packed16.wgsl composition, which
+                // binds the model copy too: checked against the device's storage-buffer budget
+                // here, so a short adapter gets a typed error instead of a validation failure.
+                let kernel = match (precision.is_mixed(), precision.grads.is_16()) {
+                    (false, _) => Some(kernel),
+                    (true, true) => kernel.mixed(arena.half_path()),
+                    (true, false) => kernel.mixed_f32_grads(),
                 }
-                if split {
-                    constants.extend(shape.constants());
+                .ok_or(Error::Unsupported(
+                    "this optimizer has no mixed-precision kernel",
+                ))?;
+                let limit = ctx.limits().max_storage_buffers_per_shader_stage;
+                if kernel.storage_buffers() > limit {
+                    return Err(Error::StorageBufferLimit {
+                        kernel: kernel.entry_point(),
+                        needed: kernel.storage_buffers(),
+                        limit,
+                    });
                 }
-                if narrow {
-                    constants.push(("RED_WG", shape.reduction_width() as f64));
-                }
-                PipelineKey::with_constants(kernel, &constants)
+                let bf = |b: bool| if b { 1.0 } else { 0.0 };
+                let key = |packed: f64| {
+                    let mut constants = vec![("STATE_AT_PARAMS", same), ("PACKED", packed)];
+                    if precision.is_mixed() {
+                        constants.push(("GRAD_BF16", bf(precision.grads.is_bf16())));
+                        constants.push(("MODEL_BF16", bf(precision.model.is_bf16())));
+                    }
+                    if per_chunk {
+                        constants.extend(shape.constants());
+                    } else {
+                        constants.push(("RED_WG", shape.reduction_width() as f64));
+                    }
+                    PipelineKey::with_constants(kernel, &constants)
+                };
+                let plain = ctx.pipelines().get_keyed(ctx, key(0.0))?;
+                let packed = match any_packed {
+                    true => Some(ctx.pipelines().get_keyed(ctx, key(1.0))?),
+                    false => None,
+                };
+                Ok((plain, packed))
             };
-            let plain = ctx.pipelines().get_keyed(ctx, key(0.0))?;
-            let packed = match any_packed {
-                true => Some(ctx.pipelines().get_keyed(ctx, key(1.0))?),
-                false => None,
-            };
-            Ok((plain, packed))
-        };
         let mut passes = Vec::new();
         for pass in R::passes() {
-            let (plain, packed) = pipelines(pass.kernel(), tuned(&pass), reducing(&pass))?;
+            let (plain, packed) = pipelines(pass.kernel(), matches!(pass, Pass::Chunks(_)))?;
             passes.push((pass, plain, packed));
         }
-        let swap = R::swap_kernel()
-            .map(|k| pipelines(k, super::tuner::tuned::<R>(), false))
-            .transpose()?;
+        let swap = R::swap_kernel().map(|k| pipelines(k, true)).transpose()?;
         let n_tensors = layout.members().len();
         let n_chunks = layout.chunks().len();
         let n_groups = plan.groups.len();
@@ -631,10 +632,10 @@ impl RuleVisitor for BuildSegment<'_> {
                 self.ctx, self.arena, self.plan, self.aux,
             )?));
         }
+        // Every rule that reaches the generic segment takes the adapter's split.
         let shape = match self.shape {
             Some(shape) => shape,
-            None if super::tuner::tuned::<R>() => super::tuner::shape_for(self.ctx, &configs[0])?,
-            None => KernelShape::default(),
+            None => super::tuner::shape_for(self.ctx, &configs[0])?,
         };
         Ok(Box::new(Segment::<R>::new(
             self.ctx, self.arena, self.plan, self.aux, shape,

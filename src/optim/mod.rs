@@ -619,28 +619,27 @@ impl OptimizerConfig {
     /// tensors share packed chunks: not LARS, LAMB, Lion, ADOPT, the hypergradient rules
     /// (passes that reduce), Muon or Adafactor (their own segments).
     pub fn is_elementwise(&self) -> bool {
-        struct Elementwise;
-        impl RuleVisitor for Elementwise {
-            type Out = bool;
-            fn visit<R: Rule>(self, _: Vec<R>) -> bool {
-                tuner::elementwise::<R>()
-            }
-        }
-        Self::visit(&[self], Elementwise)
+        self.kernel_kind().0
     }
 
-    /// Whether this configuration's update pass takes the work split chosen per adapter
+    /// Whether this configuration's passes take the work split chosen per adapter
     /// ([`crate::tune`]): every rule but Muon and Adafactor, whose own segments have their own
-    /// shapes. Passes that reduce keep the default split, which fixes the order of their sums.
+    /// shapes. The passes that reduce take it too: they fold a fixed set of virtual lanes
+    /// whatever the split, so their sums keep one order.
     pub fn is_tuned(&self) -> bool {
-        struct Tuned;
-        impl RuleVisitor for Tuned {
-            type Out = bool;
-            fn visit<R: Rule>(self, _: Vec<R>) -> bool {
-                tuner::tuned::<R>()
+        self.kernel_kind().1
+    }
+
+    /// (elementwise, tuned) of this configuration's rule.
+    fn kernel_kind(&self) -> (bool, bool) {
+        struct Kind;
+        impl RuleVisitor for Kind {
+            type Out = (bool, bool);
+            fn visit<R: Rule>(self, _: Vec<R>) -> (bool, bool) {
+                (tuner::elementwise::<R>(), tuner::tuned::<R>())
             }
         }
-        Self::visit(&[self], Tuned)
+        Self::visit(&[self], Kind)
     }
 
     /// A preset by name.

@@ -837,16 +837,6 @@ impl GpuSegment for MuonSegment {
         &self.states
     }
 
-    fn learned_offset(&self) -> Option<u64> {
-        None
-    }
-
-    fn write_swap_table(&mut self, _: &GpuContext, _: &Book, _: usize, _: bool) -> bool {
-        false
-    }
-
-    fn record_swap(&self, _pass: &mut wgpu::ComputePass<'_>) {}
-
     fn bind_groups(&self, ctx: &GpuContext, aux: &wgpu::Buffer) -> Vec<wgpu::BindGroup> {
         self.batches
             .iter()
@@ -900,9 +890,5 @@ impl GpuSegment for MuonSegment {
                     .sum::<usize>()
             })
             .sum()
-    }
-
-    fn partials(&self) -> Option<&wgpu::Buffer> {
-        None
     }
 }

@@ -5,11 +5,13 @@
 
 use super::{OptimizerConfig, ParamGroups, Rule, RuleVisitor};
 use crate::arena::{ParamArena, TensorSpec};
-use crate::autotune::{default_elements, resolve_or_time, time_candidates};
+use crate::autotune::{
+    build_candidates, resolve_or_time, scratch_values, time_candidates, tune_now,
+};
 use crate::context::GpuContext;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::optim::Optimizer;
-use crate::tune::{source_hash, KernelShape, ShapeChoice};
+use crate::tune::{KernelShape, ShapeChoice};
 
 /// Whether rule `R` runs one elementwise pass (no reduction): the rules whose small tensors
 /// share packed chunks.
@@ -37,10 +39,8 @@ pub(crate) fn own_segment<R: Rule>() -> bool {
 /// The split `R`'s kernel runs on this context: pinned, cached, or (policy `Auto`, nothing
 /// cached) timed now on a scratch tensor with `config`'s settings and recorded.
 pub(crate) fn shape_for<R: Rule>(ctx: &GpuContext, config: &R) -> Result<KernelShape> {
-    let kernel = R::KERNEL.entry_point();
-    let hash = source_hash(R::KERNEL.source);
-    resolve_or_time(ctx, kernel, &hash, KernelShape::default(), || {
-        time_rule(ctx, config, default_elements(ctx))
+    resolve_or_time(ctx, R::KERNEL, KernelShape::default(), |elements| {
+        time_rule(ctx, config, elements)
     })
 }
 
@@ -54,55 +54,39 @@ pub fn tune(
     config: impl Into<OptimizerConfig>,
     elements: Option<usize>,
 ) -> Result<Option<ShapeChoice>> {
-    ctx.check_alive()?;
     let config = config.into();
-    let elements = elements.unwrap_or_else(|| default_elements(ctx));
-    if elements == 0 {
-        return Err(Error::InvalidConfig("tuning needs at least one element"));
-    }
     OptimizerConfig::visit(&[&config], Tune { ctx, elements })
 }
 
 struct Tune<'a> {
     ctx: &'a GpuContext,
-    elements: usize,
+    elements: Option<usize>,
 }
 
 impl RuleVisitor for Tune<'_> {
     type Out = Result<Option<ShapeChoice>>;
     fn visit<R: Rule>(self, configs: Vec<R>) -> Self::Out {
         let Some(config) = configs.first().filter(|_| tuned::<R>()) else {
+            self.ctx.check_alive()?;
             return Ok(None);
         };
-        let _busy = self.ctx.tuner().busy();
-        let choice = time_rule(self.ctx, config, self.elements)?;
-        self.ctx
-            .tuner()
-            .record(&source_hash(R::KERNEL.source), choice.clone());
-        Ok(Some(choice))
+        tune_now(self.ctx, R::KERNEL, self.elements, |elements| {
+            time_rule(self.ctx, config, elements)
+        })
+        .map(Some)
     }
 }
 
 fn time_rule<R: Rule>(ctx: &GpuContext, config: &R, elements: usize) -> Result<ShapeChoice> {
     let arena = ParamArena::new(ctx, &[TensorSpec::new("tune", elements)])?;
-    // Small nonzero gradients and weights, so no rule takes a shortcut on zeros.
-    let ramp: Vec<f32> = (0..elements)
-        .map(|i| ((i % 97) as f32 - 48.0) * 1e-4)
-        .collect();
-    arena.write_params("tune", &ramp)?;
-    arena.write_grads("tune", &ramp)?;
-    let mut candidates = Vec::new();
-    for shape in KernelShape::candidates(ctx.limits()) {
+    let values = scratch_values(elements);
+    arena.write_params("tune", &values)?;
+    arena.write_grads("tune", &values)?;
+    let arena = &arena;
+    let candidates = build_candidates(ctx, KernelShape::default(), |shape| {
         let groups = ParamGroups::per_arena_group(arena.layout(), config.clone());
-        match Optimizer::build(ctx, &arena, groups, Some(shape)) {
-            Ok(mut opt) => {
-                let arena = &arena;
-                candidates.push((shape, move || opt.step(arena)));
-            }
-            // A split the driver refuses is skipped; the default must build.
-            Err(e) if shape == KernelShape::default() => return Err(e),
-            Err(_) => {}
-        }
-    }
+        let mut opt = Optimizer::build(ctx, arena, groups, Some(shape))?;
+        Ok(move || opt.step(arena))
+    })?;
     time_candidates(ctx, R::KERNEL.entry_point(), elements, candidates)
 }
