@@ -61,6 +61,10 @@ pub(crate) struct VerifyReport {
     steps: usize,
     lengths: Vec<usize>,
     fault_injected: bool,
+    /// FNV-1a of every compared GPU value's bits, as hex (see `DIGEST`).
+    gpu_digest: String,
+    /// The same over the CPU reference's values.
+    cpu_digest: String,
     pub(crate) rows: Vec<VerifyRow>,
     pub(crate) passed: bool,
 }
@@ -102,6 +106,29 @@ fn verify_norms(ctx: &GpuContext, rng: &mut fastrand::Rng) -> Result<Vec<VerifyR
 /// exact value (bound derived in shaders/reduce.wgsl).
 const NORM_RTOL: f64 = 1e-5;
 
+thread_local! {
+    /// FNV-1a over the bits of every GPU (`.0`) and CPU-reference (`.1`) value compared, in
+    /// comparison order: `optbench verify` prints it so that a change meant to leave every
+    /// kernel's output (and the CPU twin's) bit-identical can be checked by comparing digests
+    /// before and after (same seed, steps and adapter).
+    static DIGEST: std::cell::Cell<(u64, u64)> =
+        const { std::cell::Cell::new((0xcbf2_9ce4_8422_2325, 0xcbf2_9ce4_8422_2325)) };
+}
+
+fn fnv(mut h: u64, bits: u64) -> u64 {
+    for b in bits.to_le_bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn digest(got: impl Iterator<Item = u64>, want: impl Iterator<Item = u64>) {
+    DIGEST.with(|d| {
+        let (g, w) = d.get();
+        d.set((got.fold(g, fnv), want.fold(w, fnv)));
+    });
+}
+
 /// Running comparison of one buffer.
 #[derive(Default)]
 struct Cmp {
@@ -114,6 +141,7 @@ struct Cmp {
 impl Cmp {
     /// One norm, by relative error (`NORM_RTOL`).
     fn add_rel(&mut self, got: f64, want: f64) {
+        digest([got.to_bits()].into_iter(), [want.to_bits()].into_iter());
         let d = (got - want).abs();
         self.elements += 1;
         self.max_abs = self.max_abs.max(d);
@@ -136,6 +164,10 @@ impl Cmp {
     }
 
     fn add(&mut self, got: &[f32], want: &[f32]) {
+        digest(
+            got.iter().map(|x| x.to_bits() as u64),
+            want.iter().map(|x| x.to_bits() as u64),
+        );
         if got.len() != want.len() {
             self.fail = true;
             return;
@@ -343,6 +375,8 @@ pub(crate) fn verify(
         steps,
         lengths: lens.to_vec(),
         fault_injected: inject_fault,
+        gpu_digest: format!("{:016x}", DIGEST.with(|d| d.get().0)),
+        cpu_digest: format!("{:016x}", DIGEST.with(|d| d.get().1)),
         rows,
         passed,
     })
@@ -399,6 +433,11 @@ pub(crate) fn print_verify(r: &VerifyReport) {
     } else {
         println!("{fails} of {} buffers FAIL", r.rows.len());
     }
+    println!(
+        "digest of every compared value's bits: gpu {}, cpu {} (equal digests from two builds: \
+         bit-identical outputs)",
+        r.gpu_digest, r.cpu_digest
+    );
     println!();
 }
 
