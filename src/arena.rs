@@ -748,8 +748,11 @@ impl ArenaTables {
         // The chunk rows, then the packed chunks' per-vec4 info, in whole 16-byte rows.
         let rows = std::mem::size_of_val(seg.chunks()) as u64;
         let info = (seg.vec_info().len() as u64 * 4).next_multiple_of(16);
-        let chunks =
-            crate::optim::storage_buffer(ctx, &format!("{label} chunks"), (rows + info).max(16));
+        let chunks = crate::gpu_buffers::storage_buffer(
+            ctx,
+            &format!("{label} chunks"),
+            (rows + info).max(16),
+        );
         if !seg.chunks().is_empty() {
             ctx.queue()
                 .write_buffer(&chunks, 0, bytemuck::cast_slice(seg.chunks()));
@@ -850,16 +853,7 @@ impl ParamArena {
         )?;
         // 16-bit buffers: half the f32 bytes, kept a multiple of 16.
         let half_bytes = (bytes / 2).next_multiple_of(16);
-        let make = |label: &str, size: u64| {
-            ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            })
-        };
+        let make = |label: &str, size: u64| crate::gpu_buffers::storage_buffer(ctx, label, size);
         let mixed = precision.is_mixed();
         let (params, grads, model) = ctx.scoped(|| {
             (
@@ -1178,6 +1172,37 @@ fn precision_factor(p: Precision) -> u64 {
     } else {
         1
     }
+}
+
+/// Binds the params / grads window `w` of an arena-shaped buffer.
+pub(crate) fn window_binding<'a>(buf: &'a wgpu::Buffer, w: &Window) -> wgpu::BindingResource<'a> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: buf,
+        offset: w.byte_offset(),
+        size: std::num::NonZeroU64::new(w.byte_size()),
+    })
+}
+
+/// Binds window `w` of a 16-bit arena buffer (the model copy, 16-bit grads): half the f32
+/// window's offset and size ([`ParamArena::binding_alignment`] keeps the offset aligned).
+pub(crate) fn half_window_binding<'a>(
+    buf: &'a wgpu::Buffer,
+    w: &Window,
+) -> wgpu::BindingResource<'a> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: buf,
+        offset: w.byte_offset() / 2,
+        size: std::num::NonZeroU64::new(w.byte_size() / 2),
+    })
+}
+
+/// Binds the state window of `w` of a segment's state buffer.
+pub(crate) fn state_binding<'a>(buf: &'a wgpu::Buffer, w: &Window) -> wgpu::BindingResource<'a> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: buf,
+        offset: w.state_byte_offset(),
+        size: std::num::NonZeroU64::new(w.state_byte_size()),
+    })
 }
 
 #[cfg(test)]

@@ -195,7 +195,7 @@ impl CopyKernel {
                 ("VEC_PER_INV", config.vec4_per_invocation as f64),
             ],
         );
-        let kernel = ctx.pipelines().get_keyed(ctx, key)?;
+        let kernel = ctx.kernel_keyed(key)?;
         Ok(Self { config, kernel })
     }
 

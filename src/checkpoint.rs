@@ -47,7 +47,8 @@ use serde_json::{Map, Value};
 
 use crate::arena::TensorInfo;
 use crate::error::{Error, Result};
-use crate::optim::{Book, OptimizerConfig};
+use crate::optim::book::Book;
+use crate::optim::table::OptimizerConfig;
 
 /// The format this library writes.
 pub const FORMAT: &str = "wgpu-optim-state/1";

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::pipeline::PipelineCache;
+use crate::pipeline::{Kernel, PipelineCache, PipelineKey};
+use crate::shaders::KernelDef;
 use crate::tune::{TuneReport, Tuner, Tuning};
 
 /// Environment variable that picks an adapter: a case-insensitive substring of the adapter name
@@ -371,8 +372,21 @@ impl GpuContext {
             .map_err(|e| Error::Map(e.to_string()))
     }
 
-    pub(crate) fn pipelines(&self) -> &PipelineCache {
-        &self.inner.pipelines
+    /// The kernel with its source's default constants, compiled on first request.
+    pub(crate) fn kernel(&self, kernel: KernelDef) -> Result<Arc<Kernel>> {
+        self.kernel_keyed(PipelineKey::plain(kernel))
+    }
+
+    /// The pipeline for `key`, compiled on first request (device errors scoped: a shader the
+    /// driver refuses is a typed error). Built outside the cache's lock: shader compilation can
+    /// be slow, and a racing builder only wastes work.
+    pub(crate) fn kernel_keyed(&self, key: PipelineKey) -> Result<Arc<Kernel>> {
+        let cache = &self.inner.pipelines;
+        if let Some(k) = cache.cached(&key) {
+            return Ok(k);
+        }
+        let k = self.scoped(|| cache.build(self.device(), &key))?;
+        Ok(cache.insert(key, k))
     }
 
     pub(crate) fn tuner(&self) -> &Tuner {

@@ -6,7 +6,8 @@
 use crate::amp::{AmpConfig, AmpHyper, AmpState};
 use crate::arena::{ParamLayout, TensorSpec};
 use crate::error::{Error, Result};
-use crate::optim::{Book, OptimizerConfig, ParamGroups, Rule, RuleVisitor};
+use crate::optim::book::{Book, ParamGroups};
+use crate::optim::table::{OptimizerConfig, Row, RuleVisitor};
 
 /// What every CPU segment does, whatever its rule.
 trait CpuSegment: std::fmt::Debug + Send + Sync {
@@ -23,7 +24,7 @@ trait CpuSegment: std::fmt::Debug + Send + Sync {
 }
 
 #[derive(Debug)]
-struct Segment<R: Rule> {
+struct Segment<R: Row> {
     /// `state[slot][local tensor]`; unused slots hold no vectors.
     state: Vec<Vec<Vec<f32>>>,
     names: Vec<(&'static str, usize)>,
@@ -36,7 +37,7 @@ struct Segment<R: Rule> {
     _rule: std::marker::PhantomData<R>,
 }
 
-impl<R: Rule> CpuSegment for Segment<R> {
+impl<R: Row> CpuSegment for Segment<R> {
     fn step(&mut self, book: &mut Book, seg: usize, params: &mut [&mut [f32]], grads: &[&[f32]]) {
         let slots = self.state.len();
         // Once per step per group, before the tensors (the groups' host scalars advance here).
@@ -117,7 +118,7 @@ impl<R: Rule> CpuSegment for Segment<R> {
     }
 }
 
-impl<R: Rule> Segment<R> {
+impl<R: Row> Segment<R> {
     /// The step of a rule that learns a per-group scalar, in the GPU's three passes: every
     /// live tensor's chunk partials (zeros for the chunks of the others, in the segment's
     /// chunk order), each group's new learned value, then the updates with it.
@@ -202,7 +203,7 @@ struct BuildSegment<'a> {
 
 impl RuleVisitor for BuildSegment<'_> {
     type Out = Box<dyn CpuSegment>;
-    fn visit<R: Rule>(self, configs: Vec<R>) -> Self::Out {
+    fn visit<R: Row>(self, configs: Vec<R>) -> Self::Out {
         // Kernels with their own binding convention (Muon) declare no slots: count the states.
         let slots = (R::KERNEL.state_slots() as usize).max(
             self.plan
@@ -315,7 +316,7 @@ impl CpuOptimizer {
         })
     }
 
-    crate::optim::common_optimizer_methods!();
+    crate::optim::book::common_optimizer_methods!();
 
     fn read_state_impl(&self, state: &str, i: usize) -> Result<Vec<f32>> {
         let loc = self.book.loc[i].ok_or_else(|| Error::UnknownState {
@@ -545,7 +546,7 @@ impl CpuOptimizer {
 
     /// Writes back learned learning rates, as [`crate::Optimizer::write_learned_lr`].
     pub fn write_learned_lr(&mut self, lrs: &[f32]) -> Result<()> {
-        crate::optim::check_learned(&self.book, lrs)?;
+        crate::optim::gpu::check_learned(&self.book, lrs)?;
         for (s, seg) in self.segments.iter_mut().enumerate() {
             let Some(learned) = seg.learned_mut() else {
                 continue;

@@ -25,6 +25,7 @@
 pub mod shaders;
 
 pub mod amp;
+pub(crate) mod amp_gpu;
 pub mod arena;
 pub(crate) mod autotune;
 // Measurement tools for optbench; only with the `bench` feature (see src/bench.rs's docs).
@@ -35,6 +36,7 @@ pub mod context;
 pub mod cpu;
 pub mod dispatch;
 pub mod error;
+pub(crate) mod gpu_buffers;
 pub mod lookahead;
 pub mod matmul;
 pub mod norm;

@@ -33,20 +33,20 @@ use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::arena::window_binding;
 use crate::arena::{ArenaTables, ParamArena, ParamLayout, SegmentLayout};
 use crate::context::GpuContext;
 use crate::cpu::CpuOptimizer;
 use crate::error::{Error, Result};
+use crate::gpu_buffers::{storage_buffer, table_bytes};
+use crate::optim::book::Select;
 use crate::optim::book::{select_tensors, Book};
-use crate::optim::{storage_buffer, table_bytes, window_binding, Optimizer, Select, StateReset};
+use crate::optim::gpu::{Optimizer, StateReset};
 use crate::pipeline::{Kernel, PipelineKey};
 use crate::readback;
-use crate::shaders::KernelDef;
 
-/// `lookahead_sync` in lookahead.wgsl (the optimizer-step binding convention, one state slot:
-/// the slow weights).
-pub const LOOKAHEAD_SYNC_KERNEL: KernelDef =
-    KernelDef::step("lookahead_sync", crate::kernel_source!("lookahead.wgsl"), 1);
+/// `lookahead_sync` in lookahead.wgsl (defined with the other kernel sources).
+pub use crate::shaders::LOOKAHEAD_SYNC as LOOKAHEAD_SYNC_KERNEL;
 
 /// WGSL `LOOKAHEAD_SKIP`: the tensor is left alone at this sync.
 pub const LOOKAHEAD_SKIP: u32 = 0;
@@ -416,10 +416,10 @@ impl Lookahead {
         } else {
             0.0
         };
-        let kernel = ctx.pipelines().get_keyed(
-            ctx,
-            PipelineKey::with_constants(LOOKAHEAD_SYNC_KERNEL, &[("STATE_AT_PARAMS", same)]),
-        )?;
+        let kernel = ctx.kernel_keyed(PipelineKey::with_constants(
+            LOOKAHEAD_SYNC_KERNEL,
+            &[("STATE_AT_PARAMS", same)],
+        ))?;
         let reset = match config.reset_state {
             true => Some(optimizer.prepare_reset(&members)?),
             false => None,

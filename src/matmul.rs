@@ -411,7 +411,7 @@ impl BatchedMatmul {
                 }
             }
         }
-        let kernel = ctx.pipelines().get(ctx, MATMUL)?;
+        let kernel = ctx.kernel(MATMUL)?;
         let label = MATMUL.entry_point();
         let (problem_buf, tile_buf, bind_group) = ctx.scoped(|| {
             let dev = ctx.device();

@@ -19,12 +19,13 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::arena::{half_window_binding, window_binding};
 use crate::arena::{ArenaTables, ChunkRange, ParamArena, ParamLayout};
 use crate::autotune;
 use crate::context::GpuContext;
 use crate::dispatch;
 use crate::error::{Error, Result};
-use crate::optim::{half_window_binding, storage_buffer, table_bytes, window_binding};
+use crate::gpu_buffers::{storage_buffer, table_bytes};
 use crate::pipeline::Kernel;
 use crate::pipeline::PipelineKey;
 use crate::precision::{HalfPath, StorageType};
@@ -158,9 +159,7 @@ impl NormReducer {
                 constants.push(("RED_WG", shape.reduction_width() as f64));
             }
             if !half_grads {
-                return ctx
-                    .pipelines()
-                    .get_keyed(ctx, PipelineKey::with_constants(k, &constants));
+                return ctx.kernel_keyed(PipelineKey::with_constants(k, &constants));
             }
             let packed = k.mixed(HalfPath::Packed).ok_or(Error::Unsupported(
                 "the norm kernels have no 16-bit composition",
@@ -171,8 +170,7 @@ impl NormReducer {
                 0.0
             };
             constants.extend([("NORM_A_GRADS", 1.0), ("GRAD_BF16", bf16)]);
-            ctx.pipelines()
-                .get_keyed(ctx, PipelineKey::with_constants(packed, &constants))
+            ctx.kernel_keyed(PipelineKey::with_constants(packed, &constants))
         };
         let kernels = [get(NORM_PARTIALS)?, get(NORM_COMBINE)?, get(NORM_GLOBAL)?];
         let n_tensors = layout.tensors().len();

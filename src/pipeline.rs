@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::context::GpuContext;
-use crate::error::Result;
 use crate::shaders::{BindKind, KernelDef};
 
 /// A ready-to-dispatch kernel.
@@ -56,20 +54,18 @@ pub struct PipelineCache {
 }
 
 impl PipelineCache {
-    /// The kernel with its default constants, compiled on first request.
-    pub fn get(&self, ctx: &GpuContext, kernel: KernelDef) -> Result<Arc<Kernel>> {
-        self.get_keyed(ctx, PipelineKey::plain(kernel))
+    /// The pipeline for `key` if it was compiled before.
+    pub(crate) fn cached(&self, key: &PipelineKey) -> Option<Arc<Kernel>> {
+        self.lock().get(key).cloned()
     }
 
-    /// The pipeline for `key`, compiled on first request.
-    pub fn get_keyed(&self, ctx: &GpuContext, key: PipelineKey) -> Result<Arc<Kernel>> {
-        if let Some(k) = self.lock().get(&key) {
-            return Ok(k.clone());
-        }
-        // Build outside the lock: shader compilation can be slow, and a racing builder only
-        // wastes work (the first insert wins).
-        let k = Arc::new(build(ctx, &key, self)?);
-        Ok(self.lock().entry(key).or_insert(k).clone())
+    /// Keeps a freshly built pipeline; when a racing builder inserted one first, that one wins
+    /// (so every user of a key shares one object) and is returned.
+    pub(crate) fn insert(&self, key: PipelineKey, k: Kernel) -> Arc<Kernel> {
+        self.lock()
+            .entry(key)
+            .or_insert_with(|| Arc::new(k))
+            .clone()
     }
 
     /// Pipelines compiled so far.
@@ -87,10 +83,15 @@ impl PipelineCache {
         // atomic), so a poisoned lock is still safe to use.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Compiles `key` on `device` (the caller scopes the device's errors: see
+    /// `GpuContext::kernel_keyed`, which owns the cache, so this floor needs no context).
+    pub(crate) fn build(&self, device: &wgpu::Device, key: &PipelineKey) -> Kernel {
+        build(device, key, self)
+    }
 }
 
-fn build(ctx: &GpuContext, key: &PipelineKey, cache: &PipelineCache) -> Result<Kernel> {
-    let device = ctx.device();
+fn build(device: &wgpu::Device, key: &PipelineKey, cache: &PipelineCache) -> Kernel {
     let id = key.kernel;
     let label = Some(id.entry);
     let constants: Vec<(&str, f64)> = key
@@ -98,7 +99,7 @@ fn build(ctx: &GpuContext, key: &PipelineKey, cache: &PipelineCache) -> Result<K
         .iter()
         .map(|&(n, bits)| (n, f64::from_bits(bits)))
         .collect();
-    ctx.scoped(|| {
+    {
         let bindings = id.bindings();
         let mut layouts = cache.layouts.lock().unwrap_or_else(|p| p.into_inner());
         let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
@@ -152,5 +153,5 @@ fn build(ctx: &GpuContext, key: &PipelineKey, cache: &PipelineCache) -> Result<K
             cache: None,
         });
         Kernel { layout, pipeline }
-    })
+    }
 }

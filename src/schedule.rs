@@ -33,7 +33,8 @@ use std::sync::Arc;
 
 use crate::cpu::CpuOptimizer;
 use crate::error::{Error, Result};
-use crate::optim::{Optimizer, OptimizerConfig};
+use crate::optim::gpu::Optimizer;
+use crate::optim::table::OptimizerConfig;
 
 // ---------------------------------------------------------------------------------------------
 // Momentum and β1 of a configuration.

@@ -431,17 +431,7 @@ pub const AMP_DECIDE: KernelDef = KernelDef {
     f32_grads: false,
 };
 
-/// Every kernel of the library: the norm family, the copy kernel, the AMP decision, the matmul, the
-/// Lookahead sync, and every pass of every optimizer in the table
-/// ([`crate::optim::OptimizerConfig::kernels_of_all`]).
-pub fn all_kernels() -> Vec<KernelDef> {
-    let mut out = vec![NORM_PARTIALS, NORM_COMBINE, NORM_GLOBAL, COPY, AMP_DECIDE];
-    out.push(crate::lookahead::LOOKAHEAD_SYNC_KERNEL);
-    out.push(MATMUL);
-    for k in crate::optim::OptimizerConfig::kernels_of_all() {
-        if !out.contains(&k) {
-            out.push(k);
-        }
-    }
-    out
-}
+/// `lookahead_sync` in lookahead.wgsl (the optimizer-step binding convention, one state slot:
+/// the slow weights).
+pub const LOOKAHEAD_SYNC: KernelDef =
+    KernelDef::step("lookahead_sync", crate::kernel_source!("lookahead.wgsl"), 1);

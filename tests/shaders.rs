@@ -21,7 +21,7 @@ fn validate_with(
 
 #[test]
 fn every_kernel_validates_and_has_its_entry_point() {
-    let all = shaders::all_kernels();
+    let all = wgpu_optim::optim::table::all_kernels();
     // Norm family, copy, and every pass of every optimizer in the table.
     assert!(all.len() >= 13, "{}", all.len());
     for k in all {
@@ -215,7 +215,7 @@ fn lookahead_sync_validates_and_matches_its_rust_twins() {
     use std::mem::size_of;
     use wgpu_optim::lookahead as la;
     let k = la::LOOKAHEAD_SYNC_KERNEL;
-    assert!(shaders::all_kernels().contains(&k));
+    assert!(wgpu_optim::optim::table::all_kernels().contains(&k));
     validate(k.source).unwrap_or_else(|e| panic!("{k:?}: {e}"));
     assert_eq!(wgsl_const(k.source, "LOOKAHEAD_SKIP"), la::LOOKAHEAD_SKIP);
     assert_eq!(wgsl_const(k.source, "LOOKAHEAD_SYNC"), la::LOOKAHEAD_SYNC);
@@ -303,7 +303,7 @@ fn adafactor_structs_match_rust_twins() {
 #[test]
 fn every_mixed_precision_variant_validates_and_binds_the_model_copy() {
     let mut n = 0;
-    for k in shaders::all_kernels() {
+    for k in wgpu_optim::optim::table::all_kernels() {
         let Some(m) = k.mixed(wgpu_optim::HalfPath::Packed) else {
             continue;
         };
@@ -326,7 +326,7 @@ fn every_mixed_precision_variant_validates_and_binds_the_model_copy() {
     assert!(n >= 25, "{n}");
     // The native-f16 compositions need naga's f16 capability, and only that.
     let mut native = 0;
-    for k in shaders::all_kernels() {
+    for k in wgpu_optim::optim::table::all_kernels() {
         let Some(m) = k.mixed(wgpu_optim::HalfPath::Native) else {
             continue;
         };
@@ -341,7 +341,7 @@ fn every_mixed_precision_variant_validates_and_binds_the_model_copy() {
     assert_eq!(native, n);
     // The model copy over f32 gradients: the same kernels, f32 grads at 6.
     let mut over_f32 = 0;
-    for k in shaders::all_kernels() {
+    for k in wgpu_optim::optim::table::all_kernels() {
         let Some(m) = k.mixed_f32_grads() else {
             continue;
         };
@@ -382,7 +382,7 @@ fn storage_buffer_budget_matches_the_readme() {
         ("sgd_hd_step", 8),
         ("adam_hd_step", 9),
     ];
-    let all = shaders::all_kernels();
+    let all = wgpu_optim::optim::table::all_kernels();
     for &(entry, f32_count) in want {
         let k = all.iter().find(|k| k.entry_point() == entry).unwrap();
         assert_eq!(k.storage_buffers(), f32_count, "{entry} f32");

@@ -16,7 +16,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
+use super::common::maximize_flag;
+use super::rule::{ChunkRange, HyperCtx, Rule, StateSpec};
 use crate::error::{check_non_negative, Error, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 

@@ -20,7 +20,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::hd::{self, check_decay_and_hypergrad_lr, hd_flags, with_decay, HdHyper, HdScope};
-use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
+use super::rule::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::KernelDef;
 

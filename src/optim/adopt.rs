@@ -39,8 +39,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::adam::moment_states;
+use super::common::{lerp_torch, maximize_flag};
 use super::lion::caution_scale;
-use super::{lerp_torch, maximize_flag, ChunkRange, HyperCtx, Pass, Rule, StateSpec};
+use super::rule::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 

@@ -23,7 +23,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{maximize_flag, ChunkRange, HyperCtx, Rule, Scalars, StateSpec};
+use super::common::maximize_flag;
+use super::rule::{ChunkRange, HyperCtx, Rule, Scalars, StateSpec};
 use crate::error::{check_non_negative, Error, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -47,7 +48,7 @@ pub struct AsgdConfig {
     /// Power of the eta schedule (default 0.75).
     pub alpha: f64,
     /// Step after which averaging starts (default 1e6; any value but NaN).
-    #[serde(with = "crate::optim::json_f64")]
+    #[serde(with = "super::common::json_f64")]
     pub t0: f64,
     /// L2 penalty added to the gradient (default 0).
     pub weight_decay: f64,
@@ -138,7 +139,7 @@ impl Rule for AsgdConfig {
     }
 
     fn init_scalars(&self) -> Scalars {
-        let mut s = [0.0; super::MAX_SCALARS];
+        let mut s = [0.0; super::rule::MAX_SCALARS];
         s[ETA] = self.lr;
         s[MU] = 1.0;
         s

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use crate::arena::ChunkRange;
 use crate::arena::{ParamLayout, TensorInfo, MAX_GROUP};
 use crate::error::{check_non_negative, Error, Result};
-use crate::optim::{HyperCtx, OptimizerConfig, Rule, StateSpec, TensorFilter};
+use std::sync::Arc;
+
+use super::rule::{HyperCtx, Scalars, StateSpec};
+use super::table::{OptimizerConfig, Row};
 
 /// Which tensors a parameter group takes.
 #[derive(Clone)]
@@ -110,7 +113,7 @@ pub(crate) struct Group {
 }
 
 /// Each group's initial host scalars.
-fn out_groups_scalars(groups: &[Group]) -> Vec<crate::optim::Scalars> {
+fn out_groups_scalars(groups: &[Group]) -> Vec<Scalars> {
     groups
         .iter()
         .map(|g| g.config.init_group_scalars())
@@ -160,15 +163,15 @@ pub(crate) struct Book {
     /// Per arena tensor: frozen for the next steps.
     pub frozen: Vec<bool>,
     /// Per arena tensor: host-side scalar state (see `Rule::scalar_names`).
-    pub scalars: Vec<crate::optim::Scalars>,
+    pub scalars: Vec<Scalars>,
     /// Per parameter group: host-side scalar state (see `Rule::group_scalar_names`).
-    pub group_scalars: Vec<crate::optim::Scalars>,
+    pub group_scalars: Vec<Scalars>,
     /// Train mode (see `set_train_mode`); starts true.
     pub train_mode: bool,
     /// Per arena tensor: its name, length and shape (what state shapes depend on).
     pub infos: Vec<TensorInfo>,
     /// Per parameter group: its lr was set since its last step (true before the first step);
-    /// the engines pass it to the rules ([`crate::optim::HyperCtx::lr_set`]) and clear it.
+    /// the engines pass it to the rules ([`super::rule::HyperCtx::lr_set`]) and clear it.
     pub lr_set: Vec<bool>,
 }
 
@@ -177,7 +180,7 @@ impl Book {
     /// (advancing each group's host scalars: `Rule::group_step`). `extra_flags` is
     /// `FLAG_GRAD_SCALE` when the kernels scale the gradients. Shared by every engine and
     /// segment type, so their tables agree.
-    pub fn segment_hypers<R: Rule>(
+    pub fn segment_hypers<R: Row>(
         &mut self,
         seg: usize,
         extra_flags: u32,
@@ -200,7 +203,7 @@ impl Book {
     /// This step's table entry of member `local` of segment `seg` (advancing its host
     /// scalars: `Rule::tensor_step_for`), or `None` when it does not step (frozen, or in no
     /// group). `range` is its chunk range, `info` the tensor.
-    pub fn member_step<R: Rule>(
+    pub fn member_step<R: Row>(
         &mut self,
         seg: usize,
         local: usize,
@@ -576,7 +579,7 @@ impl Book {
             .iter()
             .map(|l| match l {
                 Some(l) => self.groups[l.group].config.init_scalars(),
-                None => [0.0; crate::optim::MAX_SCALARS],
+                None => [0.0; super::rule::MAX_SCALARS],
             })
             .collect();
         self
@@ -638,4 +641,177 @@ pub(crate) fn select_tensors(layout: &ParamLayout, select: &Select) -> Result<Ve
             ))
         }
     })
+}
+
+/// The host bookkeeping a skipped step takes back (reused, so a step allocates nothing).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    pub steps: Vec<u64>,
+    pub scalars: Vec<Scalars>,
+    pub group_scalars: Vec<Scalars>,
+}
+
+impl Snapshot {
+    pub(crate) fn take(&mut self, book: &Book) {
+        self.steps.clone_from(&book.steps);
+        self.scalars.clone_from(&book.scalars);
+        self.group_scalars.clone_from(&book.group_scalars);
+    }
+
+    pub(crate) fn restore(&self, book: &mut Book) {
+        book.steps.clone_from(&self.steps);
+        book.scalars.clone_from(&self.scalars);
+        book.group_scalars.clone_from(&self.group_scalars);
+    }
+}
+
+/// A predicate over tensors, for [`Select::matching`].
+pub type TensorFilter = Arc<dyn Fn(&TensorInfo) -> bool + Send + Sync>;
+
+/// Writes the common parameter-group, freezing, step-count and state methods, once, for the
+/// GPU and the CPU optimizer, so the two expose the same names and argument types. The type
+/// must have a `book: Book` field and `fn read_state_impl(&self, state, tensor index)`.
+macro_rules! common_optimizer_methods {
+    () => {
+        /// Number of parameter groups.
+        pub fn groups(&self) -> usize {
+            self.book.groups.len()
+        }
+
+        /// The configuration of group `group` (its current lr included).
+        pub fn group_config(&self, group: usize) -> $crate::Result<&$crate::OptimizerConfig> {
+            Ok(&self.book.group(group)?.config)
+        }
+
+        /// Replaces group `group`'s configuration with one of the same algorithm family. It
+        /// must keep no state buffer its segment did not allocate at construction. The new
+        /// configuration's lr becomes the group's base lr too. Nothing changes on error.
+        pub fn set_group_config(
+            &mut self,
+            group: usize,
+            config: impl Into<$crate::OptimizerConfig>,
+        ) -> $crate::Result<()> {
+            let config = config.into();
+            let allowed = self.book.segment_states(self.book.group(group)?.segment);
+            self.book.set_group_config(group, config, &allowed)
+        }
+
+        /// Current learning rate of group `group`.
+        pub fn group_lr(&self, group: usize) -> $crate::Result<f64> {
+            Ok(self.book.group(group)?.config.lr())
+        }
+
+        /// Sets the learning rate of group `group` alone (PyTorch:
+        /// `param_groups[g]["lr"] = lr`). Its base lr is kept. A group that learns its lr
+        /// (hypergradient descent) restarts its learned lr from `lr` at its next step.
+        pub fn set_group_lr(&mut self, group: usize, lr: f64) -> $crate::Result<()> {
+            self.book.set_group_lr(group, lr)
+        }
+
+        /// The lr group `group` was built with (PyTorch's `initial_lr`, what schedules scale).
+        pub fn base_lr(&self, group: usize) -> $crate::Result<f64> {
+            Ok(self.book.group(group)?.base_lr)
+        }
+
+        /// Sets every group's learning rate to `lr`.
+        pub fn set_lr(&mut self, lr: f64) -> $crate::Result<()> {
+            self.book.set_lr(lr)
+        }
+
+        /// Sets every group's learning rate to its base lr times `factor` (what a
+        /// multiplicative schedule does).
+        pub fn set_lr_factor(&mut self, factor: f64) -> $crate::Result<()> {
+            self.book.set_lr_factor(factor)
+        }
+
+        /// The parameter group of a tensor (`None`: the tensor is in no group and never
+        /// updated).
+        pub fn group_of(&self, tensor: &str) -> $crate::Result<Option<usize>> {
+            let i = self.book.index_of(tensor)?;
+            Ok(self.book.loc[i].map(|l| l.group))
+        }
+
+        /// Freezes (PyTorch: `grad = None`) or unfreezes a tensor for the following steps. A
+        /// frozen tensor's params, state and step count are left exactly as they are, and
+        /// an attached clipper leaves its gradient out of the norm.
+        pub fn set_frozen(&mut self, tensor: &str, frozen: bool) -> $crate::Result<()> {
+            let i = self.book.index_of(tensor)?;
+            self.book.frozen[i] = frozen;
+            Ok(())
+        }
+
+        /// Whether a tensor is frozen.
+        pub fn is_frozen(&self, tensor: &str) -> $crate::Result<bool> {
+            Ok(self.book.frozen[self.book.index_of(tensor)?])
+        }
+
+        /// Steps this tensor has taken (PyTorch `state["step"]`).
+        pub fn step_count(&self, tensor: &str) -> $crate::Result<u64> {
+            Ok(self.book.steps[self.book.index_of(tensor)?])
+        }
+
+        /// Every state name any segment keeps, under PyTorch's names, in slot order.
+        pub fn state_names(&self) -> Vec<&'static str> {
+            self.book.all_state_names()
+        }
+
+        /// The state names PyTorch keeps for this tensor (its group's configuration's).
+        pub fn tensor_state_names(&self, tensor: &str) -> $crate::Result<Vec<&'static str>> {
+            let i = self.book.index_of(tensor)?;
+            Ok(self.book.tensor_state_names(i))
+        }
+
+        /// One tensor's state buffer `state`, read back to the host. A tensor whose group's
+        /// configuration keeps no such state (or that is in no group) is
+        /// [`$crate::Error::UnknownState`].
+        pub fn read_state(&self, state: &str, tensor: &str) -> $crate::Result<Vec<f32>> {
+            let i = self.book.index_of(tensor)?;
+            self.book.check_state(state, i)?;
+            if let Some(slot) = self.book.scalar_slot(state, i) {
+                // A host scalar (PyTorch keeps it as a one-element tensor).
+                return Ok(vec![self.book.scalars[i][slot] as f32]);
+            }
+            self.read_state_impl(state, i)
+        }
+
+        /// Group `group`'s host-side scalar state `state` (Schedule-Free's `k`, `lr_max`,
+        /// `weight_sum`, `scheduled_lr`; see `OptimizerConfig::group_scalar_names`).
+        pub fn group_state(&self, group: usize, state: &str) -> $crate::Result<f64> {
+            let g = self.book.group(group)?;
+            let names = g.config.group_scalar_names();
+            match names.iter().position(|&n| n == state) {
+                Some(slot) => Ok(self.book.group_scalars[group][slot]),
+                None => Err($crate::Error::UnknownState {
+                    name: state.to_string(),
+                    available: names.to_vec(),
+                }),
+            }
+        }
+
+        /// Whether the optimizer is in train mode (see `set_train_mode`). Optimizers start in
+        /// train mode; only groups with modes (Schedule-Free) care.
+        pub fn is_train_mode(&self) -> bool {
+            self.book.train_mode
+        }
+
+        /// Short name of the optimizer: its groups' configuration names, joined by `+` when
+        /// they differ (`"lars+adamw"`).
+        pub fn name(&self) -> String {
+            self.book.name()
+        }
+    };
+}
+pub(crate) use common_optimizer_methods;
+
+// Muon's builder lives beside `ParamGroups`, which it returns (the rule file stays a leaf).
+impl super::muon::MuonConfig {
+    /// Muon on every 2-D tensor ([`Select::matrices`]) and `adamw` on every other tensor
+    /// ([`Select::Rest`]): two parameter groups, two segments of one step. (Muon is meant for
+    /// hidden weight matrices; to keep embeddings or a classifier head under AdamW, name the
+    /// matrices with [`Select::names`] in a `ParamGroups` of your own instead.)
+    pub fn with_adamw(self, adamw: super::adam::AdamConfig) -> ParamGroups {
+        ParamGroups::new()
+            .group(Select::matrices(), self)
+            .group(Select::Rest, adamw)
+    }
 }

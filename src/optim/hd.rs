@@ -6,7 +6,7 @@
 use crate::error::{check_non_negative, Result};
 use crate::shaders::{CHUNK, RED_LANES, RED_SIZE, RED_VEC};
 
-use super::HyperCtx;
+use super::rule::HyperCtx;
 
 /// WGSL `HD_GLOBAL` (hd.wgsl): the dot runs over every tensor of the segment.
 pub const HD_GLOBAL: u32 = 1024;
@@ -132,13 +132,13 @@ fn fold_group(partials: &[f32], chunk_groups: &[u32], group: u32, all: bool) -> 
     workgroup_sum(&lanes)
 }
 
-/// [`super::Rule::chunk_partials`] of both rules (hd.wgsl's `hd_dot`): the chunk dots of
+/// [`super::rule::Rule::chunk_partials`] of both rules (hd.wgsl's `hd_dot`): the chunk dots of
 /// `g + wd * p` (`g`, `p` of one live tensor) with its previous direction `d_prev`.
 pub(crate) fn chunk_partials(wd: f32, p: &[f32], g: &[f32], d_prev: &[f32], out: &mut Vec<f32>) {
     chunk_dots(p.len(), |i| with_decay(g[i], p[i], wd) * d_prev[i], out);
 }
 
-/// [`super::Rule::group_update`] of both rules (hd.wgsl's `hd_lr`): h folded over the group's
+/// [`super::rule::Rule::group_update`] of both rules (hd.wgsl's `hd_lr`): h folded over the group's
 /// (HD_GLOBAL: the segment's) chunks, then `alpha + hypergrad_lr * h`, alpha the learned lr or
 /// (HD_RESET) the configured one.
 pub(crate) fn group_update<H: HdHyper>(

@@ -18,7 +18,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::adam::moment_states;
 use super::lars::norm_f64;
-use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
+use super::rule::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 

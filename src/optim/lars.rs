@@ -18,8 +18,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::rule::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use super::sgd::{check_nesterov, momentum_states, sgd_momentum};
-use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 

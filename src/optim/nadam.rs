@@ -27,9 +27,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{
-    lerp_torch, maximize_flag, ChunkRange, HyperCtx, Rule, Scalars, StateSpec, MAX_SCALARS,
-};
+use super::common::{lerp_torch, maximize_flag};
+use super::rule::{ChunkRange, HyperCtx, Rule, Scalars, StateSpec, MAX_SCALARS};
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 

@@ -15,7 +15,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{lerp_torch, maximize_flag, ChunkRange, HyperCtx, Rule, StateSpec};
+use super::common::{lerp_torch, maximize_flag};
+use super::rule::{ChunkRange, HyperCtx, Rule, StateSpec};
 use crate::error::{check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 

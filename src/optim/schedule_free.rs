@@ -40,7 +40,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{lerp_torch, ChunkRange, HyperCtx, Rule, Scalars, StateSpec};
+use super::common::lerp_torch;
+use super::rule::{ChunkRange, HyperCtx, Rule, Scalars, StateSpec};
 use crate::error::{check_non_negative, Error, Result};
 use crate::shaders::KernelDef;
 

@@ -38,8 +38,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::hd::{self, check_decay_and_hypergrad_lr, hd_flags, with_decay, HdHyper};
 pub use super::hd::{HdScope, HD_GLOBAL, HD_RESET};
+use super::rule::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use super::sgd::{check_nesterov, sgd_momentum};
-use super::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, Result};
 use crate::shaders::KernelDef;
 
