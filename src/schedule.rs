@@ -20,9 +20,12 @@
 //! [`Error::InvalidSchedule`] at construction; so is one that makes PyTorch divide by zero on
 //! the first step (a `step_size` or `T_max` of 0). What PyTorch only rejects later (OneCycleLR
 //! stepped past `total_steps`, ConstantLR with factor 0 reaching `total_iters`) fails that
-//! `step()`. An lr the optimizer refuses (a negative one, which OneCycleLR's linear anneal
-//! reaches at its last allowed step) is the optimizer's error. On any error nothing changes:
-//! the schedule keeps its position and every group keeps its lr and momentum.
+//! `step()`. Optimizers take any finite lr a schedule sets, negative ones included, as
+//! PyTorch's groups do (LinearLR decaying to 0 ends at -1.4e-18 by rounding; OneCycleLR's
+//! linear anneal goes below 0 at its last step); a NaN or infinite value (from a closure) is a
+//! typed error. ChainedScheduler composes its children on a host copy of the groups and writes
+//! each group once. On any error nothing changes: the schedule keeps its position and every
+//! group keeps its lr and momentum.
 //!
 //! Saving a schedule's position: [`LrSchedule::state`] / [`LrSchedule::load_state`] (and
 //! [`ReduceLROnPlateau::state`]) give plain data. Closures (LambdaLR, MultiplicativeLR) are
@@ -39,59 +42,18 @@ use crate::optim::table::OptimizerConfig;
 // ---------------------------------------------------------------------------------------------
 // Momentum and β1 of a configuration.
 
-/// Which hyperparameter a cycling schedule (CyclicLR, OneCycleLR) drives in a group: PyTorch
-/// cycles `betas[0]` when the optimizer has `betas`, else `momentum`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MomentumKind {
-    /// SGD, RMSprop, LARS, Schedule-Free SGD: `momentum`.
-    Momentum,
-    /// Adam/AdamW, NAdam, RAdam, Adamax, LAMB, Lion, ADOPT, Schedule-Free AdamW: `beta1`.
-    Beta1,
-}
+pub use crate::optim::rule::MomentumKind;
 
 /// The momentum (or β1) of a configuration, and which of the two it is; `None` for the
-/// families with neither (Adagrad, Adadelta, ASGD, Rprop), which PyTorch's cycling schedules
-/// reject.
+/// families with neither, which PyTorch's cycling schedules reject.
 pub fn config_momentum(config: &OptimizerConfig) -> Option<(MomentumKind, f64)> {
-    use MomentumKind::{Beta1, Momentum};
-    #[allow(unreachable_patterns)]
-    match config {
-        OptimizerConfig::Sgd(c) => Some((Momentum, c.momentum)),
-        OptimizerConfig::Rmsprop(c) => Some((Momentum, c.momentum)),
-        OptimizerConfig::Lars(c) => Some((Momentum, c.momentum)),
-        OptimizerConfig::ScheduleFreeSgd(c) => Some((Momentum, c.momentum)),
-        OptimizerConfig::Adam(c) => Some((Beta1, c.beta1)),
-        OptimizerConfig::Lamb(c) => Some((Beta1, c.beta1)),
-        OptimizerConfig::Nadam(c) => Some((Beta1, c.beta1)),
-        OptimizerConfig::Radam(c) => Some((Beta1, c.beta1)),
-        OptimizerConfig::Adamax(c) => Some((Beta1, c.beta1)),
-        OptimizerConfig::Lion(c) => Some((Beta1, c.beta1)),
-        OptimizerConfig::Adopt(c) => Some((Beta1, c.beta1)),
-        OptimizerConfig::ScheduleFreeAdamW(c) => Some((Beta1, c.beta1)),
-        _ => None,
-    }
+    config.momentum()
 }
 
 /// Sets the momentum (or β1) of a configuration (unchecked: the optimizer's setter validates
 /// it); false, and no change, for a family with neither.
 pub fn set_config_momentum(config: &mut OptimizerConfig, value: f64) -> bool {
-    #[allow(unreachable_patterns)]
-    match config {
-        OptimizerConfig::Sgd(c) => c.momentum = value,
-        OptimizerConfig::Rmsprop(c) => c.momentum = value,
-        OptimizerConfig::Lars(c) => c.momentum = value,
-        OptimizerConfig::ScheduleFreeSgd(c) => c.momentum = value,
-        OptimizerConfig::Adam(c) => c.beta1 = value,
-        OptimizerConfig::Lamb(c) => c.beta1 = value,
-        OptimizerConfig::Nadam(c) => c.beta1 = value,
-        OptimizerConfig::Radam(c) => c.beta1 = value,
-        OptimizerConfig::Adamax(c) => c.beta1 = value,
-        OptimizerConfig::Lion(c) => c.beta1 = value,
-        OptimizerConfig::Adopt(c) => c.beta1 = value,
-        OptimizerConfig::ScheduleFreeAdamW(c) => c.beta1 = value,
-        _ => return false,
-    }
-    true
+    config.set_momentum(value)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2049,28 +2011,34 @@ impl LrSchedule for ChainedScheduler {
     }
     fn step(&mut self, opt: &mut dyn Scheduled) -> Result<()> {
         check_groups("ChainedScheduler", self.last_lr.len(), opt)?;
-        // All or nothing: on an error, the children already stepped are put back.
+        // The children compose on a host copy of the groups (any finite lr, as PyTorch's
+        // dicts), and the optimizer is written once per group with the chained result: an
+        // intermediate value (a child's decay past zero) never meets the optimizer's setters.
+        let n = opt.groups();
+        let mut host = HostGroups {
+            base_lr: (0..n).map(|g| opt.base_lr(g)).collect::<Result<_>>()?,
+            lr: (0..n).map(|g| opt.group_lr(g)).collect::<Result<_>>()?,
+            momentum: (0..n)
+                .map(|g| opt.group_momentum(g))
+                .collect::<Result<_>>()?,
+        };
+        let before_mom = host.momentum.clone();
         let before: Vec<ScheduleState> = self.schedules.iter().map(|s| s.state()).collect();
-        let lrs = self.last_lr.clone();
-        let saved: Vec<(f64, Option<f64>)> = (0..opt.groups())
-            .map(|g| Ok((opt.group_lr(g)?, opt.group_momentum(g)?)))
-            .collect::<Result<_>>()?;
         for i in 0..self.schedules.len() {
-            if let Err(e) = self.schedules[i].step(opt) {
+            if let Err(e) = self.schedules[i].step(&mut host) {
                 put_back(&mut self.schedules, &before, i);
-                for (g, &(l, m)) in saved.iter().enumerate() {
-                    let _ = opt.set_group_lr(g, l);
-                    if let Some(m) = m {
-                        let _ = opt.set_group_momentum(g, m);
-                    }
-                }
-                self.last_lr = lrs;
                 return Err(e);
             }
         }
-        for (g, l) in self.last_lr.iter_mut().enumerate() {
-            *l = opt.group_lr(g)?;
+        let mom: Option<Vec<f64>> = (host.momentum != before_mom)
+            .then(|| host.momentum.iter().map(|m| m.unwrap_or(0.0)).collect());
+        let (mut saved_lr, mut saved_mom) = (vec![0.0; n], vec![0.0; n]);
+        if let Err(e) = apply(opt, &host.lr, mom.as_deref(), &mut saved_lr, &mut saved_mom) {
+            let all = self.schedules.len();
+            put_back(&mut self.schedules, &before, all);
+            return Err(e);
         }
+        self.last_lr.copy_from_slice(&host.lr);
         self.last_epoch += 1;
         Ok(())
     }

@@ -284,22 +284,7 @@ pub(crate) struct BenchReport {
 /// How many times one step reads each gradient, for the families whose count is known here:
 /// the single-pass elementwise ones (the norm-reducing and caution passes read it again).
 fn grad_reads(cfg: &OptimizerConfig) -> Option<u64> {
-    match cfg.family() {
-        "lars" => Some(2),
-        "sgd"
-        | "adam"
-        | "rmsprop"
-        | "adagrad"
-        | "adadelta"
-        | "asgd"
-        | "nadam"
-        | "radam"
-        | "adamax"
-        | "rprop"
-        | "schedule_free_adamw"
-        | "schedule_free_sgd" => Some(1),
-        _ => None,
-    }
+    cfg.grad_reads()
 }
 
 fn precision_name(p: Precision) -> String {

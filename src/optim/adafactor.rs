@@ -31,7 +31,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::common::{lerp_torch, maximize_flag};
-use super::rule::{SegmentKind, HyperCtx, Pass, Rule, StateSpec};
+use super::rule::{HyperCtx, MomentumKind, Pass, Rule, SegmentKind, StateSpec};
 use crate::arena::{ChunkRange, TensorInfo};
 use crate::error::{check_non_negative, Error, Result};
 use crate::shaders::{KernelDef, LayoutKind, FLAG_GRAD_SCALE, FLAG_MAXIMIZE};
@@ -262,6 +262,15 @@ impl Rule for AdafactorConfig {
 
     fn name(&self) -> &'static str {
         "adafactor"
+    }
+    fn momentum_mut(&mut self) -> Option<(MomentumKind, &mut f64)> {
+        None
+    }
+    fn weight_decay_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.weight_decay)
+    }
+    fn grad_reads(&self) -> Option<u64> {
+        None
     }
 
     fn validate(&self) -> Result<()> {

@@ -20,7 +20,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::hd::{self, check_decay_and_hypergrad_lr, hd_flags, with_decay, HdHyper, HdScope};
-use super::rule::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
+use super::rule::{ChunkRange, HyperCtx, MomentumKind, Pass, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::KernelDef;
 
@@ -120,6 +120,15 @@ impl Rule for AdamHdConfig {
 
     fn name(&self) -> &'static str {
         "adam-hd"
+    }
+    fn momentum_mut(&mut self) -> Option<(MomentumKind, &mut f64)> {
+        Some((MomentumKind::Beta1, &mut self.beta1))
+    }
+    fn weight_decay_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.weight_decay)
+    }
+    fn grad_reads(&self) -> Option<u64> {
+        None
     }
 
     fn validate(&self) -> Result<()> {

@@ -18,7 +18,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::common::{lerp_torch, maximize_flag};
-use super::rule::{ChunkRange, HyperCtx, Rule, StateSpec};
+use super::rule::{ChunkRange, HyperCtx, MomentumKind, Rule, StateSpec};
 use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -96,6 +96,15 @@ impl Rule for AdamaxConfig {
 
     fn name(&self) -> &'static str {
         "adamax"
+    }
+    fn momentum_mut(&mut self) -> Option<(MomentumKind, &mut f64)> {
+        Some((MomentumKind::Beta1, &mut self.beta1))
+    }
+    fn weight_decay_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.weight_decay)
+    }
+    fn grad_reads(&self) -> Option<u64> {
+        Some(1)
     }
 
     fn validate(&self) -> Result<()> {

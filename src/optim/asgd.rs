@@ -24,7 +24,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::common::maximize_flag;
-use super::rule::{ChunkRange, HyperCtx, Rule, Scalars, StateSpec};
+use super::rule::{ChunkRange, HyperCtx, MomentumKind, Rule, Scalars, StateSpec};
 use crate::error::{check_non_negative, Error, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -108,6 +108,15 @@ impl Rule for AsgdConfig {
 
     fn name(&self) -> &'static str {
         "asgd"
+    }
+    fn momentum_mut(&mut self) -> Option<(MomentumKind, &mut f64)> {
+        None
+    }
+    fn weight_decay_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.weight_decay)
+    }
+    fn grad_reads(&self) -> Option<u64> {
+        Some(1)
     }
 
     fn validate(&self) -> Result<()> {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::arena::ChunkRange;
 use crate::arena::{ParamLayout, TensorInfo, MAX_GROUP};
-use crate::error::{check_non_negative, Error, Result};
+use crate::error::{check_finite, Error, Result};
 use std::sync::Arc;
 
 use super::rule::{HyperCtx, Scalars, StateSpec};
@@ -435,8 +435,13 @@ impl Book {
         Ok(())
     }
 
+    // The lr setters take any finite value, negative included, as PyTorch's
+    // `param_groups[g]["lr"] = x` does: schedules end on their own rounding (LinearLR to 0 gives
+    // -1.4e-18) or go below zero by design (OneCycleLR's linear anneal at `total_steps`), and a
+    // training loop must not abort there. Constructors and `set_group_config` still validate
+    // what a user passes.
     pub(crate) fn set_group_lr(&mut self, group: usize, lr: f64) -> Result<()> {
-        check_non_negative("lr", lr)?;
+        check_finite("lr", lr)?;
         let groups = self.groups.len();
         self.groups
             .get_mut(group)
@@ -448,7 +453,7 @@ impl Book {
     }
 
     pub(crate) fn set_lr(&mut self, lr: f64) -> Result<()> {
-        check_non_negative("lr", lr)?;
+        check_finite("lr", lr)?;
         for g in &mut self.groups {
             g.config.set_lr(lr);
         }
@@ -457,10 +462,10 @@ impl Book {
     }
 
     pub(crate) fn set_lr_factor(&mut self, factor: f64) -> Result<()> {
-        check_non_negative("lr factor", factor)?;
+        check_finite("lr factor", factor)?;
         // Checked for every group before any changes.
         for g in &self.groups {
-            check_non_negative("lr", g.base_lr * factor)?;
+            check_finite("lr", g.base_lr * factor)?;
         }
         for g in &mut self.groups {
             let lr = g.base_lr * factor;

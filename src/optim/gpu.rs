@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::book::Book;
 use super::book::ParamGroups;
-use super::segment::{aux_binding, Dispatcher, GpuSegment, Segment};
 use super::muon::MuonConfig;
 use super::rule::SegmentKind;
+use super::segment::{aux_binding, Dispatcher, GpuSegment, Segment};
 use super::table::{OptimizerConfig, Row, RuleVisitor};
 use crate::amp::{AmpConfig, AmpState};
 use crate::amp_gpu::AmpGpu;

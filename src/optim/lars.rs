@@ -18,7 +18,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::rule::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
+use super::rule::{ChunkRange, HyperCtx, MomentumKind, Pass, Rule, StateSpec};
 use super::sgd::{check_nesterov, momentum_states, sgd_momentum};
 use crate::error::{check_finite, check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
@@ -139,6 +139,15 @@ impl Rule for LarsConfig {
         } else {
             "lars"
         }
+    }
+    fn momentum_mut(&mut self) -> Option<(MomentumKind, &mut f64)> {
+        Some((MomentumKind::Momentum, &mut self.momentum))
+    }
+    fn weight_decay_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.weight_decay)
+    }
+    fn grad_reads(&self) -> Option<u64> {
+        Some(2)
     }
 
     fn validate(&self) -> Result<()> {

@@ -31,7 +31,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::common::{lerp_torch, maximize_flag};
-use super::rule::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
+use super::rule::{ChunkRange, HyperCtx, MomentumKind, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -145,6 +145,15 @@ impl Rule for LionConfig {
         } else {
             "lion"
         }
+    }
+    fn momentum_mut(&mut self) -> Option<(MomentumKind, &mut f64)> {
+        Some((MomentumKind::Beta1, &mut self.beta1))
+    }
+    fn weight_decay_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.weight_decay)
+    }
+    fn grad_reads(&self) -> Option<u64> {
+        None
     }
 
     fn validate(&self) -> Result<()> {

@@ -30,7 +30,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::common::lerp_torch;
-use super::rule::{SegmentKind, HyperCtx, Pass, Rule, StateSpec};
+use super::rule::{HyperCtx, MomentumKind, Pass, Rule, SegmentKind, StateSpec};
 use crate::arena::{ChunkRange, TensorInfo};
 use crate::error::{check_finite, check_non_negative, Error, Result};
 use crate::matmul::{matmul_cpu, MatmulProblem};
@@ -296,6 +296,15 @@ impl Rule for MuonConfig {
 
     fn name(&self) -> &'static str {
         "muon"
+    }
+    fn momentum_mut(&mut self) -> Option<(MomentumKind, &mut f64)> {
+        Some((MomentumKind::Momentum, &mut self.momentum))
+    }
+    fn weight_decay_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.weight_decay)
+    }
+    fn grad_reads(&self) -> Option<u64> {
+        None
     }
 
     fn validate(&self) -> Result<()> {

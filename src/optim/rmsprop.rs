@@ -16,7 +16,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::common::{lerp_torch, maximize_flag};
-use super::rule::{ChunkRange, HyperCtx, Rule, StateSpec};
+use super::rule::{ChunkRange, HyperCtx, MomentumKind, Rule, StateSpec};
 use crate::error::{check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
@@ -107,6 +107,15 @@ impl Rule for RmspropConfig {
             (true, false) => "rmsprop-centered",
             (true, true) => "rmsprop-centered-momentum",
         }
+    }
+    fn momentum_mut(&mut self) -> Option<(MomentumKind, &mut f64)> {
+        Some((MomentumKind::Momentum, &mut self.momentum))
+    }
+    fn weight_decay_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.weight_decay)
+    }
+    fn grad_reads(&self) -> Option<u64> {
+        Some(1)
     }
 
     fn validate(&self) -> Result<()> {

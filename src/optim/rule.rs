@@ -73,6 +73,17 @@ pub enum SegmentKind {
     Factored,
 }
 
+/// Which hyperparameter a cycling schedule (CyclicLR, OneCycleLR) drives in a group: PyTorch
+/// cycles `betas[0]` when the optimizer has `betas`, else `momentum`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MomentumKind {
+    /// SGD, RMSprop, LARS, Schedule-Free SGD, SGD-HD, Muon: `momentum`.
+    Momentum,
+    /// Adam/AdamW, NAdam, RAdam, Adamax, LAMB, Lion, ADOPT, Schedule-Free AdamW, Adam-HD:
+    /// `beta1`.
+    Beta1,
+}
+
 /// An optimization algorithm: config, kernels, scalars and the host-side update.
 ///
 /// `update` is the definition the GPU kernel is checked against; it must perform the same f32
@@ -105,6 +116,16 @@ pub trait Rule: TableEntry + Clone + Debug + Default + PartialEq + Send + Sync +
 
     /// Short name of this configuration (`"adam"`, `"adamw"`, ...).
     fn name(&self) -> &'static str;
+    /// The momentum (or β1) a cycling schedule drives, and which of the two it is; `None` for
+    /// rules with neither (Adagrad, Adadelta, ASGD, Rprop, Adafactor), which PyTorch's cycling
+    /// schedules reject. Required, like the two below, so that a new rule cannot leave
+    /// schedules, tests or the bench guessing.
+    fn momentum_mut(&mut self) -> Option<(MomentumKind, &mut f64)>;
+    /// The weight decay (`None`: the rule has none, as Rprop).
+    fn weight_decay_mut(&mut self) -> Option<&mut f64>;
+    /// How many times one step reads each gradient (the bench's byte count), where known:
+    /// `None` for rules whose passes are not a fixed count of full reads.
+    fn grad_reads(&self) -> Option<u64>;
     /// Checks every hyperparameter the way PyTorch's constructor does.
     fn validate(&self) -> Result<()>;
     /// State buffers this configuration keeps.

@@ -41,7 +41,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::common::lerp_torch;
-use super::rule::{ChunkRange, HyperCtx, Rule, Scalars, StateSpec};
+use super::rule::{ChunkRange, HyperCtx, MomentumKind, Rule, Scalars, StateSpec};
 use crate::error::{check_non_negative, Error, Result};
 use crate::shaders::KernelDef;
 
@@ -313,6 +313,15 @@ impl Rule for ScheduleFreeAdamWConfig {
     fn name(&self) -> &'static str {
         "schedule-free-adamw"
     }
+    fn momentum_mut(&mut self) -> Option<(MomentumKind, &mut f64)> {
+        Some((MomentumKind::Beta1, &mut self.beta1))
+    }
+    fn weight_decay_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.weight_decay)
+    }
+    fn grad_reads(&self) -> Option<u64> {
+        Some(1)
+    }
 
     fn validate(&self) -> Result<()> {
         // The package checks nothing.
@@ -433,6 +442,15 @@ impl Rule for ScheduleFreeSgdConfig {
 
     fn name(&self) -> &'static str {
         "schedule-free-sgd"
+    }
+    fn momentum_mut(&mut self) -> Option<(MomentumKind, &mut f64)> {
+        Some((MomentumKind::Momentum, &mut self.momentum))
+    }
+    fn weight_decay_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.weight_decay)
+    }
+    fn grad_reads(&self) -> Option<u64> {
+        Some(1)
     }
 
     fn validate(&self) -> Result<()> {

@@ -38,7 +38,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::hd::{self, check_decay_and_hypergrad_lr, hd_flags, with_decay, HdHyper};
 pub use super::hd::{HdScope, HD_GLOBAL, HD_RESET};
-use super::rule::{ChunkRange, HyperCtx, Pass, Rule, StateSpec};
+use super::rule::{ChunkRange, HyperCtx, MomentumKind, Pass, Rule, StateSpec};
 use super::sgd::{check_nesterov, sgd_momentum};
 use crate::error::{check_finite, check_non_negative, Result};
 use crate::shaders::KernelDef;
@@ -141,6 +141,15 @@ impl Rule for SgdHdConfig {
             (true, false) => "sgdm-hd",
             (true, true) => "sgdn-hd",
         }
+    }
+    fn momentum_mut(&mut self) -> Option<(MomentumKind, &mut f64)> {
+        Some((MomentumKind::Momentum, &mut self.momentum))
+    }
+    fn weight_decay_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.weight_decay)
+    }
+    fn grad_reads(&self) -> Option<u64> {
+        None
     }
 
     fn validate(&self) -> Result<()> {

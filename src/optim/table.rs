@@ -23,7 +23,7 @@ use super::nadam::NadamConfig;
 use super::radam::RadamConfig;
 use super::rmsprop::RmspropConfig;
 use super::rprop::RpropConfig;
-use super::rule::{Pass, Rule, Scalars, SegmentKind, StateSpec, TableEntry};
+use super::rule::{MomentumKind, Pass, Rule, Scalars, SegmentKind, StateSpec, TableEntry};
 use super::schedule_free::{ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig};
 use super::sgd::SgdConfig;
 use super::sgd_hd::SgdHdConfig;
@@ -92,6 +92,37 @@ macro_rules! optimizer_table {
                         describe_fields(c.name(), &format!("{c:?}"), &format!("{:?}", $config::default()))
                     })*
                 }
+            }
+
+            /// The momentum (or β1) a cycling schedule drives, and which it is (`None`: the
+            /// rule has neither; see [`Rule::momentum_mut`]).
+            pub fn momentum(&self) -> Option<(MomentumKind, f64)> {
+                let mut c = self.clone();
+                match &mut c { $(OptimizerConfig::$variant(c) => c.momentum_mut().map(|(k, v)| (k, *v)),)* }
+            }
+
+            /// Sets the momentum (or β1), unchecked (an optimizer's setter validates it); false,
+            /// and no change, for a rule with neither.
+            pub fn set_momentum(&mut self, value: f64) -> bool {
+                let m = match self { $(OptimizerConfig::$variant(c) => c.momentum_mut(),)* };
+                m.map(|(_, v)| *v = value).is_some()
+            }
+
+            /// The weight decay (`None`: the rule has none).
+            pub fn weight_decay(&self) -> Option<f64> {
+                let mut c = self.clone();
+                match &mut c { $(OptimizerConfig::$variant(c) => c.weight_decay_mut().map(|v| *v),)* }
+            }
+
+            /// Sets the weight decay, unchecked; false, and no change, for a rule without one.
+            pub fn set_weight_decay(&mut self, value: f64) -> bool {
+                let w = match self { $(OptimizerConfig::$variant(c) => c.weight_decay_mut(),)* };
+                w.map(|v| *v = value).is_some()
+            }
+
+            /// Full reads of each gradient per step, where known ([`Rule::grad_reads`]).
+            pub fn grad_reads(&self) -> Option<u64> {
+                match self { $(OptimizerConfig::$variant(c) => c.grad_reads(),)* }
             }
 
             /// Bytes moved per element per step (SPEC §5).

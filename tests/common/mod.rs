@@ -11,27 +11,7 @@ use wgpu_optim::{
 /// an optimizer without weight decay gets only the lr.
 pub fn with_lr_wd(cfg: &OptimizerConfig, lr: f64, weight_decay: f64) -> OptimizerConfig {
     let mut c = cfg.clone().with_lr(lr);
-    #[allow(unreachable_patterns)]
-    match &mut c {
-        OptimizerConfig::Sgd(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::Adam(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::Rmsprop(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::Adagrad(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::Lars(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::Lamb(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::Adadelta(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::Asgd(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::Nadam(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::Radam(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::Adamax(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::Lion(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::Adopt(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::ScheduleFreeAdamW(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::ScheduleFreeSgd(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::SgdHd(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        OptimizerConfig::AdamHd(x) => (x.lr, x.weight_decay) = (lr, weight_decay),
-        _ => {}
-    }
+    c.set_weight_decay(weight_decay);
     c
 }
 
