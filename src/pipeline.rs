@@ -68,16 +68,6 @@ impl PipelineCache {
             .clone()
     }
 
-    /// Pipelines compiled so far.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether nothing has been compiled yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PipelineKey, Arc<Kernel>>> {
         // A panic while holding this lock cannot leave the map inconsistent (inserts are
         // atomic), so a poisoned lock is still safe to use.

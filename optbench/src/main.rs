@@ -66,6 +66,10 @@ enum Command {
         /// Perturb one GPU result element before comparison (to test the failure path).
         #[arg(long, hide = true)]
         inject_fault: bool,
+        /// One row per optimizer and buffer (default: one line per optimizer variant, with its
+        /// worst error over every buffer).
+        #[arg(long)]
+        verbose: bool,
     },
     /// Time one optimizer step per size, tensor count and optimizer, against a copy kernel.
     Bench,
@@ -277,16 +281,17 @@ fn main() -> Result<()> {
         info: Some(info(&ctx)),
         ..Default::default()
     };
-    let (do_verify, do_bench, quick, steps, fault) = match &cli.command {
-        None => (true, true, true, 7, false),
-        Some(Command::Info) => (false, false, false, 0, false),
+    let (do_verify, do_bench, quick, steps, fault, verbose) = match &cli.command {
+        None => (true, true, true, 7, false, false),
+        Some(Command::Info) => (false, false, false, 0, false, false),
         Some(Command::Verify {
             steps,
             inject_fault,
-        }) => (true, false, false, *steps, *inject_fault),
-        Some(Command::Bench) => (false, true, opts.quick, 0, false),
+            verbose,
+        }) => (true, false, false, *steps, *inject_fault, *verbose),
+        Some(Command::Bench) => (false, true, opts.quick, 0, false, false),
         Some(Command::Tune) | Some(Command::Muon { .. }) | Some(Command::Soak { .. }) => {
-            (false, false, false, 0, false)
+            (false, false, false, 0, false, false)
         }
     };
     let human = !opts.json;
@@ -296,7 +301,7 @@ fn main() -> Result<()> {
     if do_verify {
         let v = verify(&ctx, &opts, steps.max(1), fault)?;
         if human {
-            print_verify(&v);
+            print_verify(&v, verbose);
         }
         report.verify = Some(v);
     }

@@ -382,7 +382,7 @@ pub(crate) fn verify(
     })
 }
 
-pub(crate) fn print_verify(r: &VerifyReport) {
+pub(crate) fn print_verify(r: &VerifyReport, verbose: bool) {
     println!(
         "== verify: GPU vs CPU reference, {} steps, tensors of {:?} elements (groups 0/1, some \
          frozen each step), every buffer compared after every step",
@@ -400,10 +400,11 @@ pub(crate) fn print_verify(r: &VerifyReport) {
             "inf".into()
         }
     };
-    let rows: Vec<Vec<String>> = r
-        .rows
-        .iter()
-        .map(|x| {
+    // By default one line per optimizer variant: its worst errors over every buffer, the buffer
+    // they came from, and FAIL if any buffer failed (`--verbose` lists every buffer).
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    if verbose {
+        rows.extend(r.rows.iter().map(|x| {
             vec![
                 x.optimizer.clone(),
                 x.buffer.clone(),
@@ -411,14 +412,46 @@ pub(crate) fn print_verify(r: &VerifyReport) {
                 e(x.max_rel_err),
                 if x.pass { "PASS" } else { "FAIL" }.into(),
             ]
-        })
-        .collect();
+        }));
+    } else {
+        let mut i = 0;
+        while i < r.rows.len() {
+            let name = &r.rows[i].optimizer;
+            let n = r.rows[i..]
+                .iter()
+                .take_while(|x| &x.optimizer == name)
+                .count();
+            let group = &r.rows[i..i + n];
+            let worst = group
+                .iter()
+                .max_by(|a, b| a.max_rel_err.total_cmp(&b.max_rel_err))
+                .expect("non-empty");
+            let abs = group.iter().map(|x| x.max_abs_err).fold(0.0, f64::max);
+            let failed: Vec<&str> = group
+                .iter()
+                .filter(|x| !x.pass)
+                .map(|x| x.buffer.as_str())
+                .collect();
+            rows.push(vec![
+                name.clone(),
+                if failed.is_empty() {
+                    format!("{n} buffers (worst: {})", worst.buffer)
+                } else {
+                    format!("{n} buffers, FAIL: {}", failed.join(", "))
+                },
+                e(abs),
+                e(worst.max_rel_err),
+                if failed.is_empty() { "PASS" } else { "FAIL" }.into(),
+            ]);
+            i += n;
+        }
+    }
     print!(
         "{}",
         table(
             &[
                 "optimizer",
-                "state buffer",
+                if verbose { "state buffer" } else { "buffers" },
                 "max abs err",
                 "max rel err",
                 "result"

@@ -68,15 +68,34 @@ fn verify_passes_on_the_gpu() {
     assert!(o.status.success(), "exit {:?}\n{out}\n{err}", o.status);
     assert!(out.contains("PASS"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
+    // A passing run is quiet: nothing on stderr reads as an error (the Vulkan loader's layers
+    // printed "error: XDG_RUNTIME_DIR is invalid" before .cargo/config.toml set NODEVICE_SELECT).
+    for line in err.lines() {
+        assert!(
+            !line.trim_start().to_ascii_lowercase().starts_with("error"),
+            "an error line on stderr of a passing run: {line}\n{err}"
+        );
+    }
+    // One line per optimizer variant by default, naming the worst buffer.
     for name in [
         "adam",
         "adamw",
         "sgd",
         "rmsprop",
         "adagrad",
-        "exp_avg_sq",
-        "sum",
+        "buffers (worst:",
     ] {
+        assert!(out.contains(name), "{name} missing from\n{out}");
+    }
+    assert!(
+        !out.contains("exp_avg_sq  "),
+        "per-buffer rows without --verbose\n{out}"
+    );
+    // --verbose: one row per buffer.
+    let o = optbench(&["verify", "--verbose", "--optimizers", "adam,adagrad"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "exit {:?}\n{out}\n{err}", o.status);
+    for name in ["exp_avg_sq", "sum", "param"] {
         assert!(out.contains(name), "{name} missing from\n{out}");
     }
 }
