@@ -80,6 +80,28 @@ fn adopt_moment(g: vec4<f32>, m: vec4<f32>, v: vec4<f32>, t: AdoptTensor, hp: Ad
     return lerp_torch(m, n, hp.one_minus_beta1);
 }
 
+// What adopt_caution_count folds with (reduce.wgsl's fold_chunk_lanes): the tensor's row, its
+// group's hyperparameters, and whether the gradient takes L2 decay (then it reads p).
+struct ChunkArgs {
+    t: AdoptTensor,
+    hp: AdoptHyper,
+    l2: bool,
+}
+
+// The count of vec4 v's lanes whose new first moment agrees in sign with the gradient, added
+// to acc.x.
+fn reduce_vec(acc: vec4<f32>, a: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
+    let i = c.base + v;
+    let si = c.sbase + v;
+    var p = vec4<f32>(0.0);
+    if (a.l2) {
+        p = params[i];
+    }
+    let g = adopt_grad(i, p, a.hp);
+    let m = adopt_moment(g, exp_avg[si], exp_avg_sq[si], a.t, a.hp);
+    return vec4<f32>(acc.x + count_lanes(m * g > vec4<f32>(0.0), lane_mask(c.len, v)), acc.yzw);
+}
+
 @compute @workgroup_size(WG_SIZE)
 fn adopt_caution_count(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -96,28 +118,8 @@ fn adopt_caution_count(
     if (t.live == 0u || t.first != 0u || (hp.flags & ADOPT_CAUTION) == 0u) {
         return;
     }
-    let l2 = adopt_l2(hp);
     // Counts of at most 4096 in f32: exact.
-    // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
-    for (var l = lid; l < chunk_lanes(c.len); l += WG_SIZE) {
-        var acc = 0.0;
-        for (var k = 0u; k < RED_VEC; k++) {
-            let v = k * RED_LANES + l;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let i = c.base + v;
-            let si = c.sbase + v;
-            var p = vec4<f32>(0.0);
-            if (l2) {
-                p = params[i];
-            }
-            let g = adopt_grad(i, p, hp);
-            let m = adopt_moment(g, exp_avg[si], exp_avg_sq[si], t, hp);
-            acc += count_lanes(m * g > vec4<f32>(0.0), lane_mask(c.len, v));
-        }
-        set_lane_count(l, acc);
-    }
+    fold_chunk_lanes(c, ChunkArgs(t, hp, adopt_l2(hp)), lid);
     store_chunk_count(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }
 
