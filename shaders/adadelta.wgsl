@@ -1,4 +1,5 @@
-// adadelta.wgsl: fused Adadelta step (weight decay, maximize). Requires common.wgsl.
+// adadelta.wgsl: fused Adadelta step (weight decay, maximize). Requires common.wgsl and
+// elementwise.wgsl.
 // Bindings: 0 AdadeltaHyper per parameter group, 3 AdadeltaTensor table, 7 square_avg,
 // 8 acc_delta (rw). Mirrors src/optim/adadelta.rs (Rule::update), in torch.optim.Adadelta's
 // order (foreach=False):
@@ -33,7 +34,9 @@ struct AdadeltaTensor {
 @group(0) @binding(7) var<storage, read_write> square_avg: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> acc_delta: array<vec4<f32>>;
 
-fn adadelta_vec(i: u32, si: u32, mask: vec4<bool>, hp: AdadeltaHyper) {
+// One vec4 (elementwise.wgsl's hook; one pass, so `mode` is unused, and every scalar is per
+// group, so is `t`).
+fn update_vec(mode: u32, i: u32, si: u32, mask: vec4<bool>, t: AdadeltaTensor, hp: AdadeltaHyper) {
     let p0 = params[i];
     var g = load_grad(i, hp.flags);
     if (hp.weight_decay != 0.0) {
@@ -56,39 +59,5 @@ fn adadelta_step(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let c = chunk_for(wid, nwg);
-    // Idle invocations (past the end of a short chunk) leave before the tensor-table load.
-    if (!c.ok || lid * 4u >= c.len) {
-        return;
-    }
-    if (PACKED) {
-        // Several small tensors: each vec4 loads its own tensor's entry (neighbours share it,
-        // so the loads mostly hit the cache).
-        for (var k = 0u; k < VEC_PER_LANE; k++) {
-            let v = k * WG_SIZE + lid;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let pv = packed_vec(c, v);
-            let t = tensors[pv.x];
-            if (t.live == 0u) {
-                continue;
-            }
-            adadelta_vec(c.base + v, c.sbase + v, first_lanes(pv.y), hypers[t.group]);
-        }
-        return;
-    }
-    let t = tensors[c.tensor];
-    if (t.live == 0u) {
-        return;
-    }
-    // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
-    let hp = hypers[c.group];
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
-        }
-        adadelta_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), hp);
-    }
+    elementwise_chunk(0u, wid, nwg, lid);
 }

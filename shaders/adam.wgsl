@@ -1,4 +1,4 @@
-// adam.wgsl: fused Adam / AdamW / AMSGrad step. Requires common.wgsl.
+// adam.wgsl: fused Adam / AdamW / AMSGrad step. Requires common.wgsl and elementwise.wgsl.
 // Bindings: 0 AdamHyper per parameter group, 3 AdamTensor table, 7 exp_avg, 8 exp_avg_sq, 9 max_exp_avg_sq (rw; a
 // dummy unless amsgrad). Mirrors src/optim/adam.rs::adam_update, in torch.optim.Adam's order
 // (foreach=False):
@@ -42,7 +42,8 @@ struct AdamTensor {
 @group(0) @binding(8) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> max_exp_avg_sq: array<vec4<f32>>;
 
-fn adam_vec(i: u32, si: u32, mask: vec4<bool>, t: AdamTensor, hp: AdamHyper) {
+// One vec4 (elementwise.wgsl's hook; one pass, so `mode` is unused).
+fn update_vec(mode: u32, i: u32, si: u32, mask: vec4<bool>, t: AdamTensor, hp: AdamHyper) {
     let p0 = params[i];
     var p = p0;
     var g = load_grad(i, hp.flags);
@@ -75,40 +76,5 @@ fn adam_step(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let c = chunk_for(wid, nwg);
-    // Idle invocations (past the end of a short chunk) leave before the tensor-table load.
-    if (!c.ok || lid * 4u >= c.len) {
-        return;
-    }
-    if (PACKED) {
-        // Several small tensors: each vec4 loads its own tensor's scalars (neighbours share
-        // them, so the loads mostly hit the cache).
-        for (var k = 0u; k < VEC_PER_LANE; k++) {
-            let v = k * WG_SIZE + lid;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let pv = packed_vec(c, v);
-            let t = tensors[pv.x];
-            if (t.live == 0u) {
-                continue;
-            }
-            adam_vec(c.base + v, c.sbase + v, first_lanes(pv.y), t, hypers[t.group]);
-        }
-        return;
-    }
-    let t = tensors[c.tensor];
-    if (t.live == 0u) {
-        return;
-    }
-    // The hyperparameters of the tensor's parameter group, loaded once per workgroup; the
-    // group comes with the chunk, so this load does not wait for the tensor table's.
-    let hp = hypers[c.group];
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
-        }
-        adam_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
-    }
+    elementwise_chunk(0u, wid, nwg, lid);
 }

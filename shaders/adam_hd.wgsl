@@ -35,6 +35,9 @@ struct AdamHdTensor {
     pad0: u32,
 }
 
+// hd.wgsl's hd_dot folds with the group's hyperparameters.
+alias ChunkArgs = AdamHdHyper;
+
 @group(0) @binding(0) var<uniform> hypers: array<AdamHdHyper, MAX_SEGMENT_GROUPS>;
 @group(0) @binding(3) var<storage, read> tensors: array<AdamHdTensor>;
 @group(0) @binding(7) var<storage, read_write> exp_avg: array<vec4<f32>>;

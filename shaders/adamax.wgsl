@@ -1,4 +1,4 @@
-// adamax.wgsl: fused Adamax step. Requires common.wgsl.
+// adamax.wgsl: fused Adamax step. Requires common.wgsl and elementwise.wgsl.
 // Bindings: 0 AdamaxHyper per parameter group, 3 AdamaxTensor table, 7 exp_avg, 8 exp_inf.
 // Mirrors src/optim/adamax.rs::update, in torch.optim.Adamax's order (foreach=False):
 //   g = maximize ? -grad : grad;  g += wd * p
@@ -32,7 +32,8 @@ struct AdamaxTensor {
 @group(0) @binding(7) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> exp_inf: array<vec4<f32>>;
 
-fn adamax_vec(i: u32, si: u32, mask: vec4<bool>, t: AdamaxTensor, hp: AdamaxHyper) {
+// One vec4 (elementwise.wgsl's hook; one pass, so `mode` is unused).
+fn update_vec(mode: u32, i: u32, si: u32, mask: vec4<bool>, t: AdamaxTensor, hp: AdamaxHyper) {
     let p0 = params[i];
     var g = load_grad(i, hp.flags);
     if (hp.weight_decay != 0.0) {
@@ -54,37 +55,5 @@ fn adamax_step(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let c = chunk_for(wid, nwg);
-    // Idle invocations (past the end of a short chunk) leave before the tensor-table load.
-    if (!c.ok || lid * 4u >= c.len) {
-        return;
-    }
-    if (PACKED) {
-        // Several small tensors: each vec4 loads its own tensor's scalars.
-        for (var k = 0u; k < VEC_PER_LANE; k++) {
-            let v = k * WG_SIZE + lid;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let pv = packed_vec(c, v);
-            let t = tensors[pv.x];
-            if (t.live == 0u) {
-                continue;
-            }
-            adamax_vec(c.base + v, c.sbase + v, first_lanes(pv.y), t, hypers[t.group]);
-        }
-        return;
-    }
-    let t = tensors[c.tensor];
-    if (t.live == 0u) {
-        return;
-    }
-    let hp = hypers[c.group];
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
-        }
-        adamax_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
-    }
+    elementwise_chunk(0u, wid, nwg, lid);
 }

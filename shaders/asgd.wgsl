@@ -1,4 +1,4 @@
-// asgd.wgsl: fused ASGD step (weight decay, maximize). Requires common.wgsl.
+// asgd.wgsl: fused ASGD step (weight decay, maximize). Requires common.wgsl and elementwise.wgsl.
 // Bindings: 0 AsgdHyper per parameter group, 3 AsgdTensor table, 7 ax (rw).
 // Mirrors src/optim/asgd.rs (Rule::update), in torch.optim.ASGD's order (foreach=False):
 //   g = maximize ? -grad : grad;  g += wd * p
@@ -32,7 +32,8 @@ struct AsgdTensor {
 @group(0) @binding(3) var<storage, read> tensors: array<AsgdTensor>;
 @group(0) @binding(7) var<storage, read_write> ax: array<vec4<f32>>;
 
-fn asgd_vec(i: u32, si: u32, mask: vec4<bool>, t: AsgdTensor, hp: AsgdHyper) {
+// One vec4 (elementwise.wgsl's hook; one pass, so `mode` is unused).
+fn update_vec(mode: u32, i: u32, si: u32, mask: vec4<bool>, t: AsgdTensor, hp: AsgdHyper) {
     let p0 = params[i];
     var g = load_grad(i, hp.flags);
     if (hp.weight_decay != 0.0) {
@@ -56,39 +57,5 @@ fn asgd_step(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let c = chunk_for(wid, nwg);
-    // Idle invocations (past the end of a short chunk) leave before the tensor-table load.
-    if (!c.ok || lid * 4u >= c.len) {
-        return;
-    }
-    if (PACKED) {
-        // Several small tensors: each vec4 loads its own tensor's scalars (neighbours share
-        // them, so the loads mostly hit the cache).
-        for (var k = 0u; k < VEC_PER_LANE; k++) {
-            let v = k * WG_SIZE + lid;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let pv = packed_vec(c, v);
-            let t = tensors[pv.x];
-            if (t.live == 0u) {
-                continue;
-            }
-            asgd_vec(c.base + v, c.sbase + v, first_lanes(pv.y), t, hypers[t.group]);
-        }
-        return;
-    }
-    let t = tensors[c.tensor];
-    if (t.live == 0u) {
-        return;
-    }
-    // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
-    let hp = hypers[c.group];
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
-        }
-        asgd_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
-    }
+    elementwise_chunk(0u, wid, nwg, lid);
 }

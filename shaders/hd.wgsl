@@ -5,7 +5,8 @@
 // Composed as common.wgsl, reduce.wgsl, this file, then the family file
 // (`kernel_source!(reduce "hd.wgsl" + ...)`). WGSL module-scope declarations may come in any
 // order, so this file uses the family's declarations: `hypers` (a struct with flags,
-// weight_decay, lr and hypergrad_lr per group), `tensors` (live, group) and `prev_direction`.
+// weight_decay, lr and hypergrad_lr per group, aliased as ChunkArgs), `tensors` (live, group)
+// and `prev_direction`.
 // Mirrors src/optim/hd.rs (chunk_partials, group_update).
 
 const HD_GLOBAL: u32 = 1024u;
@@ -18,6 +19,15 @@ fn with_decay(g: vec4<f32>, p: vec4<f32>, wd: f32) -> vec4<f32> {
         return g + wd * p;
     }
     return g;
+}
+
+// hd_dot's term (reduce.wgsl's fold_chunk_lanes, with the group's hyperparameters): <g, d_prev>
+// over vec4 v, folded into acc.x.
+fn reduce_vec(acc: vec4<f32>, hp: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
+    let i = c.base + v;
+    let g = with_decay(load_grad(i, hp.flags), params[i], hp.weight_decay);
+    let dot = lane_dot(g, prev_direction[c.sbase + v], lane_mask(c.len, v));
+    return red_combine(acc, vec4<f32>(dot, 0.0, 0.0, 0.0));
 }
 
 // Per chunk (WG_SIZE invocations): partial sums of <g, d_prev>, g = grad + wd * p; 0 for a
@@ -37,22 +47,7 @@ fn hd_dot(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
         return;
     }
     // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
-    let hp = hypers[c.group];
-    // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
-    for (var l = lid; l < chunk_lanes(c.len); l += WG_SIZE) {
-        var acc = vec4<f32>(0.0);
-        for (var k = 0u; k < RED_VEC; k++) {
-            let v = k * RED_LANES + l;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let i = c.base + v;
-            let g = with_decay(load_grad(i, hp.flags), params[i], hp.weight_decay);
-            let dot = lane_dot(g, prev_direction[c.sbase + v], lane_mask(c.len, v));
-            acc = red_combine(acc, vec4<f32>(dot, 0.0, 0.0, 0.0));
-        }
-        set_lane_partial(l, acc);
-    }
+    fold_chunk_lanes(c, hypers[c.group], lid);
     store_chunk_partial(chunk, lid, c.len);
 }
 

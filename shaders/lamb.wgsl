@@ -52,6 +52,32 @@ fn lamb_direction(m: vec4<f32>, v: vec4<f32>, p: vec4<f32>, t: LambTensor, hp: L
     return u;
 }
 
+// What lamb_moments folds with (reduce.wgsl's fold_chunk_lanes): the tensor's row and its
+// group's hyperparameters.
+struct ChunkArgs {
+    t: LambTensor,
+    hp: LambHyper,
+}
+
+// Updates the moments of vec4 v; sums of squares only (lamb_ratio reads x and z): the same
+// sums as red_combine's.
+fn reduce_vec(acc: vec4<f32>, a: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
+    let hp = a.hp;
+    let i = c.base + v;
+    let mask = lane_mask(c.len, v);
+    let p = params[i];
+    let g = load_grad(i, hp.flags);
+    let si = c.sbase + v;
+    let m0 = exp_avg[si];
+    let v0 = exp_avg_sq[si];
+    let m = m0 * hp.beta1 + hp.one_minus_beta1 * g;
+    let s = v0 * hp.beta2 + (hp.one_minus_beta2 * g) * g;
+    exp_avg[si] = select(m0, m, mask);
+    exp_avg_sq[si] = select(v0, s, mask);
+    let u = lamb_direction(m, s, p, a.t, hp);
+    return acc + vec4<f32>(lane_sumsq(p, mask), 0.0, lane_sumsq(u, mask), 0.0);
+}
+
 @compute @workgroup_size(WG_SIZE)
 fn lamb_moments(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -67,32 +93,7 @@ fn lamb_moments(
         return;
     }
     // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
-    let hp = hypers[c.group];
-    // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
-    for (var l = lid; l < chunk_lanes(c.len); l += WG_SIZE) {
-        var acc = vec4<f32>(0.0);
-        for (var k = 0u; k < RED_VEC; k++) {
-            let v = k * RED_LANES + l;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let i = c.base + v;
-            let mask = lane_mask(c.len, v);
-            let p = params[i];
-            let g = load_grad(i, hp.flags);
-            let si = c.sbase + v;
-            let m0 = exp_avg[si];
-            let v0 = exp_avg_sq[si];
-            let m = m0 * hp.beta1 + hp.one_minus_beta1 * g;
-            let s = v0 * hp.beta2 + (hp.one_minus_beta2 * g) * g;
-            exp_avg[si] = select(m0, m, mask);
-            exp_avg_sq[si] = select(v0, s, mask);
-            let u = lamb_direction(m, s, p, t, hp);
-            // Sums of squares only (lamb_ratio reads x and z): the same sums as red_combine's.
-            acc += vec4<f32>(lane_sumsq(p, mask), 0.0, lane_sumsq(u, mask), 0.0);
-        }
-        set_lane_partial(l, acc);
-    }
+    fold_chunk_lanes(c, ChunkArgs(t, hypers[c.group]), lid);
     store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }
 

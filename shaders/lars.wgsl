@@ -43,6 +43,16 @@ struct LarsTensor {
 @group(0) @binding(3) var<storage, read> tensors: array<LarsTensor>;
 @group(0) @binding(7) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 
+// lars_norms folds with the group's hyperparameters (reduce.wgsl's fold_chunk_lanes).
+alias ChunkArgs = LarsHyper;
+
+// Sums of squares only (lars_ratio reads x and z): the same sums as red_combine's.
+fn reduce_vec(acc: vec4<f32>, hp: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
+    let mask = lane_mask(c.len, v);
+    let i = c.base + v;
+    return acc + vec4<f32>(lane_sumsq(params[i], mask), 0.0, lane_sumsq(load_grad(i, hp.flags), mask), 0.0);
+}
+
 @compute @workgroup_size(WG_SIZE)
 fn lars_norms(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -58,22 +68,7 @@ fn lars_norms(
         return;
     }
     // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
-    let hp = hypers[c.group];
-    // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
-    for (var l = lid; l < chunk_lanes(c.len); l += WG_SIZE) {
-        var acc = vec4<f32>(0.0);
-        for (var k = 0u; k < RED_VEC; k++) {
-            let v = k * RED_LANES + l;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let mask = lane_mask(c.len, v);
-            let i = c.base + v;
-            // Sums of squares only (lars_ratio reads x and z): the same sums as red_combine's.
-            acc += vec4<f32>(lane_sumsq(params[i], mask), 0.0, lane_sumsq(load_grad(i, hp.flags), mask), 0.0);
-        }
-        set_lane_partial(l, acc);
-    }
+    fold_chunk_lanes(c, hypers[c.group], lid);
     store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }
 

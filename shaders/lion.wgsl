@@ -51,6 +51,16 @@ fn lion_direction(m: vec4<f32>, g: vec4<f32>, hp: LionHyper) -> vec4<f32> {
     return sign_torch(lerp_torch(m, g, hp.one_minus_beta1));
 }
 
+// lion_caution_count folds with the group's hyperparameters (reduce.wgsl's fold_chunk_lanes).
+alias ChunkArgs = LionHyper;
+
+// The count of vec4 v's lanes whose update agrees in sign with the gradient, added to acc.x.
+fn reduce_vec(acc: vec4<f32>, hp: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
+    let g = load_grad(c.base + v, hp.flags);
+    let u = lion_direction(exp_avg[c.sbase + v], g, hp);
+    return vec4<f32>(acc.x + count_lanes(u * g > vec4<f32>(0.0), lane_mask(c.len, v)), acc.yzw);
+}
+
 @compute @workgroup_size(WG_SIZE)
 fn lion_caution_count(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -68,20 +78,7 @@ fn lion_caution_count(
         return;
     }
     // Counts of at most 4096 in f32: exact.
-    // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
-    for (var l = lid; l < chunk_lanes(c.len); l += WG_SIZE) {
-        var acc = 0.0;
-        for (var k = 0u; k < RED_VEC; k++) {
-            let v = k * RED_LANES + l;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let g = load_grad(c.base + v, hp.flags);
-            let u = lion_direction(exp_avg[c.sbase + v], g, hp);
-            acc += count_lanes(u * g > vec4<f32>(0.0), lane_mask(c.len, v));
-        }
-        set_lane_count(l, acc);
-    }
+    fold_chunk_lanes(c, hp, lid);
     store_chunk_count(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }
 

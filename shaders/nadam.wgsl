@@ -1,4 +1,4 @@
-// nadam.wgsl: fused NAdam / NAdamW step. Requires common.wgsl.
+// nadam.wgsl: fused NAdam / NAdamW step. Requires common.wgsl and elementwise.wgsl.
 // Bindings: 0 NadamHyper per parameter group, 3 NadamTensor table, 7 exp_avg, 8 exp_avg_sq.
 // Mirrors src/optim/nadam.rs::update, in torch.optim.NAdam's order (foreach=False):
 //   g = maximize ? -grad : grad
@@ -43,7 +43,8 @@ struct NadamTensor {
 @group(0) @binding(7) var<storage, read_write> exp_avg: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
 
-fn nadam_vec(i: u32, si: u32, mask: vec4<bool>, t: NadamTensor, hp: NadamHyper) {
+// One vec4 (elementwise.wgsl's hook; one pass, so `mode` is unused).
+fn update_vec(mode: u32, i: u32, si: u32, mask: vec4<bool>, t: NadamTensor, hp: NadamHyper) {
     let p0 = params[i];
     var p = p0;
     var g = load_grad(i, hp.flags);
@@ -72,37 +73,5 @@ fn nadam_step(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let c = chunk_for(wid, nwg);
-    // Idle invocations (past the end of a short chunk) leave before the tensor-table load.
-    if (!c.ok || lid * 4u >= c.len) {
-        return;
-    }
-    if (PACKED) {
-        // Several small tensors: each vec4 loads its own tensor's scalars.
-        for (var k = 0u; k < VEC_PER_LANE; k++) {
-            let v = k * WG_SIZE + lid;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let pv = packed_vec(c, v);
-            let t = tensors[pv.x];
-            if (t.live == 0u) {
-                continue;
-            }
-            nadam_vec(c.base + v, c.sbase + v, first_lanes(pv.y), t, hypers[t.group]);
-        }
-        return;
-    }
-    let t = tensors[c.tensor];
-    if (t.live == 0u) {
-        return;
-    }
-    let hp = hypers[c.group];
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
-        }
-        nadam_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
-    }
+    elementwise_chunk(0u, wid, nwg, lid);
 }

@@ -39,6 +39,20 @@ struct ChunkRange {
 @group(0) @binding(3) var<storage, read> ranges: array<ChunkRange>;
 @group(0) @binding(12) var<storage, read_write> out: array<vec4<f32>>;
 
+// norm_partials folds with the norm's uniform (reduce.wgsl's fold_chunk_lanes).
+alias ChunkArgs = NormHyper;
+
+// Sum of squares and max |x| of vec4 v of a (and of b, with NORM_HAS_B).
+fn reduce_vec(acc: vec4<f32>, h: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
+    let mask = lane_mask(c.len, v);
+    let sa = lane_stats(source_a(c.base + v), mask);
+    var sb = vec2<f32>(0.0);
+    if ((h.flags & NORM_HAS_B) != 0u) {
+        sb = lane_stats(grad_raw(c.base + v), mask);
+    }
+    return red_combine(acc, vec4<f32>(sa, sb));
+}
+
 @compute @workgroup_size(WG_SIZE)
 fn norm_partials(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -49,24 +63,7 @@ fn norm_partials(
     if (!c.ok) {
         return;
     }
-    // Virtual lanes (reduce.wgsl): the sums' order does not depend on the tuned split.
-    for (var l = lid; l < chunk_lanes(c.len); l += WG_SIZE) {
-        var acc = vec4<f32>(0.0);
-        for (var k = 0u; k < RED_VEC; k++) {
-            let v = k * RED_LANES + l;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let mask = lane_mask(c.len, v);
-            let sa = lane_stats(source_a(c.base + v), mask);
-            var sb = vec2<f32>(0.0);
-            if ((nh.flags & NORM_HAS_B) != 0u) {
-                sb = lane_stats(grad_raw(c.base + v), mask);
-            }
-            acc = red_combine(acc, vec4<f32>(sa, sb));
-        }
-        set_lane_partial(l, acc);
-    }
+    fold_chunk_lanes(c, nh, lid);
     store_chunk_partial(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }
 

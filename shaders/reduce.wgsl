@@ -101,6 +101,31 @@ fn set_lane_partial(l: u32, v: vec4<f32>) {
     scratch[l] = v;
 }
 
+// Pass 1 over chunk c, shared by every family's per-chunk pass (norm_partials, lars_norms,
+// lamb_moments, the caution counts, the hypergradient dots): each virtual lane l (those of
+// chunk_lanes(c.len); an invocation runs l = lid, lid + WG_SIZE, ...) folds its vec4s l,
+// l + RED_LANES, ... that lie in the chunk, in that order, starting from 0, then sets its
+// partial (so the sums' order does not depend on the tuned split); store_chunk_partial or
+// store_chunk_count follows. The family file (composed after
+// this one) provides what a lane folds:
+//   alias or struct ChunkArgs   what the pass loaded once per workgroup (hyperparameters, the
+//                               tensor's row) for reduce_vec
+//   fn reduce_vec(acc: vec4<f32>, a: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32>
+//                               acc with the chunk's vec4 v folded in
+fn fold_chunk_lanes(c: ChunkRef, a: ChunkArgs, lid: u32) {
+    for (var l = lid; l < chunk_lanes(c.len); l += WG_SIZE) {
+        var acc = vec4<f32>(0.0);
+        for (var k = 0u; k < RED_VEC; k++) {
+            let v = k * RED_LANES + l;
+            if (v * 4u >= c.len) {
+                break;
+            }
+            acc = reduce_vec(acc, a, c, v);
+        }
+        set_lane_partial(l, acc);
+    }
+}
+
 // Pass 1 epilogue: folds the virtual lanes of a chunk of `len` elements into partials[chunk].
 // Every invocation must call it, after setting its lanes (chunk_lanes(len) of them).
 fn store_chunk_partial(chunk: u32, lid: u32, len: u32) {
@@ -142,13 +167,9 @@ fn count_lanes(k: vec4<bool>, mask: vec4<bool>) -> f32 {
     return ((c.x + c.y) + c.z) + c.w;
 }
 
-// Pass 1: virtual lane l's agreeing count.
-fn set_lane_count(l: u32, agreeing: f32) {
-    scratch[l] = vec4<f32>(agreeing, 0.0, 0.0, 0.0);
-}
-
-// Pass 1 epilogue: folds the virtual lanes' agreeing counts into partials[chunk] =
-// (agreeing, elements, 0, 0). Every invocation must call it, after setting its lanes.
+// Pass 1 epilogue: folds the virtual lanes' agreeing counts (their x; reduce_vec keeps y, z
+// and w at 0) into partials[chunk] = (agreeing, elements, 0, 0). Every invocation must call it,
+// after setting its lanes.
 fn store_chunk_count(chunk: u32, lid: u32, len: u32) {
     let total = fold_scratch(lid, chunk_lanes(len), WG_SIZE);
     if (lid == 0u) {

@@ -1,5 +1,6 @@
 // rmsprop.wgsl: fused RMSprop step (centered, momentum, weight decay, maximize).
-// Requires common.wgsl. Bindings: 0 RmspropHyper per parameter group, 3 RmspropTensor table, 7 square_avg,
+// Requires common.wgsl and elementwise.wgsl.
+// Bindings: 0 RmspropHyper per parameter group, 3 RmspropTensor table, 7 square_avg,
 // 8 momentum_buffer (a dummy unless momentum > 0), 9 grad_avg (a dummy unless centered).
 // Mirrors src/optim/rmsprop.rs::rmsprop_update, in torch.optim.RMSprop's order:
 //   g = maximize ? -grad : grad;  g += wd * p
@@ -36,7 +37,8 @@ struct RmspropTensor {
 @group(0) @binding(8) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> grad_avg: array<vec4<f32>>;
 
-fn rmsprop_vec(i: u32, si: u32, mask: vec4<bool>, t: RmspropTensor, hp: RmspropHyper) {
+// One vec4 (elementwise.wgsl's hook; one pass, so `mode` is unused).
+fn update_vec(mode: u32, i: u32, si: u32, mask: vec4<bool>, t: RmspropTensor, hp: RmspropHyper) {
     let p0 = params[i];
     var g = load_grad(i, hp.flags);
     if (t.weight_decay != 0.0) {
@@ -71,40 +73,5 @@ fn rmsprop_step(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let c = chunk_for(wid, nwg);
-    // Idle invocations (past the end of a short chunk) leave before the tensor-table load.
-    if (!c.ok || lid * 4u >= c.len) {
-        return;
-    }
-    if (PACKED) {
-        // Several small tensors: each vec4 loads its own tensor's scalars (neighbours share
-        // them, so the loads mostly hit the cache).
-        for (var k = 0u; k < VEC_PER_LANE; k++) {
-            let v = k * WG_SIZE + lid;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let pv = packed_vec(c, v);
-            let t = tensors[pv.x];
-            if (t.live == 0u) {
-                continue;
-            }
-            rmsprop_vec(c.base + v, c.sbase + v, first_lanes(pv.y), t, hypers[t.group]);
-        }
-        return;
-    }
-    let t = tensors[c.tensor];
-    if (t.live == 0u) {
-        return;
-    }
-    // The hyperparameters of the tensor's parameter group, loaded once per workgroup; the
-    // group comes with the chunk, so this load does not wait for the tensor table's.
-    let hp = hypers[c.group];
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
-        }
-        rmsprop_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
-    }
+    elementwise_chunk(0u, wid, nwg, lid);
 }

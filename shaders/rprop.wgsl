@@ -1,4 +1,4 @@
-// rprop.wgsl: fused Rprop step (maximize). Requires common.wgsl.
+// rprop.wgsl: fused Rprop step (maximize). Requires common.wgsl and elementwise.wgsl.
 // Bindings: 0 RpropHyper per parameter group, 3 RpropTensor table, 7 prev, 8 step_size (rw).
 // Mirrors src/optim/rprop.rs (Rule::update), in torch.optim.Rprop's order (foreach=False):
 //   g = maximize ? -grad : grad
@@ -47,7 +47,8 @@ fn clamp_torch(x: vec4<f32>, lo: f32, hi: f32) -> vec4<f32> {
     return select(y, vec4<f32>(hi), y > vec4<f32>(hi));
 }
 
-fn rprop_vec(i: u32, si: u32, mask: vec4<bool>, t: RpropTensor, hp: RpropHyper) {
+// One vec4 (elementwise.wgsl's hook; one pass, so `mode` is unused).
+fn update_vec(mode: u32, i: u32, si: u32, mask: vec4<bool>, t: RpropTensor, hp: RpropHyper) {
     let p0 = params[i];
     let g = load_grad(i, hp.flags);
     let prev0 = prev[si];
@@ -76,39 +77,5 @@ fn rprop_step(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let c = chunk_for(wid, nwg);
-    // Idle invocations (past the end of a short chunk) leave before the tensor-table load.
-    if (!c.ok || lid * 4u >= c.len) {
-        return;
-    }
-    if (PACKED) {
-        // Several small tensors: each vec4 loads its own tensor's scalars (neighbours share
-        // them, so the loads mostly hit the cache).
-        for (var k = 0u; k < VEC_PER_LANE; k++) {
-            let v = k * WG_SIZE + lid;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let pv = packed_vec(c, v);
-            let t = tensors[pv.x];
-            if (t.live == 0u) {
-                continue;
-            }
-            rprop_vec(c.base + v, c.sbase + v, first_lanes(pv.y), t, hypers[t.group]);
-        }
-        return;
-    }
-    let t = tensors[c.tensor];
-    if (t.live == 0u) {
-        return;
-    }
-    // The hyperparameters of the tensor's parameter group, loaded once per workgroup.
-    let hp = hypers[c.group];
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
-        }
-        rprop_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
-    }
+    elementwise_chunk(0u, wid, nwg, lid);
 }

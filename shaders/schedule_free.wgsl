@@ -1,5 +1,6 @@
 // schedule_free.wgsl: Schedule-Free AdamW and SGD (Defazio et al. 2024; the `schedulefree`
-// 1.4.1 package, for-loop path), and their train/eval mode swap. Requires common.wgsl.
+// 1.4.1 package, for-loop path), and their train/eval mode swap. Requires common.wgsl
+// and elementwise.wgsl.
 // Bindings: 0 ScheduleFreeHyper per parameter group (this step's c, lr_k and bc2 come from the
 // group's host scalars k, lr_max, weight_sum), 3 ScheduleFreeTensor table, 7 z, 8 exp_avg_sq
 // (AdamW only; a dummy for SGD). In train mode the params hold y.
@@ -78,39 +79,9 @@ fn sf_vec(mode: u32, i: u32, si: u32, mask: vec4<bool>, t: ScheduleFreeTensor, h
     z[si] = select(z_old, z0 - hp.lr * d, mask);
 }
 
-fn sf_main(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
-    let c = chunk_for(wid, nwg);
-    // Idle invocations (past the end of a short chunk) leave before the tensor-table load.
-    if (!c.ok || lid * 4u >= c.len) {
-        return;
-    }
-    if (PACKED) {
-        for (var k = 0u; k < VEC_PER_LANE; k++) {
-            let v = k * WG_SIZE + lid;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let pv = packed_vec(c, v);
-            let t = tensors[pv.x];
-            if (t.live == 0u) {
-                continue;
-            }
-            sf_vec(mode, c.base + v, c.sbase + v, first_lanes(pv.y), t, hypers[t.group]);
-        }
-        return;
-    }
-    let t = tensors[c.tensor];
-    if (t.live == 0u) {
-        return;
-    }
-    let hp = hypers[c.group];
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
-        }
-        sf_vec(mode, c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
-    }
+// elementwise.wgsl's hook: the three passes share sf_vec, told apart by `mode`.
+fn update_vec(mode: u32, i: u32, si: u32, mask: vec4<bool>, t: ScheduleFreeTensor, hp: ScheduleFreeHyper) {
+    sf_vec(mode, i, si, mask, t, hp);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -119,7 +90,7 @@ fn schedule_free_adamw_step(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    sf_main(SF_ADAMW, wid, nwg, lid);
+    elementwise_chunk(SF_ADAMW, wid, nwg, lid);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -128,7 +99,7 @@ fn schedule_free_sgd_step(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    sf_main(SF_SGD, wid, nwg, lid);
+    elementwise_chunk(SF_SGD, wid, nwg, lid);
 }
 
 // The mode swap of both rules (they share a bind group layout: the SGD segment binds a dummy
@@ -139,5 +110,5 @@ fn schedule_free_swap(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    sf_main(SF_SWAP, wid, nwg, lid);
+    elementwise_chunk(SF_SWAP, wid, nwg, lid);
 }

@@ -1,5 +1,6 @@
 // sgd.wgsl: fused SGD step (momentum, dampening, Nesterov, weight decay, maximize).
-// Requires common.wgsl. Bindings: 0 SgdHyper per parameter group, 3 SgdTensor table, 7 momentum_buffer (rw; a dummy
+// Requires common.wgsl and elementwise.wgsl.
+// Bindings: 0 SgdHyper per parameter group, 3 SgdTensor table, 7 momentum_buffer (rw; a dummy
 // when momentum == 0). Mirrors src/optim/sgd.rs::sgd_update, in torch.optim.SGD's order:
 //   g = maximize ? -grad : grad;  g += wd * p
 //   buf = first ? g : momentum * buf + (1 - dampening) * g;  g = nesterov ? g + momentum * buf : buf
@@ -33,7 +34,8 @@ struct SgdTensor {
 @group(0) @binding(3) var<storage, read> tensors: array<SgdTensor>;
 @group(0) @binding(7) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 
-fn sgd_vec(i: u32, si: u32, mask: vec4<bool>, t: SgdTensor, hp: SgdHyper) {
+// One vec4 (elementwise.wgsl's hook; one pass, so `mode` is unused).
+fn update_vec(mode: u32, i: u32, si: u32, mask: vec4<bool>, t: SgdTensor, hp: SgdHyper) {
     let p0 = params[i];
     var g = load_grad(i, hp.flags);
     if (t.weight_decay != 0.0) {
@@ -54,40 +56,5 @@ fn sgd_step(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let c = chunk_for(wid, nwg);
-    // Idle invocations (past the end of a short chunk) leave before the tensor-table load.
-    if (!c.ok || lid * 4u >= c.len) {
-        return;
-    }
-    if (PACKED) {
-        // Several small tensors: each vec4 loads its own tensor's scalars (neighbours share
-        // them, so the loads mostly hit the cache).
-        for (var k = 0u; k < VEC_PER_LANE; k++) {
-            let v = k * WG_SIZE + lid;
-            if (v * 4u >= c.len) {
-                break;
-            }
-            let pv = packed_vec(c, v);
-            let t = tensors[pv.x];
-            if (t.live == 0u) {
-                continue;
-            }
-            sgd_vec(c.base + v, c.sbase + v, first_lanes(pv.y), t, hypers[t.group]);
-        }
-        return;
-    }
-    let t = tensors[c.tensor];
-    if (t.live == 0u) {
-        return;
-    }
-    // The hyperparameters of the tensor's parameter group, loaded once per workgroup; the
-    // group comes with the chunk, so this load does not wait for the tensor table's.
-    let hp = hypers[c.group];
-    for (var k = 0u; k < VEC_PER_LANE; k++) {
-        let v = k * WG_SIZE + lid;
-        if (v * 4u >= c.len) {
-            break;
-        }
-        sgd_vec(c.base + v, c.sbase + v, lane_mask(c.len, v), t, hp);
-    }
+    elementwise_chunk(0u, wid, nwg, lid);
 }

@@ -32,6 +32,9 @@ struct SgdHdTensor {
     pad0: u32,
 }
 
+// hd.wgsl's hd_dot folds with the group's hyperparameters.
+alias ChunkArgs = SgdHdHyper;
+
 @group(0) @binding(0) var<uniform> hypers: array<SgdHdHyper, MAX_SEGMENT_GROUPS>;
 @group(0) @binding(3) var<storage, read> tensors: array<SgdHdTensor>;
 @group(0) @binding(7) var<storage, read_write> momentum_buffer: array<vec4<f32>>;

@@ -37,13 +37,19 @@ pub const RED_VEC: u32 = 4;
 /// variant; `enable_f16.wgsl` first and `half.wgsl` + `io_native16.wgsl` for the native one;
 /// `half.wgsl` + `io_model16.wgsl` for a 16-bit model over f32 gradients), then (with `reduce`)
 /// `reduce.wgsl`, then (with `+`) one shared family file, then `shaders/<file>`:
-/// `kernel_source!(reduce "hd.wgsl" + "sgd_hd.wgsl")`. WGSL module-scope declarations may come
-/// in any order, so the shared file may use the bindings the family file declares after it.
+/// `kernel_source!(reduce "hd.wgsl" + "sgd_hd.wgsl")`; with `elementwise`, `elementwise.wgsl`
+/// (the chunk body of every elementwise pass) instead of `reduce.wgsl`:
+/// `kernel_source!(elementwise "adam.wgsl")`. WGSL module-scope declarations may come in any
+/// order, so a shared file may use the bindings and functions the family file declares after
+/// it.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! kernel_source {
     ($file:literal) => {
         $crate::kernel_source!(@compose [] $file)
+    };
+    (elementwise $file:literal) => {
+        $crate::kernel_source!(@compose ["elementwise.wgsl"] $file)
     };
     (reduce $file:literal) => {
         $crate::kernel_source!(@compose ["reduce.wgsl"] $file)

@@ -22,8 +22,11 @@ use crate::error::{check_non_negative, Error, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
 /// `adadelta_step` in adadelta.wgsl.
-pub const ADADELTA_STEP: KernelDef =
-    KernelDef::step("adadelta_step", crate::kernel_source!("adadelta.wgsl"), 2);
+pub const ADADELTA_STEP: KernelDef = KernelDef::step(
+    "adadelta_step",
+    crate::kernel_source!(elementwise "adadelta.wgsl"),
+    2,
+);
 
 /// Adadelta hyperparameters; `Default` is `torch.optim.Adadelta`'s.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

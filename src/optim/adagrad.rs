@@ -18,8 +18,11 @@ use crate::error::{check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
 /// `adagrad_step` in adagrad.wgsl.
-pub const ADAGRAD_STEP: KernelDef =
-    KernelDef::step("adagrad_step", crate::kernel_source!("adagrad.wgsl"), 1);
+pub const ADAGRAD_STEP: KernelDef = KernelDef::step(
+    "adagrad_step",
+    crate::kernel_source!(elementwise "adagrad.wgsl"),
+    1,
+);
 
 /// Adagrad hyperparameters; `Default` is PyTorch's.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -23,8 +23,11 @@ use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
 /// `adam_step` in adam.wgsl.
-pub const ADAM_STEP: KernelDef =
-    KernelDef::step("adam_step", crate::kernel_source!("adam.wgsl"), 3);
+pub const ADAM_STEP: KernelDef = KernelDef::step(
+    "adam_step",
+    crate::kernel_source!(elementwise "adam.wgsl"),
+    3,
+);
 
 /// WGSL `ADAM_AMSGRAD`.
 pub const ADAM_AMSGRAD: u32 = 256;

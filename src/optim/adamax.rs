@@ -23,8 +23,11 @@ use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
 /// `adamax_step` in adamax.wgsl.
-pub const ADAMAX_STEP: KernelDef =
-    KernelDef::step("adamax_step", crate::kernel_source!("adamax.wgsl"), 2);
+pub const ADAMAX_STEP: KernelDef = KernelDef::step(
+    "adamax_step",
+    crate::kernel_source!(elementwise "adamax.wgsl"),
+    2,
+);
 
 /// Adamax hyperparameters; `Default` is `torch.optim.Adamax`'s.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

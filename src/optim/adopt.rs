@@ -45,7 +45,8 @@ use super::rule::{ChunkRange, HyperCtx, MomentumKind, Pass, Rule, StateSpec};
 use crate::error::{check_finite, check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
-const ADOPT_WGSL: crate::shaders::KernelSources = crate::kernel_source!(reduce "adopt.wgsl");
+const ADOPT_WGSL: crate::shaders::KernelSources =
+    crate::kernel_source!(reduce "fma.wgsl" + "adopt.wgsl");
 /// `adopt_caution_count` in adopt.wgsl (per chunk).
 pub const ADOPT_CAUTION_COUNT: KernelDef =
     KernelDef::reducing("adopt_caution_count", ADOPT_WGSL, 2);

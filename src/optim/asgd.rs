@@ -29,8 +29,11 @@ use crate::error::{check_non_negative, Error, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
 /// `asgd_step` in asgd.wgsl.
-pub const ASGD_STEP: KernelDef =
-    KernelDef::step("asgd_step", crate::kernel_source!("asgd.wgsl"), 1);
+pub const ASGD_STEP: KernelDef = KernelDef::step(
+    "asgd_step",
+    crate::kernel_source!(elementwise "asgd.wgsl"),
+    1,
+);
 
 /// Host scalar slot of `eta`.
 const ETA: usize = 0;

@@ -33,8 +33,11 @@ use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
 /// `nadam_step` in nadam.wgsl.
-pub const NADAM_STEP: KernelDef =
-    KernelDef::step("nadam_step", crate::kernel_source!("nadam.wgsl"), 2);
+pub const NADAM_STEP: KernelDef = KernelDef::step(
+    "nadam_step",
+    crate::kernel_source!(elementwise "nadam.wgsl"),
+    2,
+);
 
 /// WGSL `NADAM_DECOUPLED`.
 pub const NADAM_DECOUPLED: u32 = 256;

@@ -33,8 +33,11 @@ use crate::error::{check_non_negative, check_unit_interval, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
 /// `radam_step` in radam.wgsl.
-pub const RADAM_STEP: KernelDef =
-    KernelDef::step("radam_step", crate::kernel_source!("radam.wgsl"), 2);
+pub const RADAM_STEP: KernelDef = KernelDef::step(
+    "radam_step",
+    crate::kernel_source!(elementwise "radam.wgsl"),
+    2,
+);
 
 /// WGSL `RADAM_DECOUPLED`.
 pub const RADAM_DECOUPLED: u32 = 256;

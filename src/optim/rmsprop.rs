@@ -21,8 +21,11 @@ use crate::error::{check_non_negative, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
 /// `rmsprop_step` in rmsprop.wgsl.
-pub const RMSPROP_STEP: KernelDef =
-    KernelDef::step("rmsprop_step", crate::kernel_source!("rmsprop.wgsl"), 3);
+pub const RMSPROP_STEP: KernelDef = KernelDef::step(
+    "rmsprop_step",
+    crate::kernel_source!(elementwise "rmsprop.wgsl"),
+    3,
+);
 
 /// WGSL `RMS_CENTERED`.
 pub const RMS_CENTERED: u32 = 256;

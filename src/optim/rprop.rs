@@ -28,8 +28,11 @@ use crate::error::{check_non_negative, Error, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
 /// `rprop_step` in rprop.wgsl.
-pub const RPROP_STEP: KernelDef =
-    KernelDef::step("rprop_step", crate::kernel_source!("rprop.wgsl"), 2);
+pub const RPROP_STEP: KernelDef = KernelDef::step(
+    "rprop_step",
+    crate::kernel_source!(elementwise "rprop.wgsl"),
+    2,
+);
 
 /// Rprop hyperparameters; `Default` is `torch.optim.Rprop`'s. PyTorch's `etas` is
 /// `(etaminus, etaplus)` and `step_sizes` is `(step_size_min, step_size_max)`.

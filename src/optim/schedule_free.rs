@@ -48,19 +48,19 @@ use crate::shaders::KernelDef;
 /// `schedule_free_adamw_step` in schedule_free.wgsl.
 pub const SCHEDULE_FREE_ADAMW_STEP: KernelDef = KernelDef::step(
     "schedule_free_adamw_step",
-    crate::kernel_source!("schedule_free.wgsl"),
+    crate::kernel_source!(elementwise "schedule_free.wgsl"),
     2,
 );
 /// `schedule_free_sgd_step` in schedule_free.wgsl (binds a dummy as `exp_avg_sq`).
 pub const SCHEDULE_FREE_SGD_STEP: KernelDef = KernelDef::step(
     "schedule_free_sgd_step",
-    crate::kernel_source!("schedule_free.wgsl"),
+    crate::kernel_source!(elementwise "schedule_free.wgsl"),
     2,
 );
 /// `schedule_free_swap` in schedule_free.wgsl: the train/eval mode swap of both rules.
 pub const SCHEDULE_FREE_SWAP: KernelDef = KernelDef::step(
     "schedule_free_swap",
-    crate::kernel_source!("schedule_free.wgsl"),
+    crate::kernel_source!(elementwise "schedule_free.wgsl"),
     2,
 );
 

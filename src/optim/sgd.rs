@@ -19,7 +19,8 @@ use crate::error::{check_finite, check_non_negative, Error, Result};
 use crate::shaders::{KernelDef, FLAG_MAXIMIZE};
 
 /// `sgd_step` in sgd.wgsl.
-pub const SGD_STEP: KernelDef = KernelDef::step("sgd_step", crate::kernel_source!("sgd.wgsl"), 1);
+pub const SGD_STEP: KernelDef =
+    KernelDef::step("sgd_step", crate::kernel_source!(elementwise "sgd.wgsl"), 1);
 
 /// WGSL `SGD_MOMENTUM`.
 pub const SGD_MOMENTUM: u32 = 256;
