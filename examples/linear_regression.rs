@@ -8,6 +8,7 @@
 //! Run: `cargo run --release --example linear_regression` (headless; lavapipe works).
 
 use anyhow::{ensure, Context, Result};
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{AdamConfig, GpuContext, Optimizer, ParamArena, TensorSpec};
 
 const SAMPLES: usize = 512;

@@ -9,6 +9,7 @@
 //! Run: `cargo run --release --example quickstart` (headless; lavapipe works).
 
 use anyhow::{Context, Result};
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{AdamConfig, GpuContext, Optimizer, ParamArena, TensorSpec};
 
 fn main() -> Result<()> {

@@ -25,6 +25,8 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use wgpu_optim::ParamGroupTable;
+use wgpu_optim::Scheduled;
 use wgpu_optim::{
     CosineAnnealingLR, GpuContext, LrSchedule, MultiStepLR, Optimizer, OptimizerConfig, ParamArena,
 };

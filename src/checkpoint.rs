@@ -48,6 +48,7 @@ use serde_json::{Map, Value};
 use crate::arena::TensorInfo;
 use crate::error::{Error, Result};
 use crate::optim::book::Book;
+use crate::optim::face::ParamGroupTable;
 use crate::optim::table::OptimizerConfig;
 
 /// The format this library writes.
@@ -352,9 +353,9 @@ impl Drop for PendingCheckpoint {
 
 /// What the engines give the checkpoint code: the bookkeeping, the tensors, and state access
 /// by segment (member order).
-pub(crate) trait StateAccess {
-    fn book(&self) -> &Book;
-    fn book_mut(&mut self) -> &mut Book;
+/// What checkpoints need of an engine beyond its [`ParamGroupTable`] face: whole segments'
+/// state, and the learned lrs.
+pub(crate) trait StateAccess: ParamGroupTable {
     fn tensor_infos(&self) -> &[TensorInfo];
     /// State `name` of every member of segment `s`, in member order.
     fn read_segment(&self, s: usize, name: &str) -> Result<Vec<Vec<f32>>>;
@@ -877,12 +878,6 @@ pub(crate) fn max_file_bytes(eng: &impl StateAccess) -> u64 {
 }
 
 impl StateAccess for crate::Optimizer {
-    fn book(&self) -> &Book {
-        crate::Optimizer::book(self)
-    }
-    fn book_mut(&mut self) -> &mut Book {
-        crate::Optimizer::book_mut(self)
-    }
     fn tensor_infos(&self) -> &[TensorInfo] {
         self.layout().tensors()
     }
@@ -901,12 +896,6 @@ impl StateAccess for crate::Optimizer {
 }
 
 impl StateAccess for crate::CpuOptimizer {
-    fn book(&self) -> &Book {
-        crate::CpuOptimizer::book(self)
-    }
-    fn book_mut(&mut self) -> &mut Book {
-        crate::CpuOptimizer::book_mut(self)
-    }
     fn tensor_infos(&self) -> &[TensorInfo] {
         crate::CpuOptimizer::tensor_infos(self)
     }

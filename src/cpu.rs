@@ -7,6 +7,7 @@ use crate::amp::{AmpConfig, AmpHyper, AmpState};
 use crate::arena::{ParamLayout, TensorSpec};
 use crate::error::{Error, Result};
 use crate::optim::book::{Book, ParamGroups};
+use crate::optim::face::Engine;
 use crate::optim::table::{OptimizerConfig, Row, RuleVisitor};
 
 /// What every CPU segment does, whatever its rule.
@@ -21,6 +22,9 @@ trait CpuSegment: std::fmt::Debug + Send + Sync {
     fn learned_mut(&mut self) -> Option<&mut [f32]>;
     /// Every state buffer of member `local` back to its initial value.
     fn reset(&mut self, local: usize);
+    /// Adds state buffers the segment did not have, shaped like each member (arena tensor
+    /// indices `members`), at their initial values: the GPU segment's `add_states`.
+    fn add_states(&mut self, members: &[usize], states: &[crate::optim::rule::StateSpec]);
 }
 
 #[derive(Debug)]
@@ -107,6 +111,22 @@ impl<R: Row> CpuSegment for Segment<R> {
 
     fn learned_mut(&mut self) -> Option<&mut [f32]> {
         R::learns_lr().then_some(self.learned.as_mut_slice())
+    }
+
+    fn add_states(&mut self, members: &[usize], states: &[crate::optim::rule::StateSpec]) {
+        for s in states {
+            let slot = s.slot as usize;
+            if self.state.len() <= slot {
+                self.state.resize(slot + 1, Vec::new());
+                self.init.resize(slot + 1, 0.0);
+            }
+            self.init[slot] = s.init;
+            self.state[slot] = members
+                .iter()
+                .map(|&i| vec![s.init; self.infos[i].len])
+                .collect();
+            self.names.push((s.name, slot));
+        }
     }
 
     fn reset(&mut self, local: usize) {
@@ -314,30 +334,6 @@ impl CpuOptimizer {
             last_found: None,
             scaled: Vec::new(),
         })
-    }
-
-    crate::optim::book::common_optimizer_methods!();
-
-    fn read_state_impl(&self, state: &str, i: usize) -> Result<Vec<f32>> {
-        let loc = self.book.loc[i].ok_or_else(|| Error::UnknownState {
-            name: state.to_string(),
-            available: Vec::new(),
-        })?;
-        self.segments[loc.segment]
-            .state(state, loc.local)
-            .map(|s| s.to_vec())
-            .ok_or_else(|| Error::UnknownState {
-                name: state.to_string(),
-                available: self.book.segment_states(loc.segment),
-            })
-    }
-
-    pub(crate) fn book(&self) -> &Book {
-        &self.book
-    }
-
-    pub(crate) fn book_mut(&mut self) -> &mut Book {
-        &mut self.book
     }
 
     pub(crate) fn tensor_infos(&self) -> &[crate::arena::TensorInfo] {
@@ -565,7 +561,7 @@ impl CpuOptimizer {
             .map(|i| {
                 self.book
                     .check_state(state, i)
-                    .and_then(|_| self.read_state_impl(state, i))
+                    .and_then(|_| self.read_tensor_state(state, i))
                     .unwrap_or_default()
             })
             .collect()
@@ -599,4 +595,48 @@ fn check_shapes(
         }
     }
     Ok(())
+}
+
+impl crate::optim::face::Engine for CpuOptimizer {
+    fn grow_segment_states(
+        &mut self,
+        seg: usize,
+        states: &[crate::optim::rule::StateSpec],
+    ) -> Result<()> {
+        // The GPU engine grows only its chunked segments, on rules that do not learn their lr;
+        // the twin refuses what it refuses, so the two stay interchangeable.
+        let plan = &self.book.segments[seg];
+        let kind = self.book.groups[plan.groups[0]].config.segment_kind();
+        let learns = self.book.groups[plan.groups[0]].config.learns_lr();
+        if kind != crate::optim::rule::SegmentKind::Chunked || learns {
+            return Err(Error::Unsupported(
+                "this segment's state buffers are fixed at construction (Muon, Adafactor, \
+                 learned-lr rules): build the optimizer with the option on",
+            ));
+        }
+        self.segments[seg].add_states(&plan.members, states);
+        Ok(())
+    }
+
+    fn book(&self) -> &Book {
+        &self.book
+    }
+
+    fn book_mut(&mut self) -> &mut Book {
+        &mut self.book
+    }
+
+    fn read_tensor_state(&self, state: &str, i: usize) -> Result<Vec<f32>> {
+        let loc = self.book.loc[i].ok_or_else(|| Error::UnknownState {
+            name: state.to_string(),
+            available: Vec::new(),
+        })?;
+        self.segments[loc.segment]
+            .state(state, loc.local)
+            .map(|s| s.to_vec())
+            .ok_or_else(|| Error::UnknownState {
+                name: state.to_string(),
+                available: self.book.segment_states(loc.segment),
+            })
+    }
 }

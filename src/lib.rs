@@ -60,8 +60,8 @@ pub use optim::AdafactorConfig;
 pub use optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AdoptConfig, AsgdConfig, LambConfig,
     LarsConfig, LionConfig, MuonAdjustLr, MuonConfig, NadamConfig, Optimizer, OptimizerConfig,
-    ParamGroups, Preset, RadamConfig, RmspropConfig, RpropConfig, Rule, ScheduleFreeAdamWConfig,
-    ScheduleFreeSgdConfig, Select, SgdConfig,
+    ParamGroupTable, ParamGroups, Preset, RadamConfig, RmspropConfig, RpropConfig, Rule,
+    ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig, Select, SgdConfig,
 };
 pub use optim::{AdamHdConfig, HdScope, SgdHdConfig};
 pub use precision::{HalfPath, Precision, PrecisionOptions, StorageType};

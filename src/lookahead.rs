@@ -29,6 +29,7 @@
 //! everything a sync records (its tables, bind groups, the state reset's commands) is built with
 //! the Lookahead, so a step allocates nothing.
 
+use crate::optim::face::Engine;
 use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};

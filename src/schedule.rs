@@ -34,9 +34,7 @@
 
 use std::sync::Arc;
 
-use crate::cpu::CpuOptimizer;
 use crate::error::{Error, Result};
-use crate::optim::gpu::Optimizer;
 use crate::optim::table::OptimizerConfig;
 
 // ---------------------------------------------------------------------------------------------
@@ -59,68 +57,8 @@ pub fn set_config_momentum(config: &mut OptimizerConfig, value: f64) -> bool {
 // ---------------------------------------------------------------------------------------------
 // What a schedule drives.
 
-/// What a schedule drives: parameter groups with a base lr, a live lr and, for the cycling
-/// schedules, a momentum or β1. Implemented by [`Optimizer`], [`CpuOptimizer`] and
-/// [`HostGroups`].
-pub trait Scheduled {
-    /// Number of parameter groups.
-    fn groups(&self) -> usize;
-    /// The group's base lr (PyTorch's `initial_lr`).
-    fn base_lr(&self, group: usize) -> Result<f64>;
-    /// The group's current lr.
-    fn group_lr(&self, group: usize) -> Result<f64>;
-    /// Sets the group's current lr (its base lr is kept).
-    fn set_group_lr(&mut self, group: usize, lr: f64) -> Result<()>;
-    /// The group's momentum or β1 (`None`: it has neither).
-    fn group_momentum(&self, group: usize) -> Result<Option<f64>>;
-    /// Sets the group's momentum or β1 (its lr and base lr are kept).
-    fn set_group_momentum(&mut self, group: usize, value: f64) -> Result<()>;
-}
-
-/// The error of a group that has neither momentum nor β1.
-fn no_momentum(group: usize) -> Error {
-    Error::InvalidSchedule {
-        schedule: "set_group_momentum",
-        reason: format!("parameter group {group} has neither momentum nor betas"),
-    }
-}
-
-/// `Scheduled` for the two engines, through their common methods.
-macro_rules! scheduled_engine {
-    ($t:ty) => {
-        impl Scheduled for $t {
-            fn groups(&self) -> usize {
-                <$t>::groups(self)
-            }
-            fn base_lr(&self, group: usize) -> Result<f64> {
-                <$t>::base_lr(self, group)
-            }
-            fn group_lr(&self, group: usize) -> Result<f64> {
-                <$t>::group_lr(self, group)
-            }
-            fn set_group_lr(&mut self, group: usize, lr: f64) -> Result<()> {
-                <$t>::set_group_lr(self, group, lr)
-            }
-            fn group_momentum(&self, group: usize) -> Result<Option<f64>> {
-                Ok(config_momentum(self.group_config(group)?).map(|(_, m)| m))
-            }
-            fn set_group_momentum(&mut self, group: usize, value: f64) -> Result<()> {
-                let lr = <$t>::group_lr(self, group)?;
-                let base = <$t>::base_lr(self, group)?;
-                // `set_group_config` makes the config's lr the group's base lr too: give it the
-                // base lr, then put the live lr back, so both survive the momentum change.
-                let mut cfg = self.group_config(group)?.clone().with_lr(base);
-                if !set_config_momentum(&mut cfg, value) {
-                    return Err(no_momentum(group));
-                }
-                self.set_group_config(group, cfg)?;
-                <$t>::set_group_lr(self, group, lr)
-            }
-        }
-    };
-}
-scheduled_engine!(Optimizer);
-scheduled_engine!(CpuOptimizer);
+use crate::optim::face::no_momentum;
+pub use crate::optim::face::Scheduled;
 
 /// Parameter groups as plain numbers, with no optimizer behind them (PyTorch's
 /// `param_groups` dicts): to preview a schedule's curve, or to drive a training loop of your

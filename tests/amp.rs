@@ -3,10 +3,9 @@
 //! sequence (derived here from its rules), fixed scales, the CPU twin, clipping of the unscaled
 //! gradients, checkpoints of the scaler, and invalid configurations.
 
-mod common;
-
-use common::{assert_close, bits_eq, gpu, randn, ATOL, RTOL};
+use crate::common::{assert_close, bits_eq, gpu, randn, ATOL, RTOL};
 use wgpu_optim::norm::cpu_clip_grad_norm;
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{
     AdamConfig, AmpConfig, CpuOptimizer, Error, GpuContext, GradClipper, GradScalerConfig,
     LossScale, NormType, Optimizer, OptimizerConfig, ParamArena, SgdConfig, TensorSpec,
@@ -136,9 +135,14 @@ fn gpu_matches_the_cpu_twin_through_skips_and_scale_changes() {
             assert_eq!(opt.amp_state().unwrap(), cpu.amp_state(), "step {k}");
             let gp = arena.read_all_params().unwrap();
             for (i, s) in specs().iter().enumerate() {
-                common::assert_twin(&ctx, &format!("{} step {k}", s.name), &gp[i], &params[i]);
+                crate::common::assert_twin(
+                    &ctx,
+                    &format!("{} step {k}", s.name),
+                    &gp[i],
+                    &params[i],
+                );
                 for st in cpu.tensor_state_names(&s.name).unwrap() {
-                    common::assert_twin(
+                    crate::common::assert_twin(
                         &ctx,
                         &format!("{} {st} step {k}", s.name),
                         &opt.read_state(st, &s.name).unwrap(),
@@ -432,9 +436,9 @@ fn lookahead_neither_counts_nor_syncs_a_skipped_step() {
         la.inner_mut().found_inf().unwrap();
         let gp = arena.read_all_params().unwrap();
         for i in 0..LENS.len() {
-            common::assert_twin(&ctx, &format!("t{i} step {k}"), &gp[i], &params[i]);
+            crate::common::assert_twin(&ctx, &format!("t{i} step {k}"), &gp[i], &params[i]);
             let n = format!("t{i}");
-            common::assert_twin(
+            crate::common::assert_twin(
                 &ctx,
                 &format!("{n} slow at step {k}"),
                 &la.read_slow(&n).unwrap(),
@@ -450,7 +454,7 @@ fn lookahead_neither_counts_nor_syncs_a_skipped_step() {
     cla.step(&mut params, &grads(10, 1.0)).unwrap();
     assert_eq!(la.steps(), cla.steps());
     for s in specs() {
-        common::assert_twin(
+        crate::common::assert_twin(
             &ctx,
             &format!("{} slow", s.name),
             &la.read_slow(&s.name).unwrap(),

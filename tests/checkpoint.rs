@@ -2,12 +2,12 @@
 //! every optimizer of the table and for a two-segment optimizer, the corrupt-file table (each
 //! file, its error, and nothing changed), and an interrupted write.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use common::{assert_close, bits_eq, gpu, randn, ATOL, RTOL};
+use crate::common::{assert_close, bits_eq, gpu, randn, ATOL, RTOL};
+use wgpu_optim::ParamGroupTable;
+use wgpu_optim::Scheduled;
 use wgpu_optim::{
     AdamConfig, Checkpoint, CpuOptimizer, Error, LarsConfig, Optimizer, OptimizerConfig,
     ParamArena, ParamGroups, Select, SgdConfig, TensorSpec,
@@ -499,9 +499,9 @@ fn gpu_checkpoints_load_on_the_cpu() {
     cpu_steps(&mut cpu, &mut params, &specs, N..N + M);
     let gp = arena.read_all_params().unwrap();
     for ((s, g), c) in specs.iter().zip(&gp).zip(&params) {
-        common::assert_twin(&ctx, s.name.as_str(), g, c);
+        crate::common::assert_twin(&ctx, s.name.as_str(), g, c);
         for k in cpu.tensor_state_names(s.name.as_str()).unwrap() {
-            common::assert_twin(
+            crate::common::assert_twin(
                 &ctx,
                 &format!("{} {k}", s.name.as_str()),
                 &opt.read_state(k, s.name.as_str()).unwrap(),

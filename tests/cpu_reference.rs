@@ -5,10 +5,9 @@
 //! Tolerance: PyTorch's own fp32 `assert_close` defaults (atol 1e-5, rtol 1.3e-6). The fixture
 //! generator is described in tests/fixtures/README.md; the file header names the torch build.
 
-mod common;
-
-use common::{assert_close, f32s, fixtures, ATOL, RTOL};
+use crate::common::{assert_close, f32s, fixtures, ATOL, RTOL};
 use wgpu_optim::CpuOptimizer;
+use wgpu_optim::ParamGroupTable;
 
 #[test]
 fn cpu_reference_matches_pytorch_fixtures() {

@@ -11,11 +11,11 @@
 //! and on hardware the remaining differences come from WGSL's non-correctly-rounded sqrt and
 //! division (2.5 ULP), far inside that tolerance after 7 steps.
 
-mod common;
-
-use common::{
+use crate::common::{
     assert_close, f32s, fixtures, gpu, gpu_with, randn, variants_of, with_lr_wd, ATOL, RTOL,
 };
+use wgpu_optim::ParamGroupTable;
+use wgpu_optim::Scheduled;
 use wgpu_optim::{
     AdamConfig, ContextOptions, CpuOptimizer, Error, GpuContext, Optimizer, OptimizerConfig,
     ParamArena, SgdConfig, TensorSpec,

@@ -11,10 +11,9 @@
 //! sync itself is checked exactly where it must be exact: after a sync the params *are* the
 //! slow weights (the kernel stores one value in both).
 
-mod common;
-
-use common::{assert_close, gpu, gpu_with, randn, ATOL, RTOL};
+use crate::common::{assert_close, gpu, gpu_with, randn, ATOL, RTOL};
 use wgpu_optim::lookahead::SLOW_STATE;
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{
     AdagradConfig, AdamConfig, ContextOptions, CpuLookahead, CpuOptimizer, Error, GpuContext,
     GradClipper, Lookahead, LookaheadConfig, LookaheadVariant, NormType, Optimizer,

@@ -4,9 +4,7 @@
 //! transpose / epilogue form, a 100-problem stage in one dispatch, the 2-D grid spill, bitwise
 //! reruns, and every bad input's typed error.
 
-mod common;
-
-use common::{exact_adapter, gpu, gpu_with, randn};
+use crate::common::{exact_adapter, gpu, gpu_with, randn};
 use wgpu_optim::matmul::{matmul_cpu, matmul_error_bound, validate, MatmulProblem};
 use wgpu_optim::{BatchedMatmul, ContextOptions, Error, GpuContext};
 
@@ -272,14 +270,17 @@ fn batched_equals_one_problem_at_a_time_and_reruns_are_bitwise() {
     let first = run_gpu(&ctx, &problems, &data);
     for _ in 0..2 {
         let again = run_gpu(&ctx, &problems, &data);
-        assert!(common::bits_eq(&first, &again), "a rerun changed bits");
+        assert!(
+            crate::common::bits_eq(&first, &again),
+            "a rerun changed bits"
+        );
     }
     // Each problem alone gives the bits it gave in the batch.
     for (i, p) in problems.iter().enumerate().step_by(7) {
         let alone = run_gpu(&ctx, std::slice::from_ref(p), &data);
         let c = p.c_offset as usize..(p.c_offset + p.m * p.n) as usize;
         assert!(
-            common::bits_eq(&alone[c.clone()], &first[c]),
+            crate::common::bits_eq(&alone[c.clone()], &first[c]),
             "problem {i} alone differs from the batch"
         );
     }
@@ -331,7 +332,7 @@ fn degenerate_problems_and_the_empty_stage() {
     empty.run().unwrap();
     ctx.wait().unwrap();
     let back = wgpu_optim::readback::read_f32(&ctx, &buf, 0, data.len()).unwrap();
-    assert!(common::bits_eq(&back, &data));
+    assert!(crate::common::bits_eq(&back, &data));
 }
 
 #[test]

@@ -14,11 +14,11 @@
 //! - Typed errors: unsupported combinations, Muon, Lookahead, and a
 //!   device that grants fewer storage buffers than a mixed kernel binds.
 
-mod common;
-
-use common::{assert_close, gpu, randn, ATOL, RTOL};
+use crate::common::{assert_close, gpu, randn, ATOL, RTOL};
 use wgpu_optim::norm::cpu_clip_grad_norm;
 use wgpu_optim::precision::{from_bits16, to_bits16};
+use wgpu_optim::ParamGroupTable;
+use wgpu_optim::Scheduled;
 use wgpu_optim::{
     AdamConfig, AmpConfig, CpuOptimizer, Error, GpuContext, GradClipper, GradScalerConfig,
     HalfPath, Lookahead, LookaheadConfig, LossScale, MuonConfig, NormType, Optimizer,
@@ -297,7 +297,7 @@ fn trial(
     let mut gpu = Optimizer::new(ctx, &arena, cfg.clone()).unwrap();
     let mut cpu = CpuOptimizer::new(cfg.clone(), &specs).unwrap();
     if gpu.groups() > 1 {
-        let g1 = common::with_lr_wd(cfg, cfg.lr() * 0.5, 0.0);
+        let g1 = crate::common::with_lr_wd(cfg, cfg.lr() * 0.5, 0.0);
         gpu.set_group_config(1, g1.clone()).unwrap();
         cpu.set_group_config(1, g1).unwrap();
     }
@@ -549,7 +549,7 @@ fn a_short_storage_buffer_budget_is_a_typed_error() {
 /// buffers, whose offsets must stay aligned): SGD, Adam, LAMB and LARS in both modes.
 #[test]
 fn windowed_mixed_arena_matches_cpu() {
-    let Some(ctx) = common::gpu_with(wgpu_optim::ContextOptions {
+    let Some(ctx) = crate::common::gpu_with(wgpu_optim::ContextOptions {
         max_binding_bytes: Some(64 * 1024),
         ..Default::default()
     }) else {
@@ -567,7 +567,7 @@ fn windowed_mixed_arena_matches_cpu() {
             .all(|w| (w.byte_offset() / 2) % align == 0));
     }
     for family in ["sgd", "adam", "lamb", "lars"] {
-        for cfg in common::variants_of(family).into_iter().take(3) {
+        for cfg in crate::common::variants_of(family).into_iter().take(3) {
             for mode in MODES {
                 trial(&ctx, &cfg, mode, &lens, 21);
             }
@@ -783,7 +783,7 @@ fn schedule_free_eval_swap_rewrites_the_model_copy() {
     let Some(ctx) = gpu() else { return };
     let lens = [1, 255, 257, 3];
     for family in ["schedule_free_adamw", "schedule_free_sgd"] {
-        let cfg = common::variants_of(family).remove(0);
+        let cfg = crate::common::variants_of(family).remove(0);
         for mode in MODES {
             let p = mode.0;
             let a = arena(&ctx, &lens, mode);

@@ -2,14 +2,13 @@
 //! gradients match a CPU f64 forward pass and central finite differences of it, and a few
 //! training steps with a library optimizer lower the loss.
 
-mod common;
-
 // The example's GPU MLP and CPU reference; each user of the module uses part of it.
 #[allow(dead_code)]
 #[path = "../examples/train_digits/mlp.rs"]
 mod mlp;
 
 use mlp::{Dataset, Mlp, Params};
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{GpuContext, Optimizer, OptimizerConfig, ParamArena};
 
 /// Finite-difference step (f64 forward pass, so roundoff is ~1e-16 / H).
@@ -75,7 +74,9 @@ fn gpu_batch(ctx: &GpuContext, arena: &ParamArena, model: &Mlp) -> (mlp::Acc, Pa
 
 #[test]
 fn gradients_match_central_finite_differences_of_a_cpu_forward_pass() {
-    let Some(ctx) = common::gpu() else { return };
+    let Some(ctx) = crate::common::gpu() else {
+        return;
+    };
     let data = Dataset::digits().unwrap();
     // 11 real images (every class), in a batch of capacity 16: the partial-batch path.
     let rows: Vec<u32> = (0..11).map(|i| i * 7).collect();
@@ -185,7 +186,9 @@ fn eval(ctx: &GpuContext, model: &Mlp) -> mlp::Acc {
 
 #[test]
 fn a_few_training_steps_reduce_the_loss() {
-    let Some(ctx) = common::gpu() else { return };
+    let Some(ctx) = crate::common::gpu() else {
+        return;
+    };
     let data = Dataset::digits().unwrap();
     let (train, test) = mlp::split(&data, 36, 1);
     for (name, lr) in [("adam", 1e-3), ("sgd-momentum", 0.05)] {

@@ -6,12 +6,11 @@
 //! and the norm (a square root halves relative error) within 5.4e-6 < 1e-5 of the exact value,
 //! which the f64 CPU reference approximates to ~1e-16. The inf norm is exact.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{assert_close, gpu, randn, with_lr_wd, ATOL, RTOL};
+use crate::common::{assert_close, gpu, randn, with_lr_wd, ATOL, RTOL};
 use wgpu_optim::norm::{cpu_clip_grad_norm, cpu_norms};
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{
     AdamConfig, CpuOptimizer, Error, GpuContext, GradClipper, LambConfig, NormReducer, NormType,
     Optimizer, OptimizerConfig, ParamArena, SgdConfig, TensorSpec,

@@ -8,13 +8,13 @@
 //! at PyTorch's fp32 tolerance. Every case runs; the test fails at the end with the list of the
 //! cases that did not match.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use common::{assert_close, f32s, gpu, ATOL, RTOL};
+use crate::common::{assert_close, f32s, gpu, ATOL, RTOL};
 use serde_json::{Map, Value};
+use wgpu_optim::ParamGroupTable;
+use wgpu_optim::Scheduled;
 use wgpu_optim::{
     AdagradConfig, AdamConfig, CpuOptimizer, GpuContext, LambConfig, LarsConfig, Optimizer,
     OptimizerConfig, ParamArena, ParamGroups, RmspropConfig, Select, SgdConfig, TensorSpec,

@@ -5,14 +5,14 @@
 //! return its exact typed error and leave params, grads, every state buffer and every step
 //! count exactly as they were, bit for bit.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{assert_close, gpu, randn, ATOL, RTOL};
+use crate::common::{assert_close, gpu, randn, ATOL, RTOL};
 use wgpu_optim::arena::{MAX_ARENA_VECS, MAX_GROUP};
 use wgpu_optim::norm::cpu_clip_grad_norm;
 use wgpu_optim::readback::read_f32;
+use wgpu_optim::ParamGroupTable;
+use wgpu_optim::Scheduled;
 use wgpu_optim::{
     AdamConfig, CpuOptimizer, Error, GpuContext, GradClipper, NormReducer, NormType, Optimizer,
     OptimizerConfig, ParamArena, ParamGroups, ParamLayout, Select, SgdConfig, TensorSpec,
@@ -882,7 +882,8 @@ fn bad_param_groups_change_nothing() {
                 "{e:?}"
             );
             unchanged(&opt, "NaN lr config");
-            for f in [f64::NAN, f64::INFINITY, -1.0] {
+            // A negative factor is a negative lr, which optimizers take as PyTorch's groups do.
+            for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
                 assert_hyper("set_lr_factor", opt.set_lr_factor(f), "lr factor");
                 unchanged(&opt, "set_lr_factor");
             }
@@ -891,7 +892,7 @@ fn bad_param_groups_change_nothing() {
             assert_hyper("set_lr_factor(MAX)", opt.set_lr_factor(f64::MAX), "lr");
             unchanged(&opt, "set_lr_factor(MAX)");
             assert_hyper("set_group_lr(NaN)", opt.set_group_lr(1, f64::NAN), "lr");
-            assert_hyper("set_lr(-1)", opt.set_lr(-1.0), "lr");
+            assert_hyper("set_lr(-inf)", opt.set_lr(f64::NEG_INFINITY), "lr");
             unchanged(&opt, "set_lr");
         }
         opt.step(&arena).unwrap();

@@ -12,16 +12,15 @@
 //!   steps equal the CPU reference driven by the same schedule (params and every state buffer,
 //!   PyTorch's fp32 tolerance as in tests/gpu_vs_cpu.rs; the lrs and momenta exactly).
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{assert_close, gpu, randn, with_lr_wd, ATOL, RTOL};
+use crate::common::{assert_close, gpu, randn, with_lr_wd, ATOL, RTOL};
 use serde_json::{Map, Value};
 use wgpu_optim::schedule::{
     config_momentum, Anneal, CyclicConfig, CyclicMode, LrLambda, OneCycleConfig, PerGroup,
     PlateauConfig, PlateauMode, ThresholdMode,
 };
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{
     AdagradConfig, AdamConfig, ChainedScheduler, ConstantLR, CosineAnnealingLR,
     CosineAnnealingWarmRestarts, CpuOptimizer, CyclicLR, Error, ExponentialLR, HostGroups,
@@ -774,8 +773,8 @@ fn cycling_momentum_needs_momentum() {
     .unwrap();
     assert_eq!(config_momentum(ada.group_config(0).unwrap()), None);
 
-    // SGD built without momentum keeps no momentum buffer, so it cannot start cycling one
-    // (PyTorch would allocate it): the optimizer's error, and nothing changes.
+    // SGD built without momentum has a momentum of 0, which a cycling schedule drives: the
+    // group's momentum buffer is allocated then (PyTorch creates it lazily).
     let mut sgd = CpuOptimizer::new(
         SgdConfig {
             lr: 0.1,
@@ -784,10 +783,12 @@ fn cycling_momentum_needs_momentum() {
         &specs,
     )
     .unwrap();
-    let before = lrs(&sgd);
-    let r = CyclicLR::new(&mut sgd, c);
-    assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
-    assert_eq!(lrs(&sgd), before);
+    assert!(sgd.tensor_state_names("a").unwrap().is_empty());
+    CyclicLR::new(&mut sgd, c).unwrap();
+    assert_eq!(
+        sgd.tensor_state_names("a").unwrap(),
+        vec!["momentum_buffer"]
+    );
     // HostGroups without momentum: the cycle check.
     let mut host = HostGroups::new(&[0.1]);
     assert_invalid(
@@ -1390,9 +1391,8 @@ fn plateau_and_sequential_gpu_equal_cpu() {
 /// The regression schedules run to their last step on `HostGroups`, the CPU optimizer and the
 /// GPU optimizer (an optimizer step between schedule steps), every lr (and cycled momentum)
 /// within 1e-12 of torch's, and the GPU's params and state equal to the CPU's after the run.
-/// An SGD built with momentum 0 keeps no momentum buffer, so OneCycleLR's momentum cycling over
-/// it runs on `HostGroups` only here (the optimizers refuse it at construction: see
-/// `cycling_momentum_needs_momentum`).
+/// An SGD built with momentum 0 gets its momentum buffers when OneCycleLR first sets a
+/// momentum (at construction), on both engines.
 #[test]
 fn regression_schedules_reach_their_last_step() {
     let configs = regression_configs();
@@ -1401,9 +1401,6 @@ fn regression_schedules_reach_their_last_step() {
     for (i, c) in configs.iter().enumerate() {
         assert_eq!(c.lr.len(), c.steps + 1, "config {i}");
         run_config(c, i, &mut host_groups(c), &mut |_| {});
-        if c.optimizer == "sgd" && c.opt_momentum == Some(0.0) && c.momentum.is_some() {
-            continue;
-        }
         let specs: Vec<TensorSpec> = (0..c.base_lrs.len())
             .map(|g| TensorSpec::new(format!("t{g}"), 3).in_group(g))
             .collect();

@@ -1,8 +1,6 @@
 //! Every composed shader parses and validates with naga, and the WGSL constants agree with
 //! their Rust twins. Needs no GPU.
 
-mod common;
-
 use wgpu_optim::shaders::{self, KernelDef};
 
 fn validate(src: &str) -> Result<naga::valid::ModuleInfo, String> {
@@ -204,7 +202,7 @@ fn uniform_structs_have_the_wgsl_sizes() {
             size_of::<adagrad::AdagradTensor>(),
         ),
     ];
-    common::naga_sizes::assert_wgsl_sizes(&cases, false);
+    crate::common::naga_sizes::assert_wgsl_sizes(&cases, false);
     // A chunk row is read as one vec4<u32> in common.wgsl.
     assert_eq!(size_of::<wgpu_optim::arena::ChunkEntry>(), 16);
     assert_eq!(size_of::<wgpu_optim::arena::WindowUniform>(), 32);
@@ -220,7 +218,7 @@ fn lookahead_sync_validates_and_matches_its_rust_twins() {
     assert_eq!(wgsl_const(k.source, "LOOKAHEAD_SKIP"), la::LOOKAHEAD_SKIP);
     assert_eq!(wgsl_const(k.source, "LOOKAHEAD_SYNC"), la::LOOKAHEAD_SYNC);
     assert_eq!(wgsl_const(k.source, "LOOKAHEAD_INIT"), la::LOOKAHEAD_INIT);
-    common::naga_sizes::assert_wgsl_sizes(
+    crate::common::naga_sizes::assert_wgsl_sizes(
         &[
             (k, "LookaheadHyper", size_of::<la::LookaheadHyper>()),
             (k, "LookaheadTensor", size_of::<la::LookaheadTensor>()),
@@ -238,7 +236,7 @@ fn matmul_constants_and_problem_row_match_rust_twins() {
     assert_eq!(wgsl_const(s, "MM_TRANS_A"), matmul::MM_TRANS_A);
     assert_eq!(wgsl_const(s, "MM_TRANS_B"), matmul::MM_TRANS_B);
     assert_eq!(wgsl_const(s, "MM_HAS_D"), matmul::MM_HAS_D);
-    common::naga_sizes::assert_wgsl_sizes(
+    crate::common::naga_sizes::assert_wgsl_sizes(
         &[(
             shaders::MATMUL,
             "MatmulProblem",
@@ -259,7 +257,7 @@ fn muon_structs_match_rust_twins() {
         wgsl_const(k.source, "FLAG_GRAD_SCALE"),
         shaders::FLAG_GRAD_SCALE
     );
-    common::naga_sizes::assert_wgsl_sizes(
+    crate::common::naga_sizes::assert_wgsl_sizes(
         &[
             (k, "MuonHyper", size_of::<muon::MuonHyper>()),
             (k, "MuonBatch", size_of::<muon::MuonBatch>()),
@@ -286,7 +284,7 @@ fn adafactor_structs_match_rust_twins() {
         wgsl_const(k.source, "FLAG_GRAD_SCALE"),
         shaders::FLAG_GRAD_SCALE
     );
-    common::naga_sizes::assert_wgsl_sizes(
+    crate::common::naga_sizes::assert_wgsl_sizes(
         &[
             (k, "AdafactorHyper", size_of::<adafactor::AdafactorHyper>()),
             (k, "AdafactorBatch", size_of::<adafactor::AdafactorBatch>()),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use wgpu_optim::tune::{KernelShape, ShapeSource, Tuning, CACHE_FILE};
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{
     ContextOptions, CpuOptimizer, Error, GpuContext, Optimizer, OptimizerConfig, ParamArena,
     TensorSpec,

@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use wgpu_optim::norm::{cpu_clip_grad_norm, cpu_norms};
 use wgpu_optim::precision::to_bits16;
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{
     CpuOptimizer, GpuContext, GradClipper, NormReducer, NormType, Optimizer, OptimizerConfig,
     ParamArena, ParamGroups, Precision, PrecisionOptions, Select, TensorSpec,

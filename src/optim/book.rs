@@ -148,31 +148,32 @@ pub(crate) struct SegmentPlan {
     pub states: Vec<StateSpec>,
 }
 
-/// Host bookkeeping of an optimizer.
+/// Host bookkeeping of an optimizer (public only so that [`super::face::ParamGroupTable`] can
+/// name it; its module is private, so no user can).
 #[derive(Debug, Clone)]
-pub(crate) struct Book {
+pub struct Book {
     index: HashMap<String, usize>,
     /// The groups.
-    pub groups: Vec<Group>,
+    pub(crate) groups: Vec<Group>,
     /// The segments.
-    pub segments: Vec<SegmentPlan>,
+    pub(crate) segments: Vec<SegmentPlan>,
     /// Per arena tensor: where it is optimized.
-    pub loc: Vec<Option<Loc>>,
+    pub(crate) loc: Vec<Option<Loc>>,
     /// Per arena tensor: steps taken.
-    pub steps: Vec<u64>,
+    pub(crate) steps: Vec<u64>,
     /// Per arena tensor: frozen for the next steps.
-    pub frozen: Vec<bool>,
+    pub(crate) frozen: Vec<bool>,
     /// Per arena tensor: host-side scalar state (see `Rule::scalar_names`).
-    pub scalars: Vec<Scalars>,
+    pub(crate) scalars: Vec<Scalars>,
     /// Per parameter group: host-side scalar state (see `Rule::group_scalar_names`).
-    pub group_scalars: Vec<Scalars>,
+    pub(crate) group_scalars: Vec<Scalars>,
     /// Train mode (see `set_train_mode`); starts true.
-    pub train_mode: bool,
+    pub(crate) train_mode: bool,
     /// Per arena tensor: its name, length and shape (what state shapes depend on).
-    pub infos: Vec<TensorInfo>,
+    pub(crate) infos: Vec<TensorInfo>,
     /// Per parameter group: its lr was set since its last step (true before the first step);
     /// the engines pass it to the rules ([`super::rule::HyperCtx::lr_set`]) and clear it.
-    pub lr_set: Vec<bool>,
+    pub(crate) lr_set: Vec<bool>,
 }
 
 impl Book {
@@ -180,7 +181,7 @@ impl Book {
     /// (advancing each group's host scalars: `Rule::group_step`). `extra_flags` is
     /// `FLAG_GRAD_SCALE` when the kernels scale the gradients. Shared by every engine and
     /// segment type, so their tables agree.
-    pub fn segment_hypers<R: Row>(
+    pub(crate) fn segment_hypers<R: Row>(
         &mut self,
         seg: usize,
         extra_flags: u32,
@@ -203,7 +204,7 @@ impl Book {
     /// This step's table entry of member `local` of segment `seg` (advancing its host
     /// scalars: `Rule::tensor_step_for`), or `None` when it does not step (frozen, or in no
     /// group). `range` is its chunk range, `info` the tensor.
-    pub fn member_step<R: Row>(
+    pub(crate) fn member_step<R: Row>(
         &mut self,
         seg: usize,
         local: usize,
@@ -224,7 +225,7 @@ impl Book {
 
     /// Resolves `groups` over `layout`: validates every configuration, assigns every selected
     /// tensor to exactly one group, and groups the groups into segments by family.
-    pub fn new(layout: &ParamLayout, groups: &ParamGroups) -> Result<Self> {
+    pub(crate) fn new(layout: &ParamLayout, groups: &ParamGroups) -> Result<Self> {
         if groups.is_empty() {
             return Err(Error::InvalidConfig(
                 "an optimizer needs at least one parameter group",
@@ -373,7 +374,7 @@ impl Book {
     }
 
     /// Arena index of a tensor.
-    pub fn index_of(&self, name: &str) -> Result<usize> {
+    pub(crate) fn index_of(&self, name: &str) -> Result<usize> {
         self.index
             .get(name)
             .copied()
@@ -381,7 +382,7 @@ impl Book {
     }
 
     /// A group.
-    pub fn group(&self, group: usize) -> Result<&Group> {
+    pub(crate) fn group(&self, group: usize) -> Result<&Group> {
         self.groups.get(group).ok_or(Error::UnknownGroup {
             group,
             groups: self.groups.len(),
@@ -389,17 +390,48 @@ impl Book {
     }
 
     /// Whether tensor `i` steps this time: in a group and not frozen.
-    pub fn live(&self, i: usize) -> bool {
+    pub(crate) fn live(&self, i: usize) -> bool {
         self.loc[i].is_some() && !self.frozen[i]
     }
 
     /// Advances the step count of every live tensor (call once per step, after every check).
-    pub fn advance(&mut self) {
+    pub(crate) fn advance(&mut self) {
         for i in 0..self.steps.len() {
             if self.live(i) {
                 self.steps[i] += 1;
             }
         }
+    }
+
+    /// The state buffers `config` keeps that group `group`'s segment has not allocated (what
+    /// an engine must add before the group can take `config`), after the checks
+    /// `set_group_config` makes of the configuration itself.
+    pub(crate) fn missing_states(
+        &self,
+        group: usize,
+        config: &OptimizerConfig,
+    ) -> Result<Vec<StateSpec>> {
+        let g = self.group(group)?;
+        if g.config.family() != config.family() {
+            return Err(Error::RuleMismatch {
+                group,
+                expected: g.config.family(),
+                got: config.family(),
+            });
+        }
+        config.validate()?;
+        config.check_peer(&g.config)?;
+        let have = self.segment_states(g.segment);
+        Ok(config
+            .states()
+            .into_iter()
+            .filter(|s| !have.contains(&s.name))
+            .collect())
+    }
+
+    /// Records state buffers an engine added to segment `seg` (see `missing_states`).
+    pub(crate) fn add_segment_states(&mut self, seg: usize, states: &[StateSpec]) {
+        self.segments[seg].states.extend_from_slice(states);
     }
 
     pub(crate) fn set_group_config(
@@ -476,7 +508,7 @@ impl Book {
     }
 
     /// The states PyTorch keeps for tensor `i` (its group's configuration's).
-    pub fn tensor_states(&self, i: usize) -> Vec<StateSpec> {
+    pub(crate) fn tensor_states(&self, i: usize) -> Vec<StateSpec> {
         match self.loc[i] {
             Some(l) => {
                 let c = &self.groups[l.group].config;
@@ -489,7 +521,7 @@ impl Book {
     }
 
     /// The shape of state buffer `state` of tensor `i` (`None`: it keeps no such buffer).
-    pub fn state_shape(&self, i: usize, state: &str) -> Option<Vec<usize>> {
+    pub(crate) fn state_shape(&self, i: usize, state: &str) -> Option<Vec<usize>> {
         let l = self.loc[i]?;
         self.groups[l.group]
             .config
@@ -497,13 +529,13 @@ impl Book {
     }
 
     /// Elements of state buffer `state` of tensor `i` (0: it keeps no such buffer).
-    pub fn state_len(&self, i: usize, state: &str) -> usize {
+    pub(crate) fn state_len(&self, i: usize, state: &str) -> usize {
         self.state_shape(i, state)
             .map_or(0, |s| s.iter().product::<usize>())
     }
 
     /// The host-side scalar states PyTorch keeps for tensor `i`.
-    pub fn tensor_scalars(&self, i: usize) -> &'static [&'static str] {
+    pub(crate) fn tensor_scalars(&self, i: usize) -> &'static [&'static str] {
         match self.loc[i] {
             Some(l) => self.groups[l.group].config.scalar_names(),
             None => &[],
@@ -511,14 +543,14 @@ impl Book {
     }
 
     /// Every state name of tensor `i`: buffers, then host scalars.
-    pub fn tensor_state_names(&self, i: usize) -> Vec<&'static str> {
+    pub(crate) fn tensor_state_names(&self, i: usize) -> Vec<&'static str> {
         let mut names: Vec<&'static str> = self.tensor_states(i).iter().map(|s| s.name).collect();
         names.extend(self.tensor_scalars(i));
         names
     }
 
     /// `Ok` when tensor `i` keeps state `state` (a buffer or a host scalar).
-    pub fn check_state(&self, state: &str, i: usize) -> Result<()> {
+    pub(crate) fn check_state(&self, state: &str, i: usize) -> Result<()> {
         let names = self.tensor_state_names(i);
         if names.contains(&state) {
             Ok(())
@@ -531,13 +563,13 @@ impl Book {
     }
 
     /// Slot of host scalar `state` of tensor `i`, if it is one.
-    pub fn scalar_slot(&self, state: &str, i: usize) -> Option<usize> {
+    pub(crate) fn scalar_slot(&self, state: &str, i: usize) -> Option<usize> {
         self.tensor_scalars(i).iter().position(|&n| n == state)
     }
 
     /// Union of every segment's state buffer names, in slot order, without repeats (host
     /// scalar states are not buffers and are not listed).
-    pub fn all_state_names(&self) -> Vec<&'static str> {
+    pub(crate) fn all_state_names(&self) -> Vec<&'static str> {
         let mut out: Vec<&'static str> = Vec::new();
         for s in &self.segments {
             for st in &s.states {
@@ -550,12 +582,12 @@ impl Book {
     }
 
     /// Whether some group has train and eval modes (Schedule-Free).
-    pub fn has_modes(&self) -> bool {
+    pub(crate) fn has_modes(&self) -> bool {
         self.groups.iter().any(|g| g.config.has_train_mode())
     }
 
     /// `step()` refuses while a group with modes is in eval mode (as the package raises).
-    pub fn check_train_mode(&self) -> Result<()> {
+    pub(crate) fn check_train_mode(&self) -> Result<()> {
         if !self.train_mode && self.has_modes() {
             return Err(Error::Unsupported(
                 "the optimizer is in eval mode (a Schedule-Free group holds x, not y): call \
@@ -567,7 +599,7 @@ impl Book {
 
     /// Checks a mode swap to train (`to_train`) or eval mode for every group; `Ok(false)` when
     /// the optimizer is already in that mode (nothing to do).
-    pub fn check_mode_swap(&self, to_train: bool) -> Result<bool> {
+    pub(crate) fn check_mode_swap(&self, to_train: bool) -> Result<bool> {
         if self.train_mode == to_train {
             return Ok(false);
         }
@@ -591,7 +623,7 @@ impl Book {
     }
 
     /// The state names segment `s` allocates.
-    pub fn segment_states(&self, s: usize) -> Vec<&'static str> {
+    pub(crate) fn segment_states(&self, s: usize) -> Vec<&'static str> {
         self.segments[s].states.iter().map(|x| x.name).collect()
     }
 
@@ -599,7 +631,7 @@ impl Book {
     /// indices): step counts back to 0 and host scalars back to their group's initial values,
     /// as a fresh `state` dict would have them. The engines reset the state buffers
     /// themselves. Groups' scalars (PyTorch `param_groups` entries) and frozen flags are kept.
-    pub fn reset_tensors(&mut self, tensors: &[usize]) {
+    pub(crate) fn reset_tensors(&mut self, tensors: &[usize]) {
         for &i in tensors {
             if let Some(l) = self.loc[i] {
                 self.steps[i] = 0;
@@ -609,7 +641,7 @@ impl Book {
     }
 
     /// Names of the groups' configurations, joined by `+` where they differ.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         let mut names: Vec<&'static str> = Vec::new();
         for g in &self.groups {
             if !names.contains(&g.config.name()) {
@@ -651,9 +683,9 @@ pub(crate) fn select_tensors(layout: &ParamLayout, select: &Select) -> Result<Ve
 /// The host bookkeeping a skipped step takes back (reused, so a step allocates nothing).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Snapshot {
-    pub steps: Vec<u64>,
-    pub scalars: Vec<Scalars>,
-    pub group_scalars: Vec<Scalars>,
+    pub(crate) steps: Vec<u64>,
+    pub(crate) scalars: Vec<Scalars>,
+    pub(crate) group_scalars: Vec<Scalars>,
 }
 
 impl Snapshot {
@@ -672,141 +704,6 @@ impl Snapshot {
 
 /// A predicate over tensors, for [`Select::matching`].
 pub type TensorFilter = Arc<dyn Fn(&TensorInfo) -> bool + Send + Sync>;
-
-/// Writes the common parameter-group, freezing, step-count and state methods, once, for the
-/// GPU and the CPU optimizer, so the two expose the same names and argument types. The type
-/// must have a `book: Book` field and `fn read_state_impl(&self, state, tensor index)`.
-macro_rules! common_optimizer_methods {
-    () => {
-        /// Number of parameter groups.
-        pub fn groups(&self) -> usize {
-            self.book.groups.len()
-        }
-
-        /// The configuration of group `group` (its current lr included).
-        pub fn group_config(&self, group: usize) -> $crate::Result<&$crate::OptimizerConfig> {
-            Ok(&self.book.group(group)?.config)
-        }
-
-        /// Replaces group `group`'s configuration with one of the same algorithm family. It
-        /// must keep no state buffer its segment did not allocate at construction. The new
-        /// configuration's lr becomes the group's base lr too. Nothing changes on error.
-        pub fn set_group_config(
-            &mut self,
-            group: usize,
-            config: impl Into<$crate::OptimizerConfig>,
-        ) -> $crate::Result<()> {
-            let config = config.into();
-            let allowed = self.book.segment_states(self.book.group(group)?.segment);
-            self.book.set_group_config(group, config, &allowed)
-        }
-
-        /// Current learning rate of group `group`.
-        pub fn group_lr(&self, group: usize) -> $crate::Result<f64> {
-            Ok(self.book.group(group)?.config.lr())
-        }
-
-        /// Sets the learning rate of group `group` alone (PyTorch:
-        /// `param_groups[g]["lr"] = lr`). Its base lr is kept. A group that learns its lr
-        /// (hypergradient descent) restarts its learned lr from `lr` at its next step.
-        pub fn set_group_lr(&mut self, group: usize, lr: f64) -> $crate::Result<()> {
-            self.book.set_group_lr(group, lr)
-        }
-
-        /// The lr group `group` was built with (PyTorch's `initial_lr`, what schedules scale).
-        pub fn base_lr(&self, group: usize) -> $crate::Result<f64> {
-            Ok(self.book.group(group)?.base_lr)
-        }
-
-        /// Sets every group's learning rate to `lr`.
-        pub fn set_lr(&mut self, lr: f64) -> $crate::Result<()> {
-            self.book.set_lr(lr)
-        }
-
-        /// Sets every group's learning rate to its base lr times `factor` (what a
-        /// multiplicative schedule does).
-        pub fn set_lr_factor(&mut self, factor: f64) -> $crate::Result<()> {
-            self.book.set_lr_factor(factor)
-        }
-
-        /// The parameter group of a tensor (`None`: the tensor is in no group and never
-        /// updated).
-        pub fn group_of(&self, tensor: &str) -> $crate::Result<Option<usize>> {
-            let i = self.book.index_of(tensor)?;
-            Ok(self.book.loc[i].map(|l| l.group))
-        }
-
-        /// Freezes (PyTorch: `grad = None`) or unfreezes a tensor for the following steps. A
-        /// frozen tensor's params, state and step count are left exactly as they are, and
-        /// an attached clipper leaves its gradient out of the norm.
-        pub fn set_frozen(&mut self, tensor: &str, frozen: bool) -> $crate::Result<()> {
-            let i = self.book.index_of(tensor)?;
-            self.book.frozen[i] = frozen;
-            Ok(())
-        }
-
-        /// Whether a tensor is frozen.
-        pub fn is_frozen(&self, tensor: &str) -> $crate::Result<bool> {
-            Ok(self.book.frozen[self.book.index_of(tensor)?])
-        }
-
-        /// Steps this tensor has taken (PyTorch `state["step"]`).
-        pub fn step_count(&self, tensor: &str) -> $crate::Result<u64> {
-            Ok(self.book.steps[self.book.index_of(tensor)?])
-        }
-
-        /// Every state name any segment keeps, under PyTorch's names, in slot order.
-        pub fn state_names(&self) -> Vec<&'static str> {
-            self.book.all_state_names()
-        }
-
-        /// The state names PyTorch keeps for this tensor (its group's configuration's).
-        pub fn tensor_state_names(&self, tensor: &str) -> $crate::Result<Vec<&'static str>> {
-            let i = self.book.index_of(tensor)?;
-            Ok(self.book.tensor_state_names(i))
-        }
-
-        /// One tensor's state buffer `state`, read back to the host. A tensor whose group's
-        /// configuration keeps no such state (or that is in no group) is
-        /// [`$crate::Error::UnknownState`].
-        pub fn read_state(&self, state: &str, tensor: &str) -> $crate::Result<Vec<f32>> {
-            let i = self.book.index_of(tensor)?;
-            self.book.check_state(state, i)?;
-            if let Some(slot) = self.book.scalar_slot(state, i) {
-                // A host scalar (PyTorch keeps it as a one-element tensor).
-                return Ok(vec![self.book.scalars[i][slot] as f32]);
-            }
-            self.read_state_impl(state, i)
-        }
-
-        /// Group `group`'s host-side scalar state `state` (Schedule-Free's `k`, `lr_max`,
-        /// `weight_sum`, `scheduled_lr`; see `OptimizerConfig::group_scalar_names`).
-        pub fn group_state(&self, group: usize, state: &str) -> $crate::Result<f64> {
-            let g = self.book.group(group)?;
-            let names = g.config.group_scalar_names();
-            match names.iter().position(|&n| n == state) {
-                Some(slot) => Ok(self.book.group_scalars[group][slot]),
-                None => Err($crate::Error::UnknownState {
-                    name: state.to_string(),
-                    available: names.to_vec(),
-                }),
-            }
-        }
-
-        /// Whether the optimizer is in train mode (see `set_train_mode`). Optimizers start in
-        /// train mode; only groups with modes (Schedule-Free) care.
-        pub fn is_train_mode(&self) -> bool {
-            self.book.train_mode
-        }
-
-        /// Short name of the optimizer: its groups' configuration names, joined by `+` when
-        /// they differ (`"lars+adamw"`).
-        pub fn name(&self) -> String {
-            self.book.name()
-        }
-    };
-}
-pub(crate) use common_optimizer_methods;
 
 // Muon's builder lives beside `ParamGroups`, which it returns (the rule file stays a leaf).
 impl super::muon::MuonConfig {

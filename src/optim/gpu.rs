@@ -1,6 +1,7 @@
 //! The GPU engine: [`Optimizer`] owns one [`Segment`] per algorithm family in its parameter
 //! groups, and records all of them into one submission per step.
 
+use super::face::ParamGroupTable;
 use std::sync::Arc;
 
 use super::book::Book;
@@ -177,36 +178,6 @@ impl Optimizer {
             amp: None,
             last_found: None,
         })
-    }
-
-    super::book::common_optimizer_methods!();
-
-    fn read_state_impl(&self, state: &str, i: usize) -> Result<Vec<f32>> {
-        let loc = self.book.loc[i].ok_or_else(|| Error::UnknownState {
-            name: state.to_string(),
-            available: Vec::new(),
-        })?;
-        let seg = &self.segments[loc.segment];
-        let buf = seg.state_buffer(state).ok_or_else(|| Error::UnknownState {
-            name: state.to_string(),
-            available: self.book.segment_states(loc.segment),
-        })?;
-        let len = self.layout.tensors()[i].len;
-        let (off, len) =
-            seg.state_place(state, loc.local, len)
-                .ok_or_else(|| Error::UnknownState {
-                    name: state.to_string(),
-                    available: self.book.segment_states(loc.segment),
-                })?;
-        readback::read_f32(&self.ctx, buf, off as u64, len)
-    }
-
-    pub(crate) fn book(&self) -> &Book {
-        &self.book
-    }
-
-    pub(crate) fn book_mut(&mut self) -> &mut Book {
-        &mut self.book
     }
 
     pub(crate) fn layout(&self) -> &ParamLayout {
@@ -929,4 +900,48 @@ pub(crate) fn time_rule<R: Row>(
         Ok(move || opt.step(arena))
     })?;
     time_candidates(ctx, R::KERNEL.entry_point(), elements, candidates)
+}
+
+impl crate::optim::face::Engine for Optimizer {
+    fn grow_segment_states(
+        &mut self,
+        seg: usize,
+        states: &[crate::optim::rule::StateSpec],
+    ) -> Result<()> {
+        self.ctx.check_alive()?;
+        let aux = aux_binding(self.amp.as_ref(), self.clipper.as_deref(), &self.aux);
+        let segment = &mut self.segments[seg];
+        segment.add_states(&self.ctx, states)?;
+        let bgs = self.ctx.scoped(|| segment.bind_groups(&self.ctx, &aux))?;
+        segment.set_bind_groups(bgs);
+        Ok(())
+    }
+
+    fn book(&self) -> &Book {
+        &self.book
+    }
+
+    fn book_mut(&mut self) -> &mut Book {
+        &mut self.book
+    }
+
+    fn read_tensor_state(&self, state: &str, i: usize) -> Result<Vec<f32>> {
+        let loc = self.book.loc[i].ok_or_else(|| Error::UnknownState {
+            name: state.to_string(),
+            available: Vec::new(),
+        })?;
+        let seg = &self.segments[loc.segment];
+        let buf = seg.state_buffer(state).ok_or_else(|| Error::UnknownState {
+            name: state.to_string(),
+            available: self.book.segment_states(loc.segment),
+        })?;
+        let len = self.layout.tensors()[i].len;
+        let (off, len) =
+            seg.state_place(state, loc.local, len)
+                .ok_or_else(|| Error::UnknownState {
+                    name: state.to_string(),
+                    available: self.book.segment_states(loc.segment),
+                })?;
+        readback::read_f32(&self.ctx, buf, off as u64, len)
+    }
 }

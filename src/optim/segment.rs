@@ -110,6 +110,15 @@ pub(crate) trait GpuSegment: std::fmt::Debug + Send + Sync {
     }
     /// The state buffers with their specs (what a state reset re-initializes).
     fn states(&self) -> &[(StateSpec, wgpu::Buffer)];
+    /// Allocates state buffers the segment did not have, at their initial values (a group
+    /// given a configuration that keeps them); the caller then rebuilds the bind groups.
+    /// Default: the segment's buffers are fixed at construction.
+    fn add_states(&mut self, _ctx: &GpuContext, _states: &[StateSpec]) -> Result<()> {
+        Err(Error::Unsupported(
+            "this segment's state buffers are fixed at construction (Muon, Adafactor): build \
+             the optimizer with the option on",
+        ))
+    }
     /// Bytes of the segment's state (and scratch) buffers.
     fn state_bytes(&self) -> u64;
     /// Elements of each state buffer, padding included (default: the layout's).
@@ -531,6 +540,42 @@ impl<R: Row> GpuSegment for Segment<R> {
 
     fn states(&self) -> &[(StateSpec, wgpu::Buffer)] {
         &self.states
+    }
+
+    fn add_states(&mut self, ctx: &GpuContext, states: &[StateSpec]) -> Result<()> {
+        if R::learns_lr() {
+            return Err(Error::Unsupported(
+                "a rule that learns its lr keeps its state buffers fixed at construction",
+            ));
+        }
+        let bytes = self.layout.state_bytes();
+        if bytes > ctx.limits().max_buffer_size {
+            return Err(Error::BufferTooLarge {
+                what: format!("{} state", self.label),
+                bytes,
+                limit: ctx.limits().max_buffer_size,
+            });
+        }
+        // Built (and error-scoped) before any is installed, so nothing changes on error.
+        let new = ctx.scoped(|| {
+            states
+                .iter()
+                .map(|s| {
+                    let buf = storage_buffer(ctx, s.name, bytes);
+                    if s.init != 0.0 {
+                        let mut image = vec![0f32; self.layout.state_elements() as usize];
+                        for (info, &off) in self.infos.iter().zip(self.layout.state_offsets()) {
+                            image[off..off + info.len].fill(s.init);
+                        }
+                        ctx.queue()
+                            .write_buffer(&buf, 0, bytemuck::cast_slice(&image));
+                    }
+                    (*s, buf)
+                })
+                .collect::<Vec<_>>()
+        })?;
+        self.states.extend(new);
+        Ok(())
     }
 
     fn state_bytes(&self) -> u64 {

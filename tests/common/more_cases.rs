@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{CpuOptimizer, GpuContext, Optimizer, OptimizerConfig, ParamArena, TensorSpec};
 
 use super::f32s;
@@ -150,19 +151,8 @@ pub trait Probe {
     fn names(&self, tensor: &str) -> Vec<&'static str>;
 }
 
-impl Probe for CpuOptimizer {
-    fn state(&self, key: &str, tensor: &str) -> wgpu_optim::Result<Vec<f32>> {
-        self.read_state(key, tensor)
-    }
-    fn steps(&self, tensor: &str) -> u64 {
-        self.step_count(tensor).unwrap()
-    }
-    fn names(&self, tensor: &str) -> Vec<&'static str> {
-        self.tensor_state_names(tensor).unwrap()
-    }
-}
-
-impl Probe for Optimizer {
+/// Both engines, through their one face.
+impl<T: ParamGroupTable> Probe for T {
     fn state(&self, key: &str, tensor: &str) -> wgpu_optim::Result<Vec<f32>> {
         self.read_state(key, tensor)
     }

@@ -4,10 +4,9 @@
 //! the WGSL struct sizes, the test variants' flag coverage, RAdam's rectification switch, and
 //! each rule in a two-segment optimizer with AdamW.
 
-mod common;
-
-use common::more_cases::{self, three_cases, MoreCase, Probe};
-use common::{assert_close, bits_eq, f32s, gpu, randn, ATOL, RTOL};
+use crate::common::more_cases::{self, three_cases, MoreCase, Probe};
+use crate::common::{assert_close, bits_eq, f32s, gpu, randn, ATOL, RTOL};
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{
     AdamConfig, AdamaxConfig, CpuOptimizer, Error, NadamConfig, Optimizer, OptimizerConfig,
     ParamArena, ParamGroups, RadamConfig, Select, TensorSpec,
@@ -255,7 +254,7 @@ fn defaults_are_torch_2_15s() {
     assert_eq!(RadamConfig::default().name(), "radam");
     assert_eq!(AdamaxConfig::default().name(), "adamax");
     for (family, bytes) in [("nadam", 28), ("radam", 28), ("adamax", 28)] {
-        for c in common::variants_of(family) {
+        for c in crate::common::variants_of(family) {
             assert_eq!(c.bytes_per_element(), bytes, "{}", c.describe());
         }
     }
@@ -551,7 +550,7 @@ fn uniform_structs_have_the_wgsl_sizes() {
             size_of::<adamax::AdamaxTensor>(),
         ),
     ];
-    common::naga_sizes::assert_wgsl_sizes(&cases, true);
+    crate::common::naga_sizes::assert_wgsl_sizes(&cases, true);
     // The WGSL flag constants equal the Rust ones.
     for (k, wgsl, rust) in [
         (nadam::NADAM_STEP, "NADAM_DECOUPLED", nadam::NADAM_DECOUPLED),
@@ -564,21 +563,21 @@ fn uniform_structs_have_the_wgsl_sizes() {
 
 #[test]
 fn variants_exercise_every_flag() {
-    let nadam: Vec<NadamConfig> = common::variants_of("nadam")
+    let nadam: Vec<NadamConfig> = crate::common::variants_of("nadam")
         .into_iter()
         .map(|c| match c {
             OptimizerConfig::Nadam(x) => x,
             _ => unreachable!(),
         })
         .collect();
-    let radam: Vec<RadamConfig> = common::variants_of("radam")
+    let radam: Vec<RadamConfig> = crate::common::variants_of("radam")
         .into_iter()
         .map(|c| match c {
             OptimizerConfig::Radam(x) => x,
             _ => unreachable!(),
         })
         .collect();
-    let adamax: Vec<AdamaxConfig> = common::variants_of("adamax")
+    let adamax: Vec<AdamaxConfig> = crate::common::variants_of("adamax")
         .into_iter()
         .map(|c| match c {
             OptimizerConfig::Adamax(x) => x,
@@ -714,7 +713,7 @@ fn radam_past_the_switch_matches_cpu() {
         TensorSpec::new("d", 0),
         TensorSpec::shaped("e", &[3, 5]),
     ];
-    for (j, cfg) in common::variants_of("radam").into_iter().enumerate() {
+    for (j, cfg) in crate::common::variants_of("radam").into_iter().enumerate() {
         let groups = ParamGroups::new().group(Select::Rest, cfg.clone());
         let frozen = |k: usize, i: usize| (k + i) % 4 == 1;
         let Some(bitwise) =
@@ -808,7 +807,9 @@ fn adamax_nan_gradient_propagates_into_exp_inf() {
     cpu.step(&mut p, &[g.clone()]).unwrap();
     let u = cpu.read_state("exp_inf", "t").unwrap();
     assert!(u[4].is_nan() && u[3] == 0.5 + 1e-8, "{u:?}");
-    let Some(ctx) = common::gpu() else { return };
+    let Some(ctx) = crate::common::gpu() else {
+        return;
+    };
     let arena = wgpu_optim::ParamArena::new(&ctx, &specs).unwrap();
     arena.write_all_params(&[vec![1.0f32; 9]]).unwrap();
     arena.write_all_grads(&[g]).unwrap();

@@ -5,11 +5,10 @@
 //! coverage, caution edge cases (all-masked tensors, large tensors over many chunks), and each
 //! rule next to AdamW in a two-segment optimizer.
 
-mod common;
-
-use common::more_cases::{self, three_cases, MoreCase, Probe};
-use common::{assert_close, assert_twin, exact_adapter, f32s, gpu, randn, ATOL, RTOL};
+use crate::common::more_cases::{self, three_cases, MoreCase, Probe};
+use crate::common::{assert_close, assert_twin, exact_adapter, f32s, gpu, randn, ATOL, RTOL};
 use wgpu_optim::optim::{adopt, lion};
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{
     AdamConfig, AdoptConfig, CpuOptimizer, Error, LionConfig, Optimizer, OptimizerConfig,
     ParamArena, ParamGroups, Select, TensorSpec,
@@ -352,7 +351,7 @@ fn caution_with_an_all_masked_tensor_stays_finite() {
 /// binding windows, GPU against CPU bit for bit, for both rules.
 #[test]
 fn caution_over_many_chunks_and_windows_matches_cpu() {
-    let Some(ctx) = common::gpu_with(wgpu_optim::ContextOptions {
+    let Some(ctx) = crate::common::gpu_with(wgpu_optim::ContextOptions {
         max_binding_bytes: Some(64 * 1024),
         ..Default::default()
     }) else {
@@ -598,7 +597,7 @@ fn wgsl_structs_have_the_rust_sizes() {
         ),
     ];
     // Uniform array stride and the table rows stay 16-byte multiples.
-    common::naga_sizes::assert_wgsl_sizes(&cases, true);
+    crate::common::naga_sizes::assert_wgsl_sizes(&cases, true);
     // The flag constants agree with the WGSL.
     let wgsl_const = |src: &str, name: &str| -> u32 {
         let line = src

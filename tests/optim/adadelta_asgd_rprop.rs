@@ -6,14 +6,13 @@
 //! the sign logic and the host scalars on awkward inputs, and a two-segment optimizer (one of
 //! these on some tensors, AdamW on the rest) GPU against CPU.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::more_cases::{self, MoreCase as Case, Probe};
-use common::{assert_close, bits_eq, f32s, gpu, randn, ATOL, RTOL};
+use crate::common::more_cases::{self, MoreCase as Case, Probe};
+use crate::common::{assert_close, bits_eq, f32s, gpu, randn, ATOL, RTOL};
 use wgpu_optim::optim::{adadelta, asgd, rprop, HyperCtx};
 use wgpu_optim::shaders::{KernelDef, FLAG_MAXIMIZE};
+use wgpu_optim::ParamGroupTable;
 use wgpu_optim::{
     AdadeltaConfig, AdamConfig, AsgdConfig, CpuOptimizer, Error, GpuContext, Optimizer,
     OptimizerConfig, ParamArena, ParamGroups, RpropConfig, Rule, Select, TensorSpec,
@@ -508,7 +507,7 @@ fn uniform_structs_have_the_wgsl_sizes() {
         ),
     ];
     // Multiples of 16 bytes keep the uniform array's stride equal to the struct size.
-    common::naga_sizes::assert_wgsl_sizes(&cases, true);
+    crate::common::naga_sizes::assert_wgsl_sizes(&cases, true);
 }
 
 /// Every flag and every branch of the three rules is in the table's variants (which

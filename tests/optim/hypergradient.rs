@@ -11,10 +11,10 @@
 //! Tolerance: GPU against the CPU twin bit for bit on lavapipe (the twin sums the dot in the
 //! kernels' tree order), PyTorch's fp32 tolerance on other adapters (`assert_twin`).
 
-mod common;
-
-use common::{assert_twin, bits_eq, exact_adapter, gpu, randn};
+use crate::common::{assert_twin, bits_eq, exact_adapter, gpu, randn};
 use wgpu_optim::optim::{adam_hd, sgd_hd};
+use wgpu_optim::ParamGroupTable;
+use wgpu_optim::Scheduled;
 use wgpu_optim::{
     AdamConfig, AdamHdConfig, CpuOptimizer, Error, GpuContext, HdScope, Optimizer, OptimizerConfig,
     ParamArena, ParamGroups, Select, SgdHdConfig, TensorSpec,
@@ -876,7 +876,7 @@ fn wgsl_structs_and_flags_match_the_rust_twins() {
             size_of::<adam_hd::AdamHdTensor>(),
         ),
     ];
-    common::naga_sizes::assert_wgsl_sizes(&cases, true);
+    crate::common::naga_sizes::assert_wgsl_sizes(&cases, true);
     let wgsl_const = |src: &str, name: &str| -> u32 {
         let line = src
             .lines()
@@ -906,7 +906,7 @@ fn wgsl_structs_and_flags_match_the_rust_twins() {
 /// clip coefficient in f32, the host in f64).
 #[test]
 fn hypergradient_segments_beside_adamw_under_clipping() {
-    use common::{assert_close, ATOL, RTOL};
+    use crate::common::{assert_close, ATOL, RTOL};
     use wgpu_optim::norm::cpu_clip_grad_norm;
     use wgpu_optim::{GradClipper, NormType};
     let Some(ctx) = gpu() else { return };

@@ -6,11 +6,11 @@
 //! from the shapes; checkpoint round trips with exact resume; Adafactor next to AdamW in one
 //! optimizer; every bad hyperparameter's typed error.
 
-mod common;
-
-use common::more_cases::{run_cpu, run_gpu, three_cases, MoreCase, Probe};
-use common::{assert_close, assert_twin, bits_eq, gpu, randn, ATOL, RTOL};
+use crate::common::more_cases::{run_cpu, run_gpu, three_cases, MoreCase, Probe};
+use crate::common::{assert_close, assert_twin, bits_eq, gpu, randn, ATOL, RTOL};
 use serde_json::Value;
+use wgpu_optim::ParamGroupTable;
+use wgpu_optim::Scheduled;
 use wgpu_optim::{
     AdafactorConfig, AdamConfig, CpuOptimizer, Error, Optimizer, OptimizerConfig, ParamArena,
     ParamGroups, Select, TensorSpec,
@@ -54,7 +54,7 @@ fn check_case(what: &str, case: &MoreCase, params: &[Vec<f32>], opt: &dyn Probe)
         assert_close(
             &format!("{what} {name} params"),
             p,
-            &common::f32s(&case.expected.params[i]),
+            &crate::common::f32s(&case.expected.params[i]),
             ATOL,
             RTOL,
         );
@@ -77,7 +77,7 @@ fn check_case(what: &str, case: &MoreCase, params: &[Vec<f32>], opt: &dyn Probe)
                     assert_close(
                         &format!("{what} {fk}"),
                         &got,
-                        &common::f32s(want),
+                        &crate::common::f32s(want),
                         ATOL,
                         RTOL,
                     );
@@ -409,7 +409,7 @@ fn bad_hyperparameters_are_typed_errors() {
         .is_err());
     assert_eq!(cpu.group_config(0).unwrap(), &OptimizerConfig::from(d));
     assert!(matches!(
-        cpu.set_group_lr(0, -1.0),
+        cpu.set_group_lr(0, f64::NAN),
         Err(Error::InvalidHyperparameter { .. })
     ));
 }
@@ -625,7 +625,7 @@ fn adafactor_next_to_adamw() {
 /// CPU twin's results; a tensor whose params alone exceed a binding is a typed error.
 #[test]
 fn tensors_split_into_binding_batches_match_the_cpu_twin() {
-    use common::gpu_with;
+    use crate::common::gpu_with;
     use wgpu_optim::ContextOptions;
     let Some(ctx) = gpu_with(ContextOptions {
         max_binding_bytes: Some(32 * 1024),

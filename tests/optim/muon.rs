@@ -5,11 +5,11 @@
 //! frozen tensors at awkward shapes, also split into several binding batches; bitwise reruns;
 //! Muon + AdamW in one optimizer against the two run separately; every bad input's typed error.
 
-mod common;
-
-use common::more_cases::{run_cpu, run_gpu, three_cases, MoreCase, Probe};
-use common::{assert_close, assert_twin, bits_eq, f32s, gpu, gpu_with, randn, ATOL, RTOL};
+use crate::common::more_cases::{run_cpu, run_gpu, three_cases, MoreCase, Probe};
+use crate::common::{assert_close, assert_twin, bits_eq, f32s, gpu, gpu_with, randn, ATOL, RTOL};
 use serde_json::Value;
+use wgpu_optim::ParamGroupTable;
+use wgpu_optim::Scheduled;
 use wgpu_optim::{
     AdamConfig, ContextOptions, CpuOptimizer, Error, GpuContext, MuonAdjustLr, MuonConfig,
     Optimizer, OptimizerConfig, ParamArena, ParamGroups, Select, TensorSpec,
@@ -56,7 +56,7 @@ fn config(case: &MoreCase) -> MuonConfig {
 type NsExpected = (Vec<Vec<f64>>, serde_json::Map<String, Value>);
 
 fn expected_ns_f32() -> Vec<NsExpected> {
-    let text = include_str!("fixtures/torch_optim_more_cases.json");
+    let text = include_str!("../fixtures/torch_optim_more_cases.json");
     let all: Value = serde_json::from_str(text).unwrap();
     all["cases"]
         .as_array()

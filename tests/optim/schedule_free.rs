@@ -4,10 +4,10 @@
 //! the CPU twin at PyTorch's fp32 tolerance; then the modes, the invalid hyperparameters, a
 //! segment mix and the WGSL struct sizes.
 
-mod common;
-
-use common::{assert_close, gpu, randn, ATOL, RTOL};
+use crate::common::{assert_close, gpu, randn, ATOL, RTOL};
 use wgpu_optim::optim::schedule_free::{self, ScheduleFreeHyper, ScheduleFreeTensor};
+use wgpu_optim::ParamGroupTable;
+use wgpu_optim::Scheduled;
 use wgpu_optim::{
     AdamConfig, CpuOptimizer, Error, Optimizer, OptimizerConfig, ParamArena, ParamGroups,
     ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig, Select, TensorSpec,
@@ -683,11 +683,11 @@ fn wgsl_validates_and_structs_have_the_rust_sizes() {
             .any(|e| e.name == entry.entry_point()));
     }
     assert_eq!(
-        common::naga_sizes::wgsl_size(k, "ScheduleFreeHyper"),
+        crate::common::naga_sizes::wgsl_size(k, "ScheduleFreeHyper"),
         std::mem::size_of::<ScheduleFreeHyper>()
     );
     assert_eq!(
-        common::naga_sizes::wgsl_size(k, "ScheduleFreeTensor"),
+        crate::common::naga_sizes::wgsl_size(k, "ScheduleFreeTensor"),
         std::mem::size_of::<ScheduleFreeTensor>()
     );
     assert_eq!(std::mem::size_of::<ScheduleFreeHyper>() % 16, 0);
