@@ -84,11 +84,23 @@ pub enum MomentumKind {
     Beta1,
 }
 
+/// The seal of [`Rule`]: `optimizer_table!` implements it for each row.
+pub(crate) mod sealed {
+    /// Implemented by the configurations of the library's table only.
+    pub trait Sealed {}
+}
+
 /// An optimization algorithm: config, kernels, scalars and the host-side update.
+///
+/// Sealed: a rule runs only as a row of the library's table (`src/optim/table.rs`), whose
+/// `OptimizerConfig` enum is what parameter groups, checkpoints and the engines hold. To add
+/// one, add its two files and its row (ARCHITECTURE.md, "Adding an optimizer").
 ///
 /// `update` is the definition the GPU kernel is checked against; it must perform the same f32
 /// operations in the same order as the kernel.
-pub trait Rule: TableEntry + Clone + Debug + Default + PartialEq + Send + Sync + 'static {
+pub trait Rule:
+    sealed::Sealed + TableEntry + Clone + Debug + Default + PartialEq + Send + Sync + 'static
+{
     /// Per-group scalars and flags, mirrored field by field by the kernel's `<Kernel>Hyper`.
     type Hyper: Pod + Debug + Send + Sync;
     /// Per-tensor scalars for one step, mirrored by the kernel's `<Kernel>Tensor`.

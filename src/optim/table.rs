@@ -290,6 +290,8 @@ macro_rules! optimizer_table {
                 }
             }
 
+            impl super::rule::sealed::Sealed for $config {}
+
             impl Row for $config {
                 fn of(c: &OptimizerConfig) -> Option<&Self> {
                     match c {
