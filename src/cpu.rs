@@ -434,7 +434,7 @@ impl CpuOptimizer {
             // amp.wgsl's decision, then the kernels' `g * aux[0]` on every gradient.
             let h = AmpHyper::new(cfg, 0, None);
             let live = (0..g.len()).filter(|&i| self.book.live(i)).map(|i| g[i]);
-            let (coef, skip) = crate::amp::decide(&h, st, crate::amp::max_abs_nan(live), None);
+            let (coef, skip) = crate::amp::decide(&h, st, crate::amp::max_abs_nan(live), 0.0);
             self.last_found = Some(st.found != 0);
             if skip {
                 return Ok(());

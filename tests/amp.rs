@@ -1,7 +1,9 @@
 //! Loss scaling and the non-finite skip: a NaN or Inf gradient anywhere skips the whole step
 //! on the GPU (params, state and step counts bit-identical), GradScaler's growth and backoff
-//! sequence (derived here from its rules), fixed scales, the CPU twin, clipping of the unscaled
-//! gradients, checkpoints of the scaler, and invalid configurations.
+//! sequence (derived here from its rules, and torch's own runs with non-power-of-two factors,
+//! bit for bit), the scale times a factor rounded as torch does on the GPU, fixed scales, the
+//! CPU twin, clipping of the unscaled gradients, checkpoints of the scaler, and invalid
+//! configurations.
 
 mod common;
 
@@ -167,6 +169,7 @@ fn the_scale_follows_grad_scalers_rules() {
         growth_factor: 4.0,
         backoff_factor: 0.25,
         growth_interval: 2,
+        ..GradScalerConfig::default()
     };
     let amp = AmpConfig {
         loss_scale: LossScale::Dynamic(c),
@@ -457,4 +460,370 @@ fn lookahead_neither_counts_nor_syncs_a_skipped_step() {
             &cla.read_slow(&s.name).unwrap(),
         );
     }
+}
+
+// GradScaler as torch computes it.
+
+/// One `torch.amp.GradScaler("cpu")` run of tests/fixtures/regressions.json (`grad_scaler`).
+struct ScalerRun {
+    cfg: GradScalerConfig,
+    /// Per step: the non-finite value put into a gradient (none: a clean step), then torch's
+    /// scale and growth tracker after `update()`.
+    steps: Vec<(Option<f32>, f32, u32)>,
+}
+
+/// Python's `float.hex()`: `[-]0x<hex>[.<hex>]p<exp>`.
+fn parse_hex_float(s: &str) -> f64 {
+    let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
+    let s = s.strip_prefix("0x").expect("a hex float starts with 0x");
+    let (mant, exp) = s.split_once('p').expect("a hex float has an exponent");
+    let (int, frac) = mant.split_once('.').unwrap_or((mant, ""));
+    let m = u64::from_str_radix(&format!("{int}{frac}"), 16).expect("hex digits");
+    assert!(m < 1 << 53, "{s}: more digits than an f64 holds");
+    let e: i32 = exp.parse().expect("a decimal exponent");
+    let v = m as f64 * 2f64.powi(e - 4 * frac.len() as i32);
+    if neg {
+        -v
+    } else {
+        v
+    }
+}
+
+fn scaler_runs() -> Vec<ScalerRun> {
+    let v: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/regressions.json")).expect("fixture JSON");
+    let f = |x: &serde_json::Value, k: &str| x[k].as_f64().unwrap_or_else(|| panic!("{k}"));
+    v["grad_scaler"]
+        .as_array()
+        .expect("grad_scaler runs")
+        .iter()
+        .map(|run| ScalerRun {
+            cfg: GradScalerConfig {
+                init_scale: f(run, "init_scale"),
+                growth_factor: f(run, "growth_factor"),
+                backoff_factor: f(run, "backoff_factor"),
+                growth_interval: f(run, "growth_interval") as u32,
+                ..GradScalerConfig::default()
+            },
+            steps: run["steps"]
+                .as_array()
+                .expect("steps")
+                .iter()
+                .map(|st| {
+                    let bad = match &st["nonfinite"] {
+                        serde_json::Value::Null => None,
+                        serde_json::Value::String(s) if s == "inf" => Some(f32::INFINITY),
+                        serde_json::Value::String(s) if s == "nan" => Some(f32::NAN),
+                        other => panic!("nonfinite {other}"),
+                    };
+                    let hex = parse_hex_float(st["scale_after_hex"].as_str().expect("hex"));
+                    let scale = hex as f32;
+                    assert_eq!(scale as f64, hex, "the fixture's scale is an f32");
+                    // serde_json's decimal parse may miss the f64 by an ulp, not the f32.
+                    assert_eq!(f(st, "scale_after") as f32, scale, "decimal and hex agree");
+                    (bad, scale, f(st, "growth_tracker") as u32)
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+#[test]
+fn grad_scaler_follows_torch_bit_for_bit_on_both_engines() {
+    // torch multiplies the f32 scale by the f64 factor in double and rounds once to f32;
+    // rounding the factor to f32 first drifts by an ulp with factors such as 1.7 or 1.3.
+    let runs = scaler_runs();
+    assert_eq!(runs.len(), 3);
+    // The fixture tells the two apart: replayed with the factors rounded to f32 first, some
+    // scale differs from torch's (so this test fails on such an implementation).
+    let mut f32_factor_misses = 0;
+    for run in &runs {
+        let c = run.cfg;
+        let (mut scale, mut tracker) = (c.init_scale as f32, 0);
+        for &(bad, want, _) in &run.steps {
+            if bad.is_some() {
+                scale *= c.backoff_factor as f32;
+                tracker = 0;
+            } else if tracker + 1 == c.growth_interval {
+                scale *= c.growth_factor as f32;
+                tracker = 0;
+            } else {
+                tracker += 1;
+            }
+            f32_factor_misses += usize::from(scale.to_bits() != want.to_bits());
+        }
+    }
+    assert!(f32_factor_misses > 0);
+    let Some(ctx) = gpu() else { return };
+    for (r, run) in runs.iter().enumerate() {
+        let amp = AmpConfig {
+            loss_scale: LossScale::Dynamic(run.cfg),
+            skip_non_finite: true,
+        };
+        let cfg: OptimizerConfig = SgdConfig {
+            lr: 0.01,
+            momentum: 0.9,
+            ..SgdConfig::default()
+        }
+        .into();
+        let (arena, mut opt) = setup(&ctx, cfg.clone(), amp);
+        let mut cpu = CpuOptimizer::new(cfg, &specs()).unwrap();
+        cpu.set_amp(Some(amp)).unwrap();
+        let mut params = params0();
+        for (k, &(bad, want_scale, want_tracker)) in run.steps.iter().enumerate() {
+            // The gradients carry the scale, as after scaler.scale(loss).backward().
+            let scale = cpu.amp_state().unwrap().scale;
+            let mut g = grads(k, scale);
+            if let Some(bad) = bad {
+                g[2][100] = bad;
+            }
+            arena.write_all_grads(&g).unwrap();
+            opt.step(&arena).unwrap();
+            cpu.step(&mut params, &g).unwrap();
+            let what = format!("run {r} ({:?}) step {k}", run.cfg);
+            assert_eq!(opt.found_inf().unwrap(), Some(bad.is_some()), "{what}");
+            assert_eq!(cpu.found_inf(), Some(bad.is_some()), "{what}");
+            let gpu_state = opt.amp_state().unwrap().unwrap();
+            let cpu_state = cpu.amp_state().unwrap();
+            for (engine, st) in [("GPU", gpu_state), ("CPU", cpu_state)] {
+                assert_eq!(
+                    st.scale.to_bits(),
+                    want_scale.to_bits(),
+                    "{engine} {what}: scale {:e} vs torch's {want_scale:e}",
+                    st.scale
+                );
+                assert_eq!(st.growth_tracker, want_tracker, "{engine} {what}");
+            }
+            assert_eq!(gpu_state, cpu_state, "{what}");
+            let gp = arena.read_all_params().unwrap();
+            for i in 0..LENS.len() {
+                common::assert_twin(&ctx, &format!("t{i} {what}"), &gp[i], &params[i]);
+            }
+        }
+    }
+}
+
+/// A test kernel around amp.wgsl's `scale_times`: case i is (scale bits, factor mantissa low
+/// word, high word, exponent bits); result i the product's bits.
+const SCALE_TIMES_CASES: &str = r#"
+@group(0) @binding(8) var<storage, read> cases: array<vec4<u32>>;
+@group(0) @binding(9) var<storage, read_write> results: array<u32>;
+
+@compute @workgroup_size(64)
+fn scale_times_cases(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x;
+    if (i >= arrayLength(&cases)) {
+        return;
+    }
+    let c = cases[i];
+    let f = Factor(c.y, c.z, bitcast<i32>(c.w), 0u);
+    results[i] = bitcast<u32>(scale_times(bitcast<f32>(c.x), f));
+}
+"#;
+
+/// `f`'s f64 bits as amp.wgsl's `Factor` words (mantissa low, high, exponent).
+fn factor_words(f: f64) -> [u32; 3] {
+    let bits = f.to_bits();
+    let biased = (bits >> 52) as i32;
+    let frac = bits & ((1 << 52) - 1);
+    let (mant, exp) = if biased == 0 {
+        (frac, -1074)
+    } else {
+        (frac | (1 << 52), biased - 1075)
+    };
+    [mant as u32, (mant >> 32) as u32, exp as u32]
+}
+
+/// Runs `scale_times` over `cases` (scale, factor) on the GPU.
+fn gpu_scale_times(ctx: &GpuContext, cases: &[(f32, f64)]) -> Vec<u32> {
+    use wgpu::util::DeviceExt;
+    let dev = ctx.device();
+    let source = format!(
+        "{}{}",
+        include_str!("../shaders/amp.wgsl"),
+        SCALE_TIMES_CASES
+    );
+    let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("scale_times test"),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("scale_times test"),
+        layout: None,
+        module: &module,
+        entry_point: Some("scale_times_cases"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let words: Vec<u32> = cases
+        .iter()
+        .flat_map(|&(s, f)| {
+            let [lo, hi, exp] = factor_words(f);
+            [s.to_bits(), lo, hi, exp]
+        })
+        .collect();
+    let input = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("scale_times cases"),
+        contents: bytemuck::cast_slice(&words),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+    let output = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("scale_times results"),
+        size: cases.len() as u64 * 4,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let bind = dev.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("scale_times test"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 8,
+                resource: input.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 9,
+                resource: output.as_entire_binding(),
+            },
+        ],
+    });
+    let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups((cases.len() as u32).div_ceil(64), 1, 1);
+    }
+    ctx.queue().submit([enc.finish()]);
+    wgpu_optim::readback::read_f32(ctx, &output, 0, cases.len())
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+/// The next f32 up from a positive finite `x` (`f32::next_up` is newer than the MSRV).
+fn next_up32(x: f32) -> f32 {
+    f32::from_bits(x.to_bits() + 1)
+}
+
+/// The next f32 down from a positive `x`.
+fn next_down32(x: f32) -> f32 {
+    f32::from_bits(x.to_bits() - 1)
+}
+
+/// The f32 nearest the exact `s * f` (one rounding), from the f64 product and its exact
+/// residual (`mul_add`): differs from torch's double rounding only when the f64 product is an
+/// f32 tie that the exact product is not.
+fn single_rounding(s: f32, f: f64) -> f32 {
+    let d = s as f64 * f;
+    let r = d as f32;
+    let err = (s as f64).mul_add(f, -d);
+    if err == 0.0 || !r.is_finite() || r == 0.0 {
+        return r;
+    }
+    let other = if (r as f64) < d {
+        next_up32(r)
+    } else if (r as f64) > d {
+        next_down32(r)
+    } else {
+        return r;
+    };
+    if (r as f64 + other as f64) / 2.0 != d {
+        return r;
+    }
+    // A tie in f64 only: the exact product lies on the side of the residual.
+    if (err > 0.0) == (other > r) {
+        other
+    } else {
+        r
+    }
+}
+
+#[test]
+fn the_gpu_multiplies_the_scale_as_torch_does() {
+    // amp.wgsl's scale_times against the host's ((scale as f64) * factor) as f32, over random
+    // scales of every exponent (subnormals, overflow to infinity), GradScaler-like and random
+    // factors, and products made to land on or next to an f32 tie in f64, where rounding to
+    // f64 and then to f32 differs from rounding once.
+    let Some(ctx) = gpu() else { return };
+    let mut rng = fastrand::Rng::with_seed(2024);
+    let mut cases: Vec<(f32, f64)> = Vec::new();
+    let named = [
+        2.0,
+        0.5,
+        1.7,
+        0.3,
+        3.0,
+        0.7,
+        1.3,
+        0.45,
+        1.1,
+        0.9,
+        1.0 + f64::EPSILON,
+        1.0 - f64::EPSILON / 2.0,
+        f64::MAX,
+        1e-300,
+        f64::from_bits(1),
+    ];
+    let any_scale = |rng: &mut fastrand::Rng| f32::from_bits(rng.u32(1..0x7f80_0000));
+    for _ in 0..100_000 {
+        let f = named[rng.usize(..named.len())];
+        cases.push((any_scale(&mut rng), f));
+        cases.push((rng.f32() * 1e6 + 1e-3, f));
+    }
+    for _ in 0..150_000 {
+        let grow = 1.0 + rng.f64() * 3.0;
+        let back = rng.f64().max(1e-9);
+        let wide = f64::from_bits(rng.u64(1..0x7ff0_0000_0000_0000));
+        cases.push((any_scale(&mut rng), grow));
+        cases.push((any_scale(&mut rng), back));
+        cases.push((any_scale(&mut rng), wide));
+    }
+    // f32 ties: t halfway between two f32s, f = t / s and its f64 neighbours.
+    for _ in 0..100_000 {
+        let s = f32::from_bits(rng.u32(0x0080_0000..0x7f00_0000));
+        let near = ((s as f64) * (0.3 + rng.f64() * 3.0)) as f32;
+        if !near.is_normal() || !next_up32(near).is_finite() {
+            continue;
+        }
+        let t = (near as f64 + next_up32(near) as f64) / 2.0;
+        let f = t / s as f64;
+        cases.push((s, f));
+        cases.push((s, f64::from_bits(f.to_bits() + 1)));
+        cases.push((s, f64::from_bits(f.to_bits() - 1)));
+    }
+    cases.extend([
+        (0.0, 2.0),
+        (f32::INFINITY, 2.0),
+        (f32::MAX, 2.0),
+        (f32::MAX, 1.0 + f64::EPSILON),
+        (f32::from_bits(1), 0.5),
+        (f32::from_bits(3), 0.5),
+        (f32::from_bits(1), 0.75),
+        (f32::MIN_POSITIVE, 0.5),
+    ]);
+    let got = gpu_scale_times(&ctx, &cases);
+    let mut double_differs = 0;
+    for (&(s, f), &g) in cases.iter().zip(&got) {
+        let want = ((s as f64) * f) as f32;
+        assert_eq!(
+            g,
+            want.to_bits(),
+            "{s:e} ({:#x}) * {f:e}: GPU {:e} vs {want:e}",
+            s.to_bits(),
+            f32::from_bits(g)
+        );
+        double_differs += usize::from(single_rounding(s, f).to_bits() != want.to_bits());
+    }
+    // The cases reach where the double rounding matters, so a correctly rounded product (or
+    // an f32 factor) would fail above.
+    println!(
+        "{} cases, {double_differs} where rounding once differs",
+        cases.len()
+    );
+    assert!(double_differs > 100, "{double_differs} cases");
 }
