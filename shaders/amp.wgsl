@@ -5,9 +5,12 @@
 //               where the division is correctly rounded (lavapipe; WGSL allows 2.5 ulp), since
 //               the reciprocal of a 24-bit significand is never within an f64 rounding of an
 //               f32 tie it is not on, so rounding through f64 changes nothing
-//   found     = max|g| * inv_scale is NaN or infinite (max|g| from an inf-norm reduction over
-//               the live gradients, NaN-propagating; x -> x * inv_scale is monotone, so this is
-//               "some unscaled gradient is not finite", as torch's check after unscale_)
+//   found     = by default, max|g| * inv_scale is NaN or infinite (max|g| from an inf-norm
+//               reduction over the live gradients, NaN-propagating; x -> x * inv_scale is
+//               monotone, so this is "some unscaled gradient is not finite"); with
+//               AMP_SCALED_CHECK, max|g| itself is NaN or infinite: torch's
+//               _amp_foreach_non_finite_check_and_unscale_, which tests the scaled gradient
+//               and so misses a finite one that overflows when unscaled (scale < 1)
 //   coef      = inv_scale, times the clip coefficient of the unscaled norm when clipping
 //   args      = 0 workgroups for every update dispatch when found and skipping, else their
 //               normal counts (the update is recorded with indirect dispatches)
@@ -22,6 +25,7 @@
 const AMP_SKIP: u32 = 1u;
 const AMP_DYNAMIC: u32 = 2u;
 const AMP_CLIP: u32 = 4u;
+const AMP_SCALED_CHECK: u32 = 8u;
 
 // A positive f64 factor, exactly: mant * 2^exp with mant < 2^53 (lo: bits 0..31, hi: bits
 // 32..52), made on the host from the f64's bits (src/amp.rs `ExactFactor`).
@@ -242,7 +246,10 @@ fn amp_decide() {
         scale = st.scale;
     }
     let inv_scale = 1.0 / scale;
-    let found = not_finite(guard_out[0].y * inv_scale);
+    var found = not_finite(guard_out[0].y * inv_scale);
+    if ((ah.flags & AMP_SCALED_CHECK) != 0u) {
+        found = not_finite(guard_out[0].y);
+    }
     var c = inv_scale;
     if ((ah.flags & AMP_CLIP) != 0u) {
         // clip_grad_norm_ on the unscaled gradients: their norm is the scaled norm times

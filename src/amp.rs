@@ -15,6 +15,13 @@
 //! factors such as 1.7 or 0.3 the scale follows torch's bit for bit, on the GPU too (where the
 //! product is formed exactly in integers, WGSL having no f64).
 //!
+//! What counts as "found": by default ([`FoundInfCheck::Unscaled`]) a step is non-finite when
+//! some gradient *divided by the scale* is NaN or infinite. torch checks the *scaled* gradient
+//! instead ([`FoundInfCheck::Scaled`], selected with [`GradScalerConfig::found_inf_check`]);
+//! the two differ only for a scale below 1 and a finite gradient that overflows when unscaled
+//! (2e38 at scale 0.5): torch finds nothing and steps with an infinite gradient, the default
+//! skips the step.
+//!
 //! Step counts, bias corrections and host scalars live on the host, so a skipped step must be
 //! taken back there too: the engine reads the found flag of a step lazily, at the start of the
 //! next `step` / `encode_step` or when asked with `found_inf()`, and restores the counts then.
@@ -25,6 +32,23 @@
 //! bench --amp` measures what that and the extra gradient read cost.
 
 use crate::error::{check_finite, Error, Result};
+
+/// Which gradients the non-finite check looks at (see [`crate::amp`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub enum FoundInfCheck {
+    /// The unscaled gradients (the gradients times `1 / scale`, in f32): a finite gradient
+    /// that overflows when unscaled (possible only with a scale below 1) is found, and the
+    /// step skipped. The library's default: it never applies an infinite gradient.
+    #[default]
+    Unscaled,
+    /// The scaled gradients, as given: PyTorch's `_amp_foreach_non_finite_check_and_unscale_`,
+    /// which tests each gradient before multiplying it by `1 / scale`. With a scale below 1, a
+    /// huge finite gradient is not found and the step applies its infinite unscaled value, as
+    /// torch does.
+    Scaled,
+}
 
 /// GradScaler's constructor arguments (PyTorch's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -38,6 +62,11 @@ pub struct GradScalerConfig {
     pub backoff_factor: f64,
     /// Clean steps between growths (2000).
     pub growth_interval: u32,
+    /// Which gradients the non-finite check looks at: [`FoundInfCheck::Unscaled`] (the
+    /// default, the library's safer check) or [`FoundInfCheck::Scaled`] (torch's). A field of
+    /// the dynamic scaler because torch's check is GradScaler's; a fixed scale or none always
+    /// checks the unscaled gradients (with no scale the two are the same).
+    pub found_inf_check: FoundInfCheck,
 }
 
 impl Default for GradScalerConfig {
@@ -47,6 +76,7 @@ impl Default for GradScalerConfig {
             growth_factor: 2.0,
             backoff_factor: 0.5,
             growth_interval: 2000,
+            found_inf_check: FoundInfCheck::Unscaled,
         }
     }
 }
@@ -68,7 +98,8 @@ pub struct AmpConfig {
     /// The scale the gradients carry (default none).
     pub loss_scale: LossScale,
     /// Skip a step whose unscaled gradients hold a NaN or Inf anywhere (among the tensors
-    /// that step): params, state and step counts stay exactly as they were (default true).
+    /// that step; [`GradScalerConfig::found_inf_check`] selects torch's test of the scaled
+    /// ones instead): params, state and step counts stay exactly as they were (default true).
     pub skip_non_finite: bool,
 }
 
@@ -149,6 +180,7 @@ impl AmpConfig {
 pub(crate) const AMP_SKIP: u32 = 1;
 pub(crate) const AMP_DYNAMIC: u32 = 2;
 pub(crate) const AMP_CLIP: u32 = 4;
+pub(crate) const AMP_SCALED_CHECK: u32 = 8;
 
 /// Mirrors `Factor` in amp.wgsl: a positive f64 exactly, as `mant * 2^exp` with `mant < 2^53`
 /// split into two words, so the GPU (which has no f64) can multiply by it exactly.
@@ -210,7 +242,11 @@ impl AmpHyper {
     pub(crate) fn new(cfg: &AmpConfig, n_args: u32, max_norm: Option<f64>) -> Self {
         let (flags, growth, backoff, interval) = match cfg.loss_scale {
             LossScale::Dynamic(c) => (
-                AMP_DYNAMIC,
+                AMP_DYNAMIC
+                    | match c.found_inf_check {
+                        FoundInfCheck::Unscaled => 0,
+                        FoundInfCheck::Scaled => AMP_SCALED_CHECK,
+                    },
                 c.growth_factor,
                 c.backoff_factor,
                 c.growth_interval,
@@ -274,7 +310,11 @@ pub(crate) fn decide(h: &AmpHyper, st: &mut AmpState, max_abs: f32, clip_norm: f
         h.fixed_scale
     };
     let inv_scale = 1.0 / scale;
-    let found = !(max_abs * inv_scale).is_finite();
+    let found = if h.flags & AMP_SCALED_CHECK != 0 {
+        !max_abs.is_finite()
+    } else {
+        !(max_abs * inv_scale).is_finite()
+    };
     let mut c = inv_scale;
     if h.flags & AMP_CLIP != 0 {
         // clip_grad_norm_ on the unscaled gradients, NaN-propagating as torch.clamp(max=1).

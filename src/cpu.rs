@@ -472,8 +472,14 @@ impl CpuOptimizer {
         self.amp.as_ref().map(|(c, _)| c)
     }
 
-    /// Whether the last step's unscaled gradients held a NaN or Inf (`None` without AMP or
-    /// before the first step).
+    /// Whether the last step found a NaN or Inf gradient (PyTorch's `found_inf`; `None`
+    /// without AMP or before the first step). By default
+    /// ([`crate::amp::FoundInfCheck::Unscaled`]) that is an unscaled gradient (the gradient
+    /// times `1 / scale`) that is NaN or infinite, so with a scale below 1 a huge finite
+    /// gradient (2e38 at scale 0.5) is found and, with `skip_non_finite`, the step skipped.
+    /// torch tests the scaled gradient instead, finds nothing there and steps with an
+    /// infinite unscaled gradient; [`crate::amp::FoundInfCheck::Scaled`] does the same. As
+    /// [`crate::Optimizer::found_inf`].
     pub fn found_inf(&self) -> Option<bool> {
         self.last_found
     }

@@ -1,13 +1,14 @@
 //! Loss scaling and the non-finite skip: a NaN or Inf gradient anywhere skips the whole step
 //! on the GPU (params, state and step counts bit-identical), GradScaler's growth and backoff
 //! sequence (derived here from its rules, and torch's own runs with non-power-of-two factors,
-//! bit for bit), the scale times a factor rounded as torch does on the GPU, fixed scales, the
-//! CPU twin, clipping of the unscaled gradients, checkpoints of the scaler, and invalid
-//! configurations.
+//! bit for bit), the scale times a factor rounded as torch does on the GPU, the non-finite
+//! check on the unscaled or (torch's) scaled gradients, fixed scales, the CPU twin, clipping of
+//! the unscaled gradients, checkpoints of the scaler, and invalid configurations.
 
 mod common;
 
 use common::{assert_close, bits_eq, gpu, randn, ATOL, RTOL};
+use wgpu_optim::amp::FoundInfCheck;
 use wgpu_optim::norm::cpu_clip_grad_norm;
 use wgpu_optim::{
     AdamConfig, AmpConfig, CpuOptimizer, Error, GpuContext, GradClipper, GradScalerConfig,
@@ -826,4 +827,76 @@ fn the_gpu_multiplies_the_scale_as_torch_does() {
         cases.len()
     );
     assert!(double_differs > 100, "{double_differs} cases");
+}
+
+#[test]
+fn found_inf_checks_the_unscaled_gradients_unless_torchs_check_is_chosen() {
+    // The default is unchanged: the unscaled check.
+    assert_eq!(
+        GradScalerConfig::default().found_inf_check,
+        FoundInfCheck::Unscaled
+    );
+    assert_eq!(
+        AmpConfig::grad_scaler().loss_scale,
+        LossScale::Dynamic(GradScalerConfig::default())
+    );
+    let Some(ctx) = gpu() else { return };
+    // A scale of 0.5 and a finite gradient of 2e38: unscaled, 4e38 overflows to infinity.
+    // torch checks the scaled 2e38, finds nothing and steps with the infinite gradient.
+    for check in [FoundInfCheck::Unscaled, FoundInfCheck::Scaled] {
+        let amp = AmpConfig {
+            loss_scale: LossScale::Dynamic(GradScalerConfig {
+                init_scale: 0.5,
+                found_inf_check: check,
+                ..GradScalerConfig::default()
+            }),
+            skip_non_finite: true,
+        };
+        let cfg: OptimizerConfig = SgdConfig {
+            lr: 0.1,
+            ..SgdConfig::default()
+        }
+        .into();
+        let (arena, mut opt) = setup(&ctx, cfg.clone(), amp);
+        let mut cpu = CpuOptimizer::new(cfg, &specs()).unwrap();
+        cpu.set_amp(Some(amp)).unwrap();
+        let mut params = params0();
+        let mut g = grads(0, 0.5);
+        g[3][7] = 2e38;
+        arena.write_all_grads(&g).unwrap();
+        opt.step(&arena).unwrap();
+        cpu.step(&mut params, &g).unwrap();
+        let gp = arena.read_all_params().unwrap();
+        let found = check == FoundInfCheck::Unscaled;
+        assert_eq!(opt.found_inf().unwrap(), Some(found), "{check:?}");
+        assert_eq!(cpu.found_inf(), Some(found), "{check:?}");
+        let st = opt.amp_state().unwrap().unwrap();
+        assert_eq!(Some(st), cpu.amp_state(), "{check:?}");
+        for i in 0..LENS.len() {
+            common::assert_twin(&ctx, &format!("{check:?} t{i}"), &gp[i], &params[i]);
+        }
+        if found {
+            // Skipped: nothing moved, and the scale backed off.
+            assert!(bits_eq(&gp.concat(), &params0().concat()), "{check:?}");
+            assert_eq!((st.scale, st.growth_tracker, st.skipped), (0.25, 0, 1));
+            assert_eq!(opt.step_count("t3").unwrap(), 0);
+        } else {
+            // torch's step: p - lr * inf, the others updated as usual.
+            assert_eq!(gp[3][7], f32::NEG_INFINITY);
+            assert!(gp[3][6].is_finite() && gp[3][6] != params0()[3][6]);
+            assert_eq!((st.scale, st.growth_tracker, st.skipped), (0.5, 1, 0));
+            assert_eq!(opt.step_count("t3").unwrap(), 1);
+        }
+        // A NaN or an infinity in the gradients is found either way.
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut g = grads(1, 0.5);
+            g[0][0] = bad;
+            arena.write_all_grads(&g).unwrap();
+            opt.step(&arena).unwrap();
+            cpu.step(&mut params, &g).unwrap();
+            assert_eq!(opt.found_inf().unwrap(), Some(true), "{check:?} {bad}");
+            assert_eq!(cpu.found_inf(), Some(true), "{check:?} {bad}");
+            assert_eq!(opt.amp_state().unwrap(), cpu.amp_state(), "{check:?}");
+        }
+    }
 }
