@@ -2,14 +2,15 @@
 //! on the GPU (params, state and step counts bit-identical), GradScaler's growth and backoff
 //! sequence (derived here from its rules, and torch's own runs with non-power-of-two factors,
 //! bit for bit), the scale times a factor rounded as torch does on the GPU, the non-finite
-//! check on the unscaled or (torch's) scaled gradients, fixed scales, the CPU twin, clipping of
-//! the unscaled gradients, checkpoints of the scaler, and invalid configurations.
+//! check on the unscaled or (torch's) scaled gradients, fixed scales, the CPU twin, clipping
+//! of the unscaled gradients (GPU and the CPU twin's clipper, alone and with AMP, Lookahead and
+//! 16-bit gradients), checkpoints of the scaler, and invalid configurations.
 
 mod common;
 
 use common::{assert_close, bits_eq, gpu, randn, ATOL, RTOL};
 use wgpu_optim::amp::FoundInfCheck;
-use wgpu_optim::norm::cpu_clip_grad_norm;
+use wgpu_optim::norm::{cpu_clip_grad_norm, ClipConfig};
 use wgpu_optim::{
     AdamConfig, AmpConfig, CpuOptimizer, Error, GpuContext, GradClipper, GradScalerConfig,
     LossScale, NormType, Optimizer, OptimizerConfig, ParamArena, SgdConfig, TensorSpec,
@@ -899,4 +900,477 @@ fn found_inf_checks_the_unscaled_gradients_unless_torchs_check_is_chosen() {
             assert_eq!(opt.amp_state().unwrap(), cpu.amp_state(), "{check:?}");
         }
     }
+}
+
+// The CPU twin's clipper, alone and with AMP, against the GPU's.
+
+/// Awkward sizes: 1, 255, 257, a few thousand, and 40 small tensors.
+fn twin_lens() -> Vec<usize> {
+    let mut lens = vec![1, 255, 257, 3001];
+    lens.extend((0..40).map(|i| 1 + (i * 7) % 13));
+    lens
+}
+
+fn twin_specs(lens: &[usize]) -> Vec<TensorSpec> {
+    lens.iter()
+        .enumerate()
+        .map(|(i, &n)| TensorSpec::new(format!("t{i}"), n))
+        .collect()
+}
+
+fn adam_and_sgd_momentum() -> [OptimizerConfig; 2] {
+    [
+        AdamConfig {
+            lr: 0.01,
+            weight_decay: 0.01,
+            ..AdamConfig::default()
+        }
+        .into(),
+        SgdConfig {
+            lr: 0.05,
+            momentum: 0.9,
+            ..SgdConfig::default()
+        }
+        .into(),
+    ]
+}
+
+/// GPU against the CPU twin: exact where the decision and the clip coefficient are (no clip,
+/// or an inf-norm clip, whose norm is a max), at fp32 tolerance for an L2 clip (f32 tree sum
+/// against f64).
+fn compare(ctx: &GpuContext, exact: bool, what: &str, gpu: &[f32], cpu: &[f32]) {
+    if exact {
+        common::assert_twin(ctx, what, gpu, cpu);
+    } else {
+        assert_close(what, gpu, cpu, ATOL, RTOL);
+    }
+}
+
+/// Seven steps of `cfg` with `clip` and `amp` on both engines, fresh random gradients each
+/// step, tensor 2 frozen on step 3; with AMP, an infinity in step 4's gradients (skipped).
+fn clip_amp_twin(
+    ctx: &GpuContext,
+    cfg: &OptimizerConfig,
+    clip: Option<(f64, NormType)>,
+    amp: Option<AmpConfig>,
+    seed: u64,
+) {
+    let lens = twin_lens();
+    let specs = twin_specs(&lens);
+    let arena = ParamArena::new(ctx, &specs).unwrap();
+    let mut opt = Optimizer::new(ctx, &arena, cfg.clone()).unwrap();
+    let mut cpu = CpuOptimizer::new(cfg.clone(), &specs).unwrap();
+    let clipper = clip.map(|(max_norm, norm)| {
+        let c = std::sync::Arc::new(GradClipper::new(ctx, &arena, max_norm, norm).unwrap());
+        opt.set_grad_clip(Some(c.clone())).unwrap();
+        cpu.set_grad_clip(Some(ClipConfig::new(max_norm, norm)))
+            .unwrap();
+        c
+    });
+    if let Some(a) = amp {
+        opt.set_amp(&arena, Some(a)).unwrap();
+        cpu.set_amp(Some(a)).unwrap();
+    }
+    let exact = clip.is_none_or(|(_, n)| n == NormType::Inf);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    arena.write_all_params(&params).unwrap();
+    let mut clipped_steps = 0;
+    for k in 0..7 {
+        let what = format!(
+            "{} clip {clip:?} amp {} step {k}",
+            cfg.name(),
+            amp.is_some()
+        );
+        let scale = cpu.amp_state().map_or(1.0, |s| s.scale);
+        let mut g: Vec<Vec<f32>> = lens
+            .iter()
+            .map(|&n| randn(&mut rng, n, 0.3).iter().map(|x| x * scale).collect())
+            .collect();
+        if amp.is_some() && k == 4 {
+            g[1][3] = f32::INFINITY;
+        }
+        let frozen = k == 3;
+        opt.set_frozen("t2", frozen).unwrap();
+        cpu.set_frozen("t2", frozen).unwrap();
+        arena.write_all_grads(&g).unwrap();
+        opt.step(&arena).unwrap();
+        cpu.step(&mut params, &g).unwrap();
+        if amp.is_some() {
+            assert_eq!(opt.found_inf().unwrap(), Some(k == 4), "{what}");
+            assert_eq!(cpu.found_inf(), Some(k == 4), "{what}");
+            assert_eq!(opt.amp_state().unwrap(), cpu.amp_state(), "{what}");
+        }
+        if let (Some(c), Some((max_norm, _))) = (&clipper, clip) {
+            let got = c.read_total_norm().unwrap() as f64;
+            let want = cpu.last_grad_norm().unwrap();
+            if k != 4 || amp.is_none() {
+                assert!(
+                    (got - want).abs() <= 1e-5 * want,
+                    "{what}: norm {got} vs {want}"
+                );
+                if exact {
+                    assert_eq!(got, want as f32 as f64, "{what}");
+                }
+                clipped_steps += usize::from(want / scale as f64 > max_norm);
+            } else {
+                assert_eq!(want, f64::INFINITY, "{what}");
+            }
+        }
+        let gp = arena.read_all_params().unwrap();
+        for (i, s) in specs.iter().enumerate() {
+            compare(
+                ctx,
+                exact,
+                &format!("{what} {}", s.name),
+                &gp[i],
+                &params[i],
+            );
+            for st in cpu.tensor_state_names(&s.name).unwrap() {
+                compare(
+                    ctx,
+                    exact,
+                    &format!("{what} {} {st}", s.name),
+                    &opt.read_state(st, &s.name).unwrap(),
+                    &cpu.read_state(st, &s.name).unwrap(),
+                );
+            }
+            assert_eq!(
+                opt.step_count(&s.name).unwrap(),
+                cpu.step_count(&s.name).unwrap(),
+                "{what} {}",
+                s.name
+            );
+        }
+    }
+    if clip.is_some() {
+        assert!(
+            clipped_steps >= 3,
+            "the clip was active on {clipped_steps} steps"
+        );
+    }
+    if amp.is_some() {
+        assert_eq!(cpu.amp_state().unwrap().skipped, 1);
+        assert_eq!(cpu.step_count("t0").unwrap(), 6);
+        assert_eq!(cpu.step_count("t2").unwrap(), 5);
+    }
+}
+
+fn dynamic_amp() -> AmpConfig {
+    AmpConfig {
+        loss_scale: LossScale::Dynamic(GradScalerConfig {
+            init_scale: 1024.0,
+            growth_factor: 1.7,
+            backoff_factor: 0.3,
+            growth_interval: 2,
+            ..GradScalerConfig::default()
+        }),
+        skip_non_finite: true,
+    }
+}
+
+#[test]
+fn the_cpu_twin_clips_as_the_gpu_does() {
+    let Some(ctx) = gpu() else { return };
+    for cfg in adam_and_sgd_momentum() {
+        clip_amp_twin(&ctx, &cfg, Some((1.0, NormType::L2)), None, 1);
+        clip_amp_twin(&ctx, &cfg, Some((0.25, NormType::Inf)), None, 2);
+    }
+}
+
+#[test]
+fn the_cpu_twin_matches_amp_alone() {
+    let Some(ctx) = gpu() else { return };
+    for cfg in adam_and_sgd_momentum() {
+        clip_amp_twin(&ctx, &cfg, None, Some(dynamic_amp()), 3);
+    }
+}
+
+#[test]
+fn the_cpu_twin_clips_the_unscaled_gradients_under_amp() {
+    let Some(ctx) = gpu() else { return };
+    for cfg in adam_and_sgd_momentum() {
+        clip_amp_twin(
+            &ctx,
+            &cfg,
+            Some((1.0, NormType::L2)),
+            Some(dynamic_amp()),
+            4,
+        );
+        clip_amp_twin(
+            &ctx,
+            &cfg,
+            Some((0.25, NormType::Inf)),
+            Some(dynamic_amp()),
+            5,
+        );
+    }
+}
+
+#[test]
+fn the_cpu_clip_equals_clip_grad_norm_then_step() {
+    // Without a GPU: the CPU twin's clipper is clip_grad_norm_ (f64 norm, here an f32
+    // coefficient) followed by the plain step, over the tensors that have a gradient.
+    let lens = twin_lens();
+    let specs = twin_specs(&lens);
+    let cfg = AdamConfig::default();
+    let mut clipped = CpuOptimizer::new(cfg.clone(), &specs).unwrap();
+    clipped
+        .set_grad_clip(Some(ClipConfig::new(0.5, NormType::L2)))
+        .unwrap();
+    let mut plain = CpuOptimizer::new(cfg, &specs).unwrap();
+    let mut rng = fastrand::Rng::with_seed(8);
+    let mut a: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    let mut b = a.clone();
+    for k in 0..4 {
+        let g: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 0.3)).collect();
+        clipped.set_frozen("t1", k == 2).unwrap();
+        plain.set_frozen("t1", k == 2).unwrap();
+        clipped.step(&mut a, &g).unwrap();
+        let live: Vec<usize> = (0..lens.len()).filter(|&i| !(k == 2 && i == 1)).collect();
+        let mut lg: Vec<Vec<f32>> = live.iter().map(|&i| g[i].clone()).collect();
+        let total = cpu_clip_grad_norm(&mut lg, 0.5, NormType::L2).unwrap();
+        assert_eq!(clipped.last_grad_norm(), Some(total));
+        assert!(total > 0.5, "the clip is active");
+        let mut g2 = g.clone();
+        for (v, &i) in lg.into_iter().zip(&live) {
+            g2[i] = v;
+        }
+        plain.step(&mut b, &g2).unwrap();
+        for i in 0..lens.len() {
+            assert_close(&format!("step {k} t{i}"), &a[i], &b[i], ATOL, RTOL);
+        }
+    }
+}
+
+#[test]
+fn lookahead_wraps_the_cpu_twin_with_clipping_and_amp() {
+    use wgpu_optim::{CpuLookahead, Lookahead, LookaheadConfig};
+    let Some(ctx) = gpu() else { return };
+    let cfg = LookaheadConfig {
+        k: 2,
+        ..LookaheadConfig::default()
+    };
+    let lens = twin_lens();
+    let specs = twin_specs(&lens);
+    let amp = dynamic_amp();
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let mut opt = Optimizer::new(&ctx, &arena, AdamConfig::default()).unwrap();
+    let clipper = std::sync::Arc::new(GradClipper::new(&ctx, &arena, 0.25, NormType::Inf).unwrap());
+    opt.set_grad_clip(Some(clipper)).unwrap();
+    opt.set_amp(&arena, Some(amp)).unwrap();
+    let mut cpu = CpuOptimizer::new(AdamConfig::default(), &specs).unwrap();
+    cpu.set_grad_clip(Some(ClipConfig::new(0.25, NormType::Inf)))
+        .unwrap();
+    cpu.set_amp(Some(amp)).unwrap();
+    let mut rng = fastrand::Rng::with_seed(21);
+    let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    arena.write_all_params(&params).unwrap();
+    let mut la = Lookahead::new(&ctx, &arena, opt, cfg).unwrap();
+    let mut cla = CpuLookahead::new(cpu, cfg, &params).unwrap();
+    for k in 0..7 {
+        let scale = cla.inner().amp_state().unwrap().scale;
+        let mut g: Vec<Vec<f32>> = lens
+            .iter()
+            .map(|&n| randn(&mut rng, n, 0.3).iter().map(|x| x * scale).collect())
+            .collect();
+        if k == 3 {
+            g[0][0] = f32::NAN;
+        }
+        arena.write_all_grads(&g).unwrap();
+        la.step(&arena).unwrap();
+        cla.step(&mut params, &g).unwrap();
+        assert_eq!(la.inner_mut().found_inf().unwrap(), Some(k == 3));
+        assert_eq!(la.inner().amp_state().unwrap(), cla.inner().amp_state());
+        let gp = arena.read_all_params().unwrap();
+        for (i, s) in specs.iter().enumerate() {
+            common::assert_twin(&ctx, &format!("step {k} {}", s.name), &gp[i], &params[i]);
+            if let Ok(slow) = cla.read_slow(&s.name) {
+                common::assert_twin(
+                    &ctx,
+                    &format!("step {k} {} slow", s.name),
+                    &la.read_slow(&s.name).unwrap(),
+                    &slow,
+                );
+            }
+        }
+    }
+    // 7 calls, one skipped.
+    assert_eq!(cla.steps(), 6);
+}
+
+#[test]
+fn step_mixed_clips_and_scales_16_bit_gradients_as_the_gpu() {
+    use wgpu_optim::precision::to_bits16;
+    use wgpu_optim::{Precision, PrecisionOptions};
+    let Some(ctx) = gpu() else { return };
+    let lens = [1, 255, 257, 3001, 3];
+    let specs = twin_specs(&lens);
+    let amp = dynamic_amp();
+    for p in [Precision::F16, Precision::BF16] {
+        for cfg in adam_and_sgd_momentum() {
+            let arena = ParamArena::with_precision(
+                &ctx,
+                &specs,
+                p,
+                PrecisionOptions {
+                    force_packed: false,
+                },
+            )
+            .unwrap();
+            let mut opt = Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
+            let clipper =
+                std::sync::Arc::new(GradClipper::new(&ctx, &arena, 1.0, NormType::L2).unwrap());
+            opt.set_grad_clip(Some(clipper)).unwrap();
+            opt.set_amp(&arena, Some(amp)).unwrap();
+            let mut cpu = CpuOptimizer::new(cfg.clone(), &specs).unwrap();
+            cpu.set_grad_clip(Some(ClipConfig::new(1.0, NormType::L2)))
+                .unwrap();
+            cpu.set_amp(Some(amp)).unwrap();
+            let mut rng = fastrand::Rng::with_seed(17);
+            let mut master: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+            arena.write_all_params(&master).unwrap();
+            // write_all_params rounds through the 16-bit model on some paths: start the CPU
+            // from what the GPU holds.
+            master = arena.read_all_params().unwrap();
+            for k in 0..5 {
+                let scale = cpu.amp_state().unwrap().scale;
+                let g: Vec<Vec<u16>> = lens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| {
+                        let mut v: Vec<f32> =
+                            randn(&mut rng, n, 0.3).iter().map(|x| x * scale).collect();
+                        if k == 2 && i == 3 {
+                            v[10] = f32::INFINITY;
+                        }
+                        to_bits16(p.grads, &v)
+                    })
+                    .collect();
+                for (i, gi) in g.iter().enumerate() {
+                    arena.write_grads_bits(&format!("t{i}"), gi).unwrap();
+                }
+                opt.step(&arena).unwrap();
+                cpu.step_mixed(&mut master, &g, p.grads).unwrap();
+                let what = format!("{p:?} {} step {k}", cfg.name());
+                assert_eq!(opt.found_inf().unwrap(), Some(k == 2), "{what}");
+                assert_eq!(cpu.found_inf(), Some(k == 2), "{what}");
+                assert_eq!(opt.amp_state().unwrap(), cpu.amp_state(), "{what}");
+                let got = arena.read_all_params().unwrap();
+                for (i, s) in specs.iter().enumerate() {
+                    assert_close(&format!("{what} t{i}"), &got[i], &master[i], ATOL, RTOL);
+                    for st in cpu.tensor_state_names(&s.name).unwrap() {
+                        assert_close(
+                            &format!("{what} t{i} {st}"),
+                            &opt.read_state(st, &s.name).unwrap(),
+                            &cpu.read_state(st, &s.name).unwrap(),
+                            ATOL,
+                            RTOL,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_cpu_clip_settings_are_typed_errors_and_change_nothing() {
+    let lens = twin_lens();
+    let specs = twin_specs(&lens);
+    let good = ClipConfig::new(0.5, NormType::L2);
+    let mut cpu = CpuOptimizer::new(AdamConfig::default(), &specs).unwrap();
+    let mut reference = CpuOptimizer::new(AdamConfig::default(), &specs).unwrap();
+    for (attached, max_norm) in [
+        (None, 0.0),
+        (None, -1.0),
+        (None, f64::NAN),
+        (Some(good), f64::INFINITY),
+        (Some(good), -0.0),
+        (Some(good), f64::NAN),
+    ] {
+        cpu.set_grad_clip(attached).unwrap();
+        for norm in [NormType::L2, NormType::Inf] {
+            match cpu.set_grad_clip(Some(ClipConfig::new(max_norm, norm))) {
+                Err(Error::InvalidHyperparameter { name, .. }) => assert_eq!(name, "max_norm"),
+                other => panic!("max_norm {max_norm}: {other:?}"),
+            }
+            assert_eq!(
+                cpu.grad_clip(),
+                attached.as_ref(),
+                "still attached as before"
+            );
+        }
+    }
+    // The clip attached before the refusals is the one that steps.
+    reference.set_grad_clip(Some(good)).unwrap();
+    let mut rng = fastrand::Rng::with_seed(4);
+    let mut a: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    let mut b = a.clone();
+    let g: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 0.3)).collect();
+    cpu.step(&mut a, &g).unwrap();
+    reference.step(&mut b, &g).unwrap();
+    assert!(bits_eq(&a.concat(), &b.concat()));
+}
+
+#[test]
+fn error_if_nonfinite_refuses_the_step_on_both_engines() {
+    // A NaN gradient with error_if_nonfinite: the step is refused before the AMP guard, with
+    // params, state, step counts and the scaler untouched, on the GPU and on the CPU twin.
+    let Some(ctx) = gpu() else { return };
+    let lens = twin_lens();
+    let specs = twin_specs(&lens);
+    let amp = dynamic_amp();
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let mut opt = Optimizer::new(&ctx, &arena, AdamConfig::default()).unwrap();
+    let clipper = GradClipper::new(&ctx, &arena, 1.0, NormType::L2)
+        .unwrap()
+        .with_error_if_nonfinite(true);
+    opt.set_grad_clip(Some(std::sync::Arc::new(clipper)))
+        .unwrap();
+    opt.set_amp(&arena, Some(amp)).unwrap();
+    let mut cpu = CpuOptimizer::new(AdamConfig::default(), &specs).unwrap();
+    cpu.set_grad_clip(Some(ClipConfig {
+        error_if_nonfinite: true,
+        ..ClipConfig::new(1.0, NormType::L2)
+    }))
+    .unwrap();
+    cpu.set_amp(Some(amp)).unwrap();
+    let mut rng = fastrand::Rng::with_seed(6);
+    let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    arena.write_all_params(&params).unwrap();
+    let g: Vec<Vec<f32>> = lens
+        .iter()
+        .map(|&n| randn(&mut rng, n, 0.3 * 1024.0))
+        .collect();
+    arena.write_all_grads(&g).unwrap();
+    opt.step(&arena).unwrap();
+    cpu.step(&mut params, &g).unwrap();
+    let before_params = params.clone();
+    let before_state = cpu.read_state_all("exp_avg");
+    let before_amp = cpu.amp_state();
+    let mut bad = g.clone();
+    bad[3][5] = f32::NAN;
+    arena.write_all_grads(&bad).unwrap();
+    let gpu_err = opt.step(&arena).unwrap_err();
+    let cpu_err = cpu.step(&mut params, &bad).unwrap_err();
+    for e in [&gpu_err, &cpu_err] {
+        assert!(
+            matches!(e, Error::NonFiniteNorm { norm_type: "L2", norm } if norm.is_nan()),
+            "{e:?}"
+        );
+    }
+    assert!(bits_eq(&params.concat(), &before_params.concat()));
+    assert_eq!(cpu.read_state_all("exp_avg"), before_state);
+    assert_eq!(cpu.amp_state(), before_amp);
+    assert_eq!(opt.amp_state().unwrap(), before_amp);
+    assert_eq!(cpu.step_count("t0").unwrap(), 1);
+    assert_eq!(opt.step_count("t0").unwrap(), 1);
+    assert_eq!(cpu.found_inf(), Some(false));
+    common::assert_twin(
+        &ctx,
+        "params after the refusal",
+        &arena.read_all_params().unwrap().concat(),
+        &params.concat(),
+    );
 }
