@@ -446,7 +446,12 @@ impl CpuOptimizer {
         // the GPU sums a fixed f32 tree: the two differ by a few ulp (an inf norm not at all).
         let clip = match self.clip {
             Some(c) => {
-                let (_, total) = crate::norm::cpu_norms(&live, c.norm_type);
+                let (_, mut total) = crate::norm::cpu_norms(&live, c.norm_type);
+                // The GPU's f32 sum of squares overflows where the f64 one does not: its
+                // norm is then infinite, and the coefficient 0.
+                if c.norm_type == crate::NormType::L2 && ((total * total) as f32).is_infinite() {
+                    total = f64::INFINITY;
+                }
                 if c.error_if_nonfinite && !total.is_finite() {
                     return Err(Error::NonFiniteNorm {
                         norm: total as f32,
@@ -538,7 +543,8 @@ impl CpuOptimizer {
     /// kept) before the update; the gradient slices are not modified. With AMP attached the
     /// coefficient is that of the unscaled norm, times `1 / scale` (PyTorch:
     /// `scaler.unscale_` before `clip_grad_norm_`). The norm is summed in f64 (the GPU sums a
-    /// fixed f32 tree), so an L2 clip matches the GPU to a few ulp, an inf-norm clip exactly.
+    /// fixed f32 tree), so an L2 clip matches the GPU to a few ulp, an inf-norm clip exactly;
+    /// a sum of squares past f32's range makes the norm infinite, as the GPU's is.
     /// With `error_if_nonfinite`, a NaN or infinite norm makes `step` return
     /// [`Error::NonFiniteNorm`] with nothing changed (AMP state included). A `max_norm` that is
     /// not finite and > 0 is [`Error::InvalidHyperparameter`], and nothing changes.

@@ -1108,6 +1108,42 @@ fn the_cpu_twin_clips_the_unscaled_gradients_under_amp() {
 }
 
 #[test]
+fn an_l2_norm_past_f32s_range_is_infinite_on_both_engines() {
+    // 1e20 squared overflows the GPU's f32 sum of squares: its norm is infinite and the clip
+    // coefficient 0. The CPU twin sums in f64 but follows it.
+    let Some(ctx) = gpu() else { return };
+    let lens = twin_lens();
+    let specs = twin_specs(&lens);
+    let cfg: OptimizerConfig = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        ..SgdConfig::default()
+    }
+    .into();
+    let arena = ParamArena::new(&ctx, &specs).unwrap();
+    let mut opt = Optimizer::new(&ctx, &arena, cfg.clone()).unwrap();
+    let clipper = std::sync::Arc::new(GradClipper::new(&ctx, &arena, 1.0, NormType::L2).unwrap());
+    opt.set_grad_clip(Some(clipper.clone())).unwrap();
+    let mut cpu = CpuOptimizer::new(cfg, &specs).unwrap();
+    cpu.set_grad_clip(Some(ClipConfig::new(1.0, NormType::L2)))
+        .unwrap();
+    let mut rng = fastrand::Rng::with_seed(31);
+    let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    arena.write_all_params(&params).unwrap();
+    let mut g: Vec<Vec<f32>> = lens.iter().map(|&n| randn(&mut rng, n, 0.3)).collect();
+    g[3][9] = 1e20;
+    arena.write_all_grads(&g).unwrap();
+    opt.step(&arena).unwrap();
+    cpu.step(&mut params, &g).unwrap();
+    assert_eq!(clipper.read_total_norm().unwrap(), f32::INFINITY);
+    assert_eq!(cpu.last_grad_norm(), Some(f64::INFINITY));
+    let gp = arena.read_all_params().unwrap();
+    for (i, s) in specs.iter().enumerate() {
+        common::assert_twin(&ctx, &s.name, &gp[i], &params[i]);
+    }
+}
+
+#[test]
 fn the_cpu_clip_equals_clip_grad_norm_then_step() {
     // Without a GPU: the CPU twin's clipper is clip_grad_norm_ (f64 norm, here an f32
     // coefficient) followed by the plain step, over the tensors that have a gradient.
