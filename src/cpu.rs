@@ -6,6 +6,7 @@
 use crate::amp::{AmpConfig, AmpHyper, AmpState};
 use crate::arena::{ParamLayout, TensorSpec};
 use crate::error::{Error, Result};
+use crate::norm::ClipConfig;
 use crate::optim::book::{Book, ParamGroups};
 use crate::optim::face::Engine;
 use crate::optim::table::{OptimizerConfig, Row, RuleVisitor};
@@ -284,6 +285,9 @@ pub struct CpuOptimizer {
     /// Loss scaling and the non-finite skip, with its state and last decision.
     amp: Option<(AmpConfig, AmpState)>,
     last_found: Option<bool>,
+    /// Global-norm gradient clipping, and the pre-clip norm of the last step.
+    clip: Option<ClipConfig>,
+    last_norm: Option<f64>,
     /// Reused: the gradients times the AMP coefficient.
     scaled: Vec<Vec<f32>>,
 }
@@ -332,6 +336,8 @@ impl CpuOptimizer {
             segments,
             amp: None,
             last_found: None,
+            clip: None,
+            last_norm: None,
             scaled: Vec::new(),
         })
     }
@@ -426,15 +432,58 @@ impl CpuOptimizer {
         check_shapes(&self.lens, grads.iter().map(|g| g.as_ref().len()), "grads")?;
         self.book.check_train_mode()?;
         let mut g: Vec<&[f32]> = grads.iter().map(|g| g.as_ref()).collect();
-        if let Some((cfg, st)) = &mut self.amp {
-            // amp.wgsl's decision, then the kernels' `g * aux[0]` on every gradient.
-            let h = AmpHyper::new(cfg, 0, None);
-            let live = (0..g.len()).filter(|&i| self.book.live(i)).map(|i| g[i]);
-            let (coef, skip) = crate::amp::decide(&h, st, crate::amp::max_abs_nan(live), None);
+        // The gradients the GPU's clipper and AMP guard read: those of the tensors that step
+        // (clip_grad_norm_ never sees a frozen tensor's).
+        let live: Vec<&[f32]> = (0..g.len())
+            .filter(|&i| self.book.live(i))
+            .map(|i| g[i])
+            .collect();
+        // The clipper's total norm of the gradients as given (scaled, under AMP), in f64 where
+        // the GPU sums a fixed f32 tree: the two differ by a few ulp (an inf norm not at all).
+        let clip = match self.clip {
+            Some(c) => {
+                let (_, mut total) = crate::norm::cpu_norms(&live, c.norm_type);
+                // The GPU's f32 sum of squares overflows where the f64 one does not: its
+                // norm is then infinite, and the coefficient 0.
+                if c.norm_type == crate::NormType::L2 && ((total * total) as f32).is_infinite() {
+                    total = f64::INFINITY;
+                }
+                if c.error_if_nonfinite && !total.is_finite() {
+                    return Err(Error::NonFiniteNorm {
+                        norm: total as f32,
+                        norm_type: crate::norm::norm_type_name(c.norm_type),
+                    });
+                }
+                self.last_norm = Some(total);
+                Some((c.max_norm, total as f32))
+            }
+            None => None,
+        };
+        let coef = if let Some((cfg, st)) = &mut self.amp {
+            // amp.wgsl's decision (the clip coefficient of the unscaled norm times 1 / scale).
+            let h = AmpHyper::new(cfg, 0, clip.map(|(max_norm, _)| max_norm));
+            let max_abs = crate::amp::max_abs_nan(live.iter().copied());
+            let norm = clip.map_or(0.0, |(_, total)| total);
+            let (coef, skip) = crate::amp::decide(&h, st, max_abs, norm);
             self.last_found = Some(st.found != 0);
             if skip {
                 return Ok(());
             }
+            Some(coef)
+        } else {
+            // norm.wgsl's norm_global: min(max_norm / (total + 1e-6), 1) in f32, keeping a NaN
+            // as torch.clamp does.
+            clip.map(|(max_norm, total)| {
+                let c = max_norm as f32 / (total + 1e-6);
+                if c.is_nan() {
+                    c
+                } else {
+                    c.min(1.0)
+                }
+            })
+        };
+        if let Some(coef) = coef {
+            // The kernels' `g * aux[0]` on every gradient.
             self.scaled.resize(g.len(), Vec::new());
             for (out, x) in self.scaled.iter_mut().zip(&g) {
                 out.clear();
@@ -452,8 +501,10 @@ impl CpuOptimizer {
     }
 
     /// Attaches (or detaches) loss scaling and the non-finite skip, as
-    /// [`crate::Optimizer::set_amp`] (without a clipper: the CPU optimizer has none). A
-    /// skipped step returns `Ok` with nothing changed; [`CpuOptimizer::found_inf`] says so.
+    /// [`crate::Optimizer::set_amp`]; with clipping attached too
+    /// ([`CpuOptimizer::set_grad_clip`]), the clip coefficient comes from the unscaled norm, as
+    /// on the GPU. A skipped step returns `Ok` with nothing changed; [`CpuOptimizer::found_inf`]
+    /// says so. On error nothing changes.
     pub fn set_amp(&mut self, amp: Option<AmpConfig>) -> Result<()> {
         if let Some(c) = &amp {
             c.validate()?;
@@ -468,10 +519,49 @@ impl CpuOptimizer {
         self.amp.as_ref().map(|(c, _)| c)
     }
 
-    /// Whether the last step's unscaled gradients held a NaN or Inf (`None` without AMP or
-    /// before the first step).
+    /// Whether the last step found a NaN or Inf gradient (PyTorch's `found_inf`; `None`
+    /// without AMP or before the first step). By default
+    /// ([`crate::amp::FoundInfCheck::Unscaled`]) that is an unscaled gradient (the gradient
+    /// times `1 / scale`) that is NaN or infinite, so with a scale below 1 a huge finite
+    /// gradient (2e38 at scale 0.5) is found and, with `skip_non_finite`, the step skipped.
+    /// torch tests the scaled gradient instead, finds nothing there and steps with an
+    /// infinite unscaled gradient; [`crate::amp::FoundInfCheck::Scaled`] does the same. As
+    /// [`crate::Optimizer::found_inf`].
     pub fn found_inf(&self) -> Option<bool> {
         self.last_found
+    }
+
+    /// Attaches (or, with `None`, detaches) global-norm gradient clipping, the twin of
+    /// [`crate::Optimizer::set_grad_clip`] with a [`crate::GradClipper`] of the same settings:
+    /// every step takes the norm of the gradients of the tensors that step (frozen tensors
+    /// and tensors in no group are left out, as `clip_grad_norm_` only sees tensors with a
+    /// gradient) and multiplies every gradient by `min(max_norm / (norm + 1e-6), 1)` (f32, NaN
+    /// kept) before the update; the gradient slices are not modified. With AMP attached the
+    /// coefficient is that of the unscaled norm, times `1 / scale` (PyTorch:
+    /// `scaler.unscale_` before `clip_grad_norm_`). The norm is summed in f64 (the GPU sums a
+    /// fixed f32 tree), so an L2 clip matches the GPU to a few ulp, an inf-norm clip exactly;
+    /// a sum of squares past f32's range makes the norm infinite, as the GPU's is.
+    /// With `error_if_nonfinite`, a NaN or infinite norm makes `step` return
+    /// [`Error::NonFiniteNorm`] with nothing changed (AMP state included). A `max_norm` that is
+    /// not finite and > 0 is [`Error::InvalidHyperparameter`], and nothing changes.
+    pub fn set_grad_clip(&mut self, clip: Option<ClipConfig>) -> Result<()> {
+        if let Some(c) = &clip {
+            c.validate()?;
+        }
+        self.clip = clip;
+        self.last_norm = None;
+        Ok(())
+    }
+
+    /// The attached clipping.
+    pub fn grad_clip(&self) -> Option<&ClipConfig> {
+        self.clip.as_ref()
+    }
+
+    /// The pre-clip total norm of the last step's gradients as given (scaled, under AMP),
+    /// what `clip_grad_norm_` returns: `None` without clipping or before the first step.
+    pub fn last_grad_norm(&self) -> Option<f64> {
+        self.last_norm
     }
 
     /// The AMP state (scale, growth tracker, last found flag, skipped steps).

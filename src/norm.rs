@@ -494,6 +494,44 @@ impl GradClipper {
     }
 }
 
+/// Global-norm gradient clipping for [`crate::CpuOptimizer::set_grad_clip`]: the settings of a
+/// [`GradClipper`], for the CPU twin (which clips inside its step as the GPU optimizer does).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipConfig {
+    /// The threshold (finite, > 0).
+    pub max_norm: f64,
+    /// The norm (PyTorch `norm_type`).
+    pub norm_type: NormType,
+    /// PyTorch's `error_if_nonfinite`, as [`GradClipper::with_error_if_nonfinite`]: a NaN or
+    /// infinite total norm refuses the step with [`Error::NonFiniteNorm`] (default false).
+    pub error_if_nonfinite: bool,
+}
+
+impl ClipConfig {
+    /// Clipping to a global `norm_type` norm of at most `max_norm`, without
+    /// `error_if_nonfinite` (checked when attached).
+    pub fn new(max_norm: f64, norm_type: NormType) -> Self {
+        Self {
+            max_norm,
+            norm_type,
+            error_if_nonfinite: false,
+        }
+    }
+
+    /// Checks `max_norm` as [`GradClipper::new`] does (finite and > 0).
+    pub fn validate(&self) -> Result<()> {
+        check_max_norm(self.max_norm)
+    }
+}
+
+/// `"L2"` or `"inf"`, for [`Error::NonFiniteNorm`].
+pub(crate) fn norm_type_name(norm_type: NormType) -> &'static str {
+    match norm_type {
+        NormType::L2 => "L2",
+        NormType::Inf => "inf",
+    }
+}
+
 fn check_max_norm(max_norm: f64) -> Result<()> {
     if max_norm.is_finite() && max_norm > 0.0 {
         Ok(())

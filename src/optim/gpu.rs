@@ -375,6 +375,12 @@ impl Optimizer {
     /// read back now if it has not been (this waits for that step). With
     /// `skip_non_finite`, such a step changed nothing, and from this call on the step
     /// counts say so. `None` without [`Optimizer::set_amp`] or before the first step.
+    ///
+    /// By default ([`crate::amp::FoundInfCheck::Unscaled`]) the check is on the unscaled
+    /// gradients (each gradient times `1 / scale`), so with a scale below 1 a huge finite
+    /// gradient (2e38 at scale 0.5) is found and the step skipped. torch tests the scaled
+    /// gradient instead, finds nothing there and steps with an infinite unscaled gradient;
+    /// [`crate::amp::FoundInfCheck::Scaled`] (in [`crate::GradScalerConfig`]) does the same.
     pub fn found_inf(&mut self) -> Result<Option<bool>> {
         self.ctx.check_alive()?;
         self.resolve_amp()?;
