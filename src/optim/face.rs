@@ -7,7 +7,7 @@
 use super::book::Book;
 
 mod sealed {
-    use super::Book;
+    use crate::optim::book::Book;
 
     /// What an engine hands its face: its bookkeeping and its state storage. Public in a
     /// private module, so only the library's engines implement it (and so
