@@ -4,8 +4,6 @@
 //! Schedules drive its [`Scheduled`] half; checkpoints and tests read state through it; so the
 //! group, freezing, step-count and state methods are written once.
 
-use super::book::Book;
-
 mod sealed {
     use crate::optim::book::Book;
 
