@@ -80,17 +80,19 @@ fn adopt_moment(g: vec4<f32>, m: vec4<f32>, v: vec4<f32>, t: AdoptTensor, hp: Ad
     return lerp_torch(m, n, hp.one_minus_beta1);
 }
 
-// What adopt_caution_count folds with (reduce.wgsl's fold_chunk_lanes): the tensor's row, its
-// group's hyperparameters, and whether the gradient takes L2 decay (then it reads p).
+// adopt_caution_count's virtual lanes (reduce.wgsl's fold_chunk_lanes): counts (at most 4096
+// in f32: exact), with the tensor's row, its group's hyperparameters, and whether the gradient
+// takes L2 decay (then it reads p).
 struct ChunkArgs {
     t: AdoptTensor,
     hp: AdoptHyper,
     l2: bool,
 }
 
-// The count of vec4 v's lanes whose new first moment agrees in sign with the gradient, added
-// to acc.x.
-fn reduce_vec(acc: vec4<f32>, a: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
+alias LaneAcc = f32;
+
+// n plus the count of vec4 v's lanes whose new first moment agrees in sign with the gradient.
+fn reduce_vec(n: LaneAcc, a: ChunkArgs, c: ChunkRef, v: u32) -> LaneAcc {
     let i = c.base + v;
     let si = c.sbase + v;
     var p = vec4<f32>(0.0);
@@ -99,7 +101,11 @@ fn reduce_vec(acc: vec4<f32>, a: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
     }
     let g = adopt_grad(i, p, a.hp);
     let m = adopt_moment(g, exp_avg[si], exp_avg_sq[si], a.t, a.hp);
-    return vec4<f32>(acc.x + count_lanes(m * g > vec4<f32>(0.0), lane_mask(c.len, v)), acc.yzw);
+    return n + count_lanes(m * g > vec4<f32>(0.0), lane_mask(c.len, v));
+}
+
+fn set_lane(l: u32, n: LaneAcc) {
+    set_lane_count(l, n);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -118,7 +124,6 @@ fn adopt_caution_count(
     if (t.live == 0u || t.first != 0u || (hp.flags & ADOPT_CAUTION) == 0u) {
         return;
     }
-    // Counts of at most 4096 in f32: exact.
     fold_chunk_lanes(c, ChunkArgs(t, hp, adopt_l2(hp)), lid);
     store_chunk_count(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }

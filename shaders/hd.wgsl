@@ -21,13 +21,20 @@ fn with_decay(g: vec4<f32>, p: vec4<f32>, wd: f32) -> vec4<f32> {
     return g;
 }
 
-// hd_dot's term (reduce.wgsl's fold_chunk_lanes, with the group's hyperparameters): <g, d_prev>
-// over vec4 v, folded into acc.x.
-fn reduce_vec(acc: vec4<f32>, hp: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
+// hd_dot's virtual lanes (reduce.wgsl's fold_chunk_lanes): sums, with the group's
+// hyperparameters (the family file's ChunkArgs).
+alias LaneAcc = vec4<f32>;
+
+// <g, d_prev> over vec4 v, folded into acc.x.
+fn reduce_vec(acc: LaneAcc, hp: ChunkArgs, c: ChunkRef, v: u32) -> LaneAcc {
     let i = c.base + v;
     let g = with_decay(load_grad(i, hp.flags), params[i], hp.weight_decay);
     let dot = lane_dot(g, prev_direction[c.sbase + v], lane_mask(c.len, v));
     return red_combine(acc, vec4<f32>(dot, 0.0, 0.0, 0.0));
+}
+
+fn set_lane(l: u32, acc: LaneAcc) {
+    set_lane_partial(l, acc);
 }
 
 // Per chunk (WG_SIZE invocations): partial sums of <g, d_prev>, g = grad + wd * p; 0 for a

@@ -52,16 +52,18 @@ fn lamb_direction(m: vec4<f32>, v: vec4<f32>, p: vec4<f32>, t: LambTensor, hp: L
     return u;
 }
 
-// What lamb_moments folds with (reduce.wgsl's fold_chunk_lanes): the tensor's row and its
-// group's hyperparameters.
+// lamb_moments' virtual lanes (reduce.wgsl's fold_chunk_lanes): sums, with the tensor's row
+// and its group's hyperparameters.
 struct ChunkArgs {
     t: LambTensor,
     hp: LambHyper,
 }
 
+alias LaneAcc = vec4<f32>;
+
 // Updates the moments of vec4 v; sums of squares only (lamb_ratio reads x and z): the same
 // sums as red_combine's.
-fn reduce_vec(acc: vec4<f32>, a: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
+fn reduce_vec(acc: LaneAcc, a: ChunkArgs, c: ChunkRef, v: u32) -> LaneAcc {
     let hp = a.hp;
     let i = c.base + v;
     let mask = lane_mask(c.len, v);
@@ -76,6 +78,10 @@ fn reduce_vec(acc: vec4<f32>, a: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
     exp_avg_sq[si] = select(v0, s, mask);
     let u = lamb_direction(m, s, p, a.t, hp);
     return acc + vec4<f32>(lane_sumsq(p, mask), 0.0, lane_sumsq(u, mask), 0.0);
+}
+
+fn set_lane(l: u32, acc: LaneAcc) {
+    set_lane_partial(l, acc);
 }
 
 @compute @workgroup_size(WG_SIZE)

@@ -43,14 +43,20 @@ struct LarsTensor {
 @group(0) @binding(3) var<storage, read> tensors: array<LarsTensor>;
 @group(0) @binding(7) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
 
-// lars_norms folds with the group's hyperparameters (reduce.wgsl's fold_chunk_lanes).
+// lars_norms' virtual lanes (reduce.wgsl's fold_chunk_lanes): sums, with the group's
+// hyperparameters.
 alias ChunkArgs = LarsHyper;
+alias LaneAcc = vec4<f32>;
 
 // Sums of squares only (lars_ratio reads x and z): the same sums as red_combine's.
-fn reduce_vec(acc: vec4<f32>, hp: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
+fn reduce_vec(acc: LaneAcc, hp: ChunkArgs, c: ChunkRef, v: u32) -> LaneAcc {
     let mask = lane_mask(c.len, v);
     let i = c.base + v;
     return acc + vec4<f32>(lane_sumsq(params[i], mask), 0.0, lane_sumsq(load_grad(i, hp.flags), mask), 0.0);
+}
+
+fn set_lane(l: u32, acc: LaneAcc) {
+    set_lane_partial(l, acc);
 }
 
 @compute @workgroup_size(WG_SIZE)

@@ -51,14 +51,20 @@ fn lion_direction(m: vec4<f32>, g: vec4<f32>, hp: LionHyper) -> vec4<f32> {
     return sign_torch(lerp_torch(m, g, hp.one_minus_beta1));
 }
 
-// lion_caution_count folds with the group's hyperparameters (reduce.wgsl's fold_chunk_lanes).
+// lion_caution_count's virtual lanes (reduce.wgsl's fold_chunk_lanes): counts (at most 4096 in
+// f32: exact), with the group's hyperparameters.
 alias ChunkArgs = LionHyper;
+alias LaneAcc = f32;
 
-// The count of vec4 v's lanes whose update agrees in sign with the gradient, added to acc.x.
-fn reduce_vec(acc: vec4<f32>, hp: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
+// n plus the count of vec4 v's lanes whose update agrees in sign with the gradient.
+fn reduce_vec(n: LaneAcc, hp: ChunkArgs, c: ChunkRef, v: u32) -> LaneAcc {
     let g = load_grad(c.base + v, hp.flags);
     let u = lion_direction(exp_avg[c.sbase + v], g, hp);
-    return vec4<f32>(acc.x + count_lanes(u * g > vec4<f32>(0.0), lane_mask(c.len, v)), acc.yzw);
+    return n + count_lanes(u * g > vec4<f32>(0.0), lane_mask(c.len, v));
+}
+
+fn set_lane(l: u32, n: LaneAcc) {
+    set_lane_count(l, n);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -77,7 +83,6 @@ fn lion_caution_count(
     if (t.live == 0u || (hp.flags & LION_CAUTION) == 0u) {
         return;
     }
-    // Counts of at most 4096 in f32: exact.
     fold_chunk_lanes(c, hp, lid);
     store_chunk_count(win.chunk_base + group_index(wid, nwg), lid, c.len);
 }

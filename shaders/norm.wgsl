@@ -39,18 +39,26 @@ struct ChunkRange {
 @group(0) @binding(3) var<storage, read> ranges: array<ChunkRange>;
 @group(0) @binding(12) var<storage, read_write> out: array<vec4<f32>>;
 
-// norm_partials folds with the norm's uniform (reduce.wgsl's fold_chunk_lanes).
+// norm_partials' virtual lanes (reduce.wgsl's fold_chunk_lanes): sums and maxima. They need
+// nothing loaded per workgroup: ChunkArgs is the uniform, passed but not read (below).
 alias ChunkArgs = NormHyper;
+alias LaneAcc = vec4<f32>;
 
-// Sum of squares and max |x| of vec4 v of a (and of b, with NORM_HAS_B).
-fn reduce_vec(acc: vec4<f32>, h: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32> {
+// Sum of squares and max |x| of vec4 v of a (and of b, with NORM_HAS_B). NORM_HAS_B is tested
+// on `nh` itself, as before the fold was shared: tested on the argument, the flags load moves
+// before the loop and lavapipe compiles a different loop.
+fn reduce_vec(acc: LaneAcc, _nh: ChunkArgs, c: ChunkRef, v: u32) -> LaneAcc {
     let mask = lane_mask(c.len, v);
     let sa = lane_stats(source_a(c.base + v), mask);
     var sb = vec2<f32>(0.0);
-    if ((h.flags & NORM_HAS_B) != 0u) {
+    if ((nh.flags & NORM_HAS_B) != 0u) {
         sb = lane_stats(grad_raw(c.base + v), mask);
     }
     return red_combine(acc, vec4<f32>(sa, sb));
+}
+
+fn set_lane(l: u32, acc: LaneAcc) {
+    set_lane_partial(l, acc);
 }
 
 @compute @workgroup_size(WG_SIZE)

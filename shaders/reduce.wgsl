@@ -106,15 +106,19 @@ fn set_lane_partial(l: u32, v: vec4<f32>) {
 // chunk_lanes(c.len); an invocation runs l = lid, lid + WG_SIZE, ...) folds its vec4s l,
 // l + RED_LANES, ... that lie in the chunk, in that order, starting from 0, then sets its
 // partial (so the sums' order does not depend on the tuned split); store_chunk_partial or
-// store_chunk_count follows. The family file (composed after
-// this one) provides what a lane folds:
-//   alias or struct ChunkArgs   what the pass loaded once per workgroup (hyperparameters, the
-//                               tensor's row) for reduce_vec
-//   fn reduce_vec(acc: vec4<f32>, a: ChunkArgs, c: ChunkRef, v: u32) -> vec4<f32>
-//                               acc with the chunk's vec4 v folded in
+// store_chunk_count follows. The family file (composed after this one) provides what a lane
+// folds:
+//   ChunkArgs    (alias or struct) what the pass loaded once per workgroup for reduce_vec:
+//                hyperparameters, the tensor's row
+//   LaneAcc      (alias) a lane's accumulator: vec4<f32> (set_lane_partial), or f32 for a
+//                count (set_lane_count; a vec4 would carry three zero lanes through the loop)
+//   fn reduce_vec(acc: LaneAcc, a: ChunkArgs, c: ChunkRef, v: u32) -> LaneAcc
+//                acc with the chunk's vec4 v folded in
+//   fn set_lane(l: u32, acc: LaneAcc)
+//                set_lane_partial or set_lane_count
 fn fold_chunk_lanes(c: ChunkRef, a: ChunkArgs, lid: u32) {
     for (var l = lid; l < chunk_lanes(c.len); l += WG_SIZE) {
-        var acc = vec4<f32>(0.0);
+        var acc = LaneAcc();
         for (var k = 0u; k < RED_VEC; k++) {
             let v = k * RED_LANES + l;
             if (v * 4u >= c.len) {
@@ -122,7 +126,7 @@ fn fold_chunk_lanes(c: ChunkRef, a: ChunkArgs, lid: u32) {
             }
             acc = reduce_vec(acc, a, c, v);
         }
-        set_lane_partial(l, acc);
+        set_lane(l, acc);
     }
 }
 
@@ -167,9 +171,13 @@ fn count_lanes(k: vec4<bool>, mask: vec4<bool>) -> f32 {
     return ((c.x + c.y) + c.z) + c.w;
 }
 
-// Pass 1 epilogue: folds the virtual lanes' agreeing counts (their x; reduce_vec keeps y, z
-// and w at 0) into partials[chunk] = (agreeing, elements, 0, 0). Every invocation must call it,
-// after setting its lanes.
+// Pass 1: virtual lane l's agreeing count.
+fn set_lane_count(l: u32, agreeing: f32) {
+    scratch[l] = vec4<f32>(agreeing, 0.0, 0.0, 0.0);
+}
+
+// Pass 1 epilogue: folds the virtual lanes' agreeing counts into partials[chunk] =
+// (agreeing, elements, 0, 0). Every invocation must call it, after setting its lanes.
 fn store_chunk_count(chunk: u32, lid: u32, len: u32) {
     let total = fold_scratch(lid, chunk_lanes(len), WG_SIZE);
     if (lid == 0u) {
