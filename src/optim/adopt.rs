@@ -159,7 +159,7 @@ fn grad_of(g: f32, p: f32, h: &AdoptHyper) -> f32 {
 }
 
 /// `a * b + c` as torch's CPU kernels compute `grad.add(param, alpha=weight_decay)`: one fused
-/// multiply-add (ATen's vectorized add is `fmadd`). Mirrors `fma_exact` in adopt.wgsl, which
+/// multiply-add (ATen's vectorized add is `fmadd`). Mirrors `fma_exact` in fma.wgsl, which
 /// computes it in integer arithmetic because WGSL's `fma` may be split (lavapipe splits it):
 /// fused on normal operands, `a * b + c` on zeros, subnormals, infinities and NaN (where the
 /// two agree, or differ only below 2^-126). Fused matters here: where `g + wd * p` nearly

@@ -746,7 +746,7 @@ fn next_to_adamw_in_two_segments() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// ADOPT's L2 decay is fused as torch's (`fma_exact` in adopt.wgsl, integer arithmetic): the WGSL
+// ADOPT's L2 decay is fused as torch's (`fma_exact` in fma.wgsl, integer arithmetic): the WGSL
 // function run on its own over a million awkward triples, bit for bit against f32::mul_add.
 
 const FMA_TEST_MAIN: &str = r#"
