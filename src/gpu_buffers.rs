@@ -20,3 +20,15 @@ pub(crate) fn storage_buffer(ctx: &GpuContext, label: &str, size: u64) -> wgpu::
 pub(crate) fn table_bytes<T>(n: usize) -> u64 {
     ((n * std::mem::size_of::<T>()) as u64).max(16)
 }
+
+/// Binds `size` bytes of `buf` from `offset` (the Muon and Adafactor segments' batch windows).
+pub(crate) fn range_binding<'a>(
+    buf: &'a wgpu::Buffer,
+    (offset, size): (u64, u64),
+) -> wgpu::BindingResource<'a> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: buf,
+        offset,
+        size: std::num::NonZeroU64::new(size),
+    })
+}

@@ -440,16 +440,9 @@ impl Book {
         config: OptimizerConfig,
         allowed_states: &[&'static str],
     ) -> Result<()> {
-        let g = self.group(group)?;
-        if g.config.family() != config.family() {
-            return Err(Error::RuleMismatch {
-                group,
-                expected: g.config.family(),
-                got: config.family(),
-            });
-        }
-        config.validate()?;
-        config.check_peer(&g.config)?;
+        // The family, value and peer checks are `missing_states`'s; what it reports missing
+        // must be none here (an engine adds them first: see `face::replace_config`).
+        self.missing_states(group, &config)?;
         if config
             .states()
             .iter()

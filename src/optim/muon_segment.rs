@@ -13,7 +13,7 @@ use crate::arena::{ParamArena, SegmentLayout, TensorInfo};
 use crate::context::GpuContext;
 use crate::dispatch;
 use crate::error::{Error, Result};
-use crate::gpu_buffers::storage_buffer;
+use crate::gpu_buffers::{range_binding as binding, storage_buffer};
 use crate::matmul::{BatchedMatmul, MatmulProblem};
 use crate::pipeline::Kernel;
 use crate::shaders::FLAG_GRAD_SCALE;
@@ -60,14 +60,6 @@ pub(crate) struct MuonSegment {
     /// Reused every step.
     hyper_table: Vec<MuonHyper>,
     tensor_table: Vec<MuonGpuTensor>,
-}
-
-fn binding<'a>(buf: &'a wgpu::Buffer, (offset, size): (u64, u64)) -> wgpu::BindingResource<'a> {
-    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer: buf,
-        offset,
-        size: std::num::NonZeroU64::new(size),
-    })
 }
 
 impl MuonSegment {
